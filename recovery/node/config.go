@@ -1,0 +1,361 @@
+package node
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Cluster is what kubecpr knows about the cluster and this node, worked out
+// offline from the files on the node or from a kubeadm config file. Source
+// says, for each field, where its value came from.
+type Cluster struct {
+	NodeName             string   `json:"nodeName"`
+	AdvertiseAddress     string   `json:"advertiseAddress"`
+	APIServerPort        int      `json:"apiServerPort"`
+	ControlPlaneEndpoint string   `json:"controlPlaneEndpoint"`
+	ServiceCIDR          string   `json:"serviceCIDR"`
+	DNSDomain            string   `json:"dnsDomain"`
+	EtcdEndpoints        []string `json:"etcdEndpoints"`
+	PKIDir               string   `json:"pkiDir"`
+	KubernetesVersion    string   `json:"kubernetesVersion,omitempty"`
+	CertSANs             []string `json:"certSANs,omitempty"`
+	StaticPodPath        string   `json:"staticPodPath"`
+	CRISocket            string   `json:"criSocket,omitempty"`
+
+	Source map[string]string `json:"source"`
+}
+
+// UnknownError lists what could not be determined and how to supply it.
+type UnknownError struct {
+	Fields []string
+}
+
+func (e *UnknownError) Error() string {
+	return fmt.Sprintf("could not determine %s from the files on this node; "+
+		"pass a kubeadm config with --config FILE (InitConfiguration/ClusterConfiguration, as given to kubeadm init)",
+		strings.Join(e.Fields, ", "))
+}
+
+// Manifest is the part of a static pod manifest kubecpr reads.
+type Manifest struct {
+	Path        string
+	Name        string
+	Annotations map[string]string
+	Image       string
+	Command     []string
+	Flags       map[string]string
+}
+
+// ReadManifest parses the static pod manifest at a node path.
+func (n *Node) ReadManifest(nodePath string) (*Manifest, error) {
+	data, err := n.ReadFile(nodePath)
+	if err != nil {
+		return nil, err
+	}
+	var pod struct {
+		Metadata struct {
+			Name        string            `yaml:"name"`
+			Annotations map[string]string `yaml:"annotations"`
+		} `yaml:"metadata"`
+		Spec struct {
+			Containers []struct {
+				Image   string   `yaml:"image"`
+				Command []string `yaml:"command"`
+				Args    []string `yaml:"args"`
+			} `yaml:"containers"`
+		} `yaml:"spec"`
+	}
+	if err := yaml.Unmarshal(data, &pod); err != nil {
+		return nil, fmt.Errorf("%s: not a valid static pod manifest: %w", nodePath, err)
+	}
+	if len(pod.Spec.Containers) == 0 {
+		return nil, fmt.Errorf("%s: static pod manifest has no containers", nodePath)
+	}
+	c := pod.Spec.Containers[0]
+	m := &Manifest{Path: nodePath, Name: pod.Metadata.Name, Annotations: pod.Metadata.Annotations,
+		Image: c.Image, Command: append(append([]string{}, c.Command...), c.Args...), Flags: map[string]string{}}
+	for _, a := range m.Command {
+		if !strings.HasPrefix(a, "--") {
+			continue
+		}
+		k, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		m.Flags[k] = v
+	}
+	return m, nil
+}
+
+// kubeadm configuration documents (the subset kubecpr needs).
+type kubeadmDoc struct {
+	Kind             string `yaml:"kind"`
+	NodeRegistration struct {
+		Name      string `yaml:"name"`
+		CRISocket string `yaml:"criSocket"`
+	} `yaml:"nodeRegistration"`
+	LocalAPIEndpoint struct {
+		AdvertiseAddress string `yaml:"advertiseAddress"`
+		BindPort         int    `yaml:"bindPort"`
+	} `yaml:"localAPIEndpoint"`
+	ControlPlaneEndpoint string `yaml:"controlPlaneEndpoint"`
+	KubernetesVersion    string `yaml:"kubernetesVersion"`
+	CertificatesDir      string `yaml:"certificatesDir"`
+	Networking           struct {
+		ServiceSubnet string `yaml:"serviceSubnet"`
+		DNSDomain     string `yaml:"dnsDomain"`
+	} `yaml:"networking"`
+	APIServer struct {
+		CertSANs []string `yaml:"certSANs"`
+	} `yaml:"apiServer"`
+	Etcd struct {
+		External *struct {
+			Endpoints []string `yaml:"endpoints"`
+		} `yaml:"external"`
+	} `yaml:"etcd"`
+}
+
+// Discover works out the cluster configuration. configFile, when not empty,
+// is a kubeadm config on the host (not under Root) whose values win.
+func (n *Node) Discover(configFile string) (*Cluster, error) {
+	c := &Cluster{Source: map[string]string{}}
+	set := func(field string, dst *string, v, src string) {
+		if v != "" && *dst == "" {
+			*dst = v
+			c.Source[field] = src
+		}
+	}
+
+	if configFile != "" {
+		if err := c.fromKubeadmConfig(configFile, set); err != nil {
+			return nil, err
+		}
+	}
+
+	// The API server manifest has most of it.
+	apiPath := path.Join(ManifestsDir, "kube-apiserver.yaml")
+	if m, err := n.ReadManifest(apiPath); err == nil {
+		set("advertiseAddress", &c.AdvertiseAddress, m.Flags["advertise-address"], apiPath+" --advertise-address")
+		set("serviceCIDR", &c.ServiceCIDR, m.Flags["service-cluster-ip-range"], apiPath+" --service-cluster-ip-range")
+		if ca := m.Flags["client-ca-file"]; ca != "" {
+			set("pkiDir", &c.PKIDir, path.Dir(ca), apiPath+" --client-ca-file")
+		}
+		if p := m.Flags["secure-port"]; p != "" && c.APIServerPort == 0 {
+			if v, err := strconv.Atoi(p); err == nil {
+				c.APIServerPort = v
+				c.Source["apiServerPort"] = apiPath + " --secure-port"
+			}
+		}
+		if e := m.Flags["etcd-servers"]; e != "" && len(c.EtcdEndpoints) == 0 {
+			c.EtcdEndpoints = strings.Split(e, ",")
+			c.Source["etcdEndpoints"] = apiPath + " --etcd-servers"
+		}
+		if i := strings.LastIndex(m.Image, ":"); i > 0 {
+			set("kubernetesVersion", &c.KubernetesVersion, m.Image[i+1:], apiPath+" image")
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	etcdPath := path.Join(ManifestsDir, "etcd.yaml")
+	if m, err := n.ReadManifest(etcdPath); err == nil {
+		set("nodeName", &c.NodeName, m.Flags["name"], etcdPath+" --name")
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+
+	// kubelet: static pod path, cluster domain, runtime endpoint.
+	if data, err := n.ReadFile(KubeletConfig); err == nil {
+		var kc struct {
+			StaticPodPath            string `yaml:"staticPodPath"`
+			ClusterDomain            string `yaml:"clusterDomain"`
+			ContainerRuntimeEndpoint string `yaml:"containerRuntimeEndpoint"`
+		}
+		if err := yaml.Unmarshal(data, &kc); err != nil {
+			return nil, fmt.Errorf("%s: not valid YAML: %w", KubeletConfig, err)
+		}
+		set("staticPodPath", &c.StaticPodPath, kc.StaticPodPath, KubeletConfig+" staticPodPath")
+		set("dnsDomain", &c.DNSDomain, kc.ClusterDomain, KubeletConfig+" clusterDomain")
+		set("criSocket", &c.CRISocket, kc.ContainerRuntimeEndpoint, KubeletConfig+" containerRuntimeEndpoint")
+	}
+
+	// The node name is also in the kubelet's client certificate.
+	if c.NodeName == "" {
+		if name, src := n.nodeNameFromKubelet(); name != "" {
+			set("nodeName", &c.NodeName, name, src)
+		}
+	}
+	// admin.conf tells the control-plane endpoint clients use.
+	if cfg, err := clientcmd.LoadFromFile(n.Path(KubernetesDir + "/admin.conf")); err == nil {
+		if ctx, ok := cfg.Contexts[cfg.CurrentContext]; ok {
+			if cl, ok := cfg.Clusters[ctx.Cluster]; ok {
+				if u, err := url.Parse(cl.Server); err == nil {
+					set("controlPlaneEndpoint", &c.ControlPlaneEndpoint, u.Host, KubernetesDir+"/admin.conf server")
+				}
+			}
+		}
+	}
+
+	if c.PKIDir == "" && n.Exists(DefaultPKIDir) {
+		c.PKIDir, c.Source["pkiDir"] = DefaultPKIDir, "default location (exists)"
+	}
+	if c.StaticPodPath == "" && n.Exists(ManifestsDir) {
+		c.StaticPodPath, c.Source["staticPodPath"] = ManifestsDir, "default location (exists)"
+	}
+	if c.APIServerPort == 0 && c.AdvertiseAddress != "" {
+		if _, p, err := net.SplitHostPort(c.ControlPlaneEndpoint); err == nil {
+			c.APIServerPort, _ = strconv.Atoi(p)
+			c.Source["apiServerPort"] = c.Source["controlPlaneEndpoint"]
+		}
+	}
+
+	var missing []string
+	for _, f := range []struct {
+		name string
+		ok   bool
+	}{
+		{"the node name (etcd --name, kubelet client certificate CN, or nodeRegistration.name)", c.NodeName != ""},
+		{"the PKI directory (kube-apiserver --client-ca-file, or certificatesDir)", c.PKIDir != ""},
+	} {
+		if !f.ok {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return c, &UnknownError{Fields: missing}
+	}
+	return c, nil
+}
+
+func (c *Cluster) fromKubeadmConfig(file string, set func(string, *string, string, string)) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("--config %s: %w", file, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	found := false
+	for {
+		var d kubeadmDoc
+		err := dec.Decode(&d)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("--config %s: not valid YAML: %w", file, err)
+		}
+		src := file + " (" + d.Kind + ")"
+		switch d.Kind {
+		case "InitConfiguration", "JoinConfiguration":
+			found = true
+			set("nodeName", &c.NodeName, d.NodeRegistration.Name, src)
+			set("criSocket", &c.CRISocket, d.NodeRegistration.CRISocket, src)
+			set("advertiseAddress", &c.AdvertiseAddress, d.LocalAPIEndpoint.AdvertiseAddress, src)
+			if d.LocalAPIEndpoint.BindPort != 0 && c.APIServerPort == 0 {
+				c.APIServerPort = d.LocalAPIEndpoint.BindPort
+				c.Source["apiServerPort"] = src
+			}
+		case "ClusterConfiguration":
+			found = true
+			set("controlPlaneEndpoint", &c.ControlPlaneEndpoint, d.ControlPlaneEndpoint, src)
+			set("kubernetesVersion", &c.KubernetesVersion, d.KubernetesVersion, src)
+			set("pkiDir", &c.PKIDir, d.CertificatesDir, src)
+			set("serviceCIDR", &c.ServiceCIDR, d.Networking.ServiceSubnet, src)
+			set("dnsDomain", &c.DNSDomain, d.Networking.DNSDomain, src)
+			if len(d.APIServer.CertSANs) > 0 {
+				c.CertSANs = d.APIServer.CertSANs
+				c.Source["certSANs"] = src
+			}
+			if d.Etcd.External != nil && len(d.Etcd.External.Endpoints) > 0 {
+				c.EtcdEndpoints = d.Etcd.External.Endpoints
+				c.Source["etcdEndpoints"] = src
+			}
+		}
+	}
+	if !found {
+		return fmt.Errorf("--config %s: no InitConfiguration or ClusterConfiguration document in it", file)
+	}
+	return nil
+}
+
+func (n *Node) nodeNameFromKubelet() (string, string) {
+	candidates := []string{KubeletCurrent}
+	for _, p := range candidates {
+		data, err := n.ReadFile(n.Resolve(p, false))
+		if err != nil {
+			continue
+		}
+		if name := nodeFromCN(data); name != "" {
+			return name, p + " subject CN"
+		}
+	}
+	if cfg, err := clientcmd.LoadFromFile(n.Path(KubernetesDir + "/kubelet.conf")); err == nil {
+		keys := make([]string, 0, len(cfg.AuthInfos))
+		for k := range cfg.AuthInfos {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if name := nodeFromCN(cfg.AuthInfos[k].ClientCertificateData); name != "" {
+				return name, KubernetesDir + "/kubelet.conf client certificate CN"
+			}
+		}
+	}
+	return "", ""
+}
+
+func nodeFromCN(pemData []byte) string {
+	if len(pemData) == 0 {
+		return ""
+	}
+	rest := pemData
+	for {
+		var name string
+		cert, r, ok := nextCert(rest)
+		if !ok {
+			return ""
+		}
+		rest = r
+		if cn := cert.Subject.CommonName; strings.HasPrefix(cn, "system:node:") {
+			name = strings.TrimPrefix(cn, "system:node:")
+			return name
+		}
+	}
+}
+
+// NodeSANsFit checks that a certificate meant for this node names it.
+func (c *Cluster) NodeSANsFit(cert *x509.Certificate) []string {
+	var problems []string
+	if c.NodeName != "" && !contains(cert.DNSNames, c.NodeName) {
+		problems = append(problems, fmt.Sprintf("SANs do not include this node's name %q (copied from another control-plane node?)", c.NodeName))
+	}
+	if ip := net.ParseIP(c.AdvertiseAddress); ip != nil {
+		found := false
+		for _, a := range cert.IPAddresses {
+			if a.Equal(ip) {
+				found = true
+			}
+		}
+		if !found {
+			problems = append(problems, fmt.Sprintf("SANs do not include this node's advertise address %s (copied from another control-plane node?)", c.AdvertiseAddress))
+		}
+	}
+	return problems
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
