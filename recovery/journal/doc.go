@@ -1,0 +1,34 @@
+// Package journal is kubecpr's write-ahead journal and node lock.
+//
+// # Format
+//
+// One record per line, text so an engineer can read it with less:
+//
+//	<crc32c of the JSON, 8 hex digits> <JSON record>\n
+//
+// Records carry a sequence number that starts at 1 and grows by exactly one.
+// Every Append writes the line and fsyncs the file before it returns, so a
+// record that Append acknowledged survives a power cut.
+//
+// # Recovery rules
+//
+//   - A torn last record (no newline, bad checksum or bad JSON on the final
+//     line) is what a crash in the middle of an append leaves. Open copies
+//     the whole file to <path>.broken-<unix-nanos>, cuts the journal back to
+//     the end of the last good record and fsyncs it. The action whose record
+//     was torn is then treated as not started or in flight by the runner.
+//   - Any other damage (a bad record followed by more records, a sequence
+//     gap) is not a crash artefact: Open fails with ErrCorrupt, names the
+//     line and byte offset, and changes nothing.
+//
+// # Secrets
+//
+// Append refuses any record that contains PEM armour or the words
+// "PRIVATE KEY": key material never reaches the journal.
+//
+// # Lock
+//
+// Acquire takes an exclusive flock on <dir>/lock and writes the holder's pid,
+// start time and command line into it. The kernel drops the flock when the
+// holder dies, even by SIGKILL, so a stale lock file never blocks a run.
+package journal

@@ -1,0 +1,271 @@
+package journal
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Kind of a record.
+type Kind string
+
+const (
+	KindRunStart   Kind = "run-start"
+	KindStageStart Kind = "stage-start"
+	KindIntent     Kind = "intent"
+	KindDone       Kind = "done"
+	KindFailed     Kind = "failed"
+	KindUndoIntent Kind = "undo-intent"
+	KindUndone     Kind = "undone"
+	KindStageEnd   Kind = "stage-end"
+	KindRunEnd     Kind = "run-end"
+)
+
+// Record is one journal entry.
+type Record struct {
+	Seq    uint64            `json:"seq"`
+	Time   time.Time         `json:"time"`
+	RunID  string            `json:"run"`
+	Kind   Kind              `json:"kind"`
+	Stage  string            `json:"stage,omitempty"`
+	Action string            `json:"action,omitempty"`
+	Data   map[string]string `json:"data,omitempty"`
+}
+
+// ErrCorrupt means the journal is damaged somewhere other than its last
+// record: not a crash artefact, so nothing is repaired automatically.
+var ErrCorrupt = errors.New("journal is corrupt")
+
+// ErrSecret is returned by Append for a record that holds key material.
+var ErrSecret = errors.New("refusing to journal key material")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Repair describes a torn tail cut off by Open.
+type Repair struct {
+	Truncated  bool
+	BrokenCopy string
+	Offset     int64 // the journal's new length
+}
+
+// Journal is an open, append-only journal file.
+type Journal struct {
+	mu      sync.Mutex
+	path    string
+	f       *os.File
+	records []Record
+	repair  *Repair
+	now     func() time.Time
+}
+
+// Open opens (creating if needed, 0600 in a 0700 directory) the journal at
+// path, validates every record and cuts a torn last record.
+func Open(path string) (*Journal, error) { return OpenWithClock(path, time.Now) }
+
+// OpenWithClock is Open with the clock used to stamp records.
+func OpenWithClock(path string, now func() time.Time) (*Journal, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("journal directory %s: %w", dir, err)
+	}
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		if err := syncDir(dir); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	recs, good, err := decode(data)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	j := &Journal{path: path, f: f, records: recs, now: now}
+	if good < int64(len(data)) {
+		broken := fmt.Sprintf("%s.broken-%d", path, time.Now().UnixNano())
+		if err := os.WriteFile(broken, data, 0o600); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("journal %s: keeping a copy of the torn tail: %w", path, err)
+		}
+		if err := f.Truncate(good); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("journal %s: cutting the torn tail: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, err
+		}
+		j.repair = &Repair{Truncated: true, BrokenCopy: broken, Offset: good}
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return j, nil
+}
+
+// decode parses data and returns the valid records, the byte length they
+// occupy, and ErrCorrupt for damage that is not a torn tail.
+func decode(data []byte) ([]Record, int64, error) {
+	var recs []Record
+	var off int64
+	line := 0
+	for off < int64(len(data)) {
+		line++
+		rest := data[off:]
+		nl := bytes.IndexByte(rest, '\n')
+		if nl < 0 {
+			return recs, off, nil // torn: no newline
+		}
+		rec, err := decodeLine(rest[:nl])
+		if err == nil && rec.Seq != uint64(len(recs))+1 {
+			err = fmt.Errorf("sequence %d where %d was expected", rec.Seq, len(recs)+1)
+		}
+		if err != nil {
+			if off+int64(nl)+1 == int64(len(data)) && !strings.HasPrefix(err.Error(), "sequence") {
+				return recs, off, nil // torn last record
+			}
+			return nil, 0, fmt.Errorf("%w: line %d (byte offset %d): %v; the journal is damaged before its last record: "+
+				"inspect it, then restore the node with `kubecpr backup restore RUN-ID` from the run's backup", ErrCorrupt, line, off, err)
+		}
+		recs = append(recs, rec)
+		off += int64(nl) + 1
+	}
+	return recs, off, nil
+}
+
+func decodeLine(b []byte) (Record, error) {
+	var rec Record
+	if len(b) < 10 || b[8] != ' ' {
+		return rec, errors.New("malformed record")
+	}
+	var sum uint32
+	if _, err := fmt.Sscanf(string(b[:8]), "%08x", &sum); err != nil {
+		return rec, errors.New("malformed checksum")
+	}
+	body := b[9:]
+	if crc32.Checksum(body, castagnoli) != sum {
+		return rec, errors.New("checksum mismatch")
+	}
+	if err := json.Unmarshal(body, &rec); err != nil {
+		return rec, fmt.Errorf("bad JSON: %v", err)
+	}
+	return rec, nil
+}
+
+func encode(rec Record) ([]byte, error) {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(fmt.Sprintf("%08x ", crc32.Checksum(body, castagnoli))), append(body, '\n')...), nil
+}
+
+// ReadFile decodes a journal read-only (for status): a torn tail is ignored,
+// not cut. A missing file has no records.
+func ReadFile(path string) ([]Record, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	recs, _, err := decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return recs, nil
+}
+
+// Records returns a copy of every valid record, in order.
+func (j *Journal) Records() []Record {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return append([]Record(nil), j.records...)
+}
+
+// Repaired reports a torn tail cut by Open, or nil.
+func (j *Journal) Repaired() *Repair { return j.repair }
+
+// Path is the journal's file path.
+func (j *Journal) Path() string { return j.path }
+
+func containsSecret(r Record) bool {
+	check := func(s string) bool { return strings.Contains(s, "PRIVATE KEY") || strings.Contains(s, "-----BEGIN") }
+	if check(r.RunID) || check(r.Stage) || check(r.Action) || check(string(r.Kind)) {
+		return true
+	}
+	for k, v := range r.Data {
+		if check(k) || check(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// Append stamps, encodes and durably writes a record (write + fsync)
+// before returning it.
+func (j *Journal) Append(r Record) (Record, error) {
+	if containsSecret(r) {
+		return Record{}, ErrSecret
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return Record{}, errors.New("journal is closed")
+	}
+	r.Seq = uint64(len(j.records)) + 1
+	r.Time = j.now().UTC()
+	line, err := encode(r)
+	if err != nil {
+		return Record{}, err
+	}
+	if _, err := j.f.Write(line); err != nil {
+		return Record{}, fmt.Errorf("journal %s: write: %w", j.path, err)
+	}
+	if err := j.f.Sync(); err != nil {
+		return Record{}, fmt.Errorf("journal %s: fsync: %w", j.path, err)
+	}
+	j.records = append(j.records, r)
+	return r, nil
+}
+
+// Close closes the journal file.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return nil
+	}
+	err := j.f.Close()
+	j.f = nil
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
