@@ -24,10 +24,10 @@ echo "exit code: $rc"
 hashes > "$work/before.txt"
 
 step "plan (dry run: nothing changes)"
-"$kubecpr" --root "$root" --now "$now" plan --until kubeconfigs
+"$kubecpr" --root "$root" --now "$now" plan --until kubeconfigs --update-user-kubeconfigs
 
 step "run: backup, certs, kubeconfigs (journaled)"
-"$kubecpr" --root "$root" --now "$now" run --until kubeconfigs
+"$kubecpr" --root "$root" --now "$now" run --until kubeconfigs --update-user-kubeconfigs
 
 step "AFTER: kubecpr check (exit code 0 = all ok)"
 "$kubecpr" --root "$root" --now "$now" check

@@ -13,6 +13,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -309,4 +310,49 @@ func ParsePublicKey(data []byte) (crypto.PublicKey, error) {
 		return nil, errors.New("no PUBLIC KEY PEM block found")
 	}
 	return x509.ParsePKIXPublicKey(b.Bytes)
+}
+
+// SelfSignedServing re-creates the kubelet's self-signed serving
+// certificate the way the kubelet makes it when serverTLSBootstrap is off:
+// a throwaway CA "<host>-ca@<unix>" signs "<host>@<unix>" for the existing
+// key, with the SANs of the old certificate, valid one year. It returns the
+// PEM chain (certificate, then CA) the kubelet writes to kubelet.crt.
+func SelfSignedServing(old *x509.Certificate, key crypto.Signer, host string, now time.Time) ([]byte, *x509.Certificate, error) {
+	caKey, err := NewKeyLike(key.Public())
+	if err != nil {
+		return nil, nil, err
+	}
+	stamp := now.Unix()
+	notBefore, notAfter := now.Add(-5*time.Minute).UTC(), now.Add(365*24*time.Hour).UTC()
+	caSerial, err := NewSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	caTmpl := &x509.Certificate{SerialNumber: caSerial, Subject: pkix.Name{CommonName: fmt.Sprintf("%s-ca@%d", host, stamp)},
+		NotBefore: notBefore, NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := NewSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: fmt.Sprintf("%s@%d", host, stamp)},
+		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: old.KeyUsage, ExtKeyUsage: old.ExtKeyUsage,
+		BasicConstraintsValid: true, DNSNames: old.DNSNames, IPAddresses: old.IPAddresses}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(EncodeCertificate(cert), EncodeCertificate(caCert)...), cert, nil
 }

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+
+	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/node"
+)
+
+// version is set by the Makefile (-ldflags -X main.version=...).
+var version = "dev"
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "kubecpr",
+		Usage:   "bring a Kubernetes control-plane node back when its certificates have expired",
+		Version: version,
+		Description: "Offline recovery for kubeadm control-plane nodes: diagnose, back up, renew, rewrite\n" +
+			"kubeconfigs, and prove the result; every change journaled, resumable and reversible.\n" +
+			"Exit codes: 0 ok, 1 expiring, 2 expired/invalid, 3 could not run, 4 locked, 5 journal damaged,\n" +
+			"6 stage failed (resume or rollback), 7 refused before any change, 8 external CA: CSRs written.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "root", Value: "/", Usage: "node root: every node path is resolved under it (a copy of a node for rehearsals)", EnvVars: []string{"KUBECPR_ROOT"}},
+			&cli.StringFlag{Name: "now", Usage: "the clock every expiry decision uses, RFC 3339 (default: the system clock)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table, json or yaml"},
+			&cli.StringFlag{Name: "config", Usage: "kubeadm config file (InitConfiguration/ClusterConfiguration) when the node's files do not say enough"},
+			&cli.StringFlag{Name: "state-dir", Value: node.DefaultState, Usage: "node path of kubecpr's journal, lock and backups"},
+			&cli.DurationFlag{Name: "warn", Value: 30 * 24 * time.Hour, Usage: "a certificate expiring within this is reported as expiring"},
+		},
+		Commands: []*cli.Command{
+			checkCommand(),
+			diagnoseCommand(),
+			planCommand(),
+			runCommand(),
+			resumeCommand(),
+			rollbackCommand(),
+			statusCommand(),
+			backupCommand(),
+			rehearseCommand(),
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main exits, after deferred cleanup
+		Writer:         os.Stdout,
+		ErrWriter:      os.Stderr,
+	}
+}
+
+// env is what every command works on.
+type env struct {
+	node    *node.Node
+	cluster *node.Cluster
+	now     time.Time
+	warn    time.Duration
+	out     io.Writer
+	format  string
+}
+
+func parseNow(s string) (time.Time, error) {
+	if s == "" {
+		return time.Now(), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, withCode(ExitFailed, fmt.Errorf("--now %q: want RFC 3339, like 2026-12-01T03:00:00Z", s))
+	}
+	return t, nil
+}
+
+func setup(c *cli.Context) (*env, error) {
+	e := &env{out: c.App.Writer, warn: c.Duration("warn"), format: c.String("output")}
+	switch e.format {
+	case "table", "json", "yaml":
+	default:
+		return nil, withCode(ExitFailed, fmt.Errorf("-o %q: want table, json or yaml", e.format))
+	}
+	var err error
+	if e.now, err = parseNow(c.String("now")); err != nil {
+		return nil, err
+	}
+	if e.node, err = node.New(c.String("root")); err != nil {
+		return nil, withCode(ExitFailed, err)
+	}
+	cl, err := e.node.Discover(c.String("config"))
+	if err != nil {
+		var ue *node.UnknownError
+		if errors.As(err, &ue) && cl != nil && cl.PKIDir != "" {
+			// The node name is unknown: checks that need it are skipped,
+			// and the report says so.
+			fmt.Fprintf(c.App.ErrWriter, "kubecpr: warning: %v\n", err)
+		} else {
+			return nil, withCode(ExitFailed, err)
+		}
+	}
+	e.cluster = cl
+	return e, nil
+}
+
+func (e *env) stateDir(c *cli.Context) string { return e.node.Path(c.String("state-dir")) }
+
+func (e *env) inventory() (*inventory.Inventory, error) {
+	inv, err := inventory.Build(e.node, e.cluster, e.now, e.warn)
+	if err != nil {
+		return nil, withCode(ExitFailed, err)
+	}
+	return inv, nil
+}
+
+// emit writes v as json or yaml; table output is the caller's.
+func emit(w io.Writer, format string, v any) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		// Through JSON, so the yaml keys are the documented json names.
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		var generic any
+		if err := yaml.Unmarshal(b, &generic); err != nil {
+			return err
+		}
+		enc := yaml.NewEncoder(w)
+		enc.SetIndent(2)
+		return enc.Encode(generic)
+	}
+	return fmt.Errorf("unknown format %q", format)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/kubecpr/kubecpr/recovery/journal"
+)
+
+// copyNode clones a generated node so every kill point starts from the same
+// bytes (cp -a keeps modes, owners and symlinks verbatim).
+func copyNode(t *testing.T, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "node")
+	if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a: %v %s", err, out)
+	}
+	return dst
+}
+
+func journalRecords(t *testing.T, root string) []journal.Record {
+	t.Helper()
+	cur, err := os.ReadFile(filepath.Join(root, "var/lib/kubecpr/current"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := journal.ReadFile(filepath.Join(root, "var/lib/kubecpr/runs", strings.TrimSpace(string(cur)), "journal.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// TestCrashAtEveryJournalRecord kills a real kubecpr process with SIGKILL
+// right after each journal record in turn. After every kill, `resume`
+// must reach the same end state as an uninterrupted run, and `rollback`
+// (from the crashed state, and after the resume) must restore every file
+// byte for byte.
+func TestCrashAtEveryJournalRecord(t *testing.T) {
+	template := expiredNode(t)
+	original := snapshot(t, template)
+
+	clean := copyNode(t, template)
+	if r := kubecpr(t, nil, rootArgs(clean, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+		t.Fatalf("uninterrupted run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	total := len(journalRecords(t, clean))
+	wantIDs := identities(t, clean, false)
+	wantFiles := fileSet(snapshot(t, clean))
+	if total < 10 {
+		t.Fatalf("only %d journal records in a full run", total)
+	}
+
+	exercised := 0
+	for k := 1; k <= total; k++ {
+		t.Run(fmt.Sprintf("kill-after-record-%02d", k), func(t *testing.T) {
+			crash := func() string {
+				root := copyNode(t, template)
+				r := kubecpr(t, []string{fmt.Sprintf("KUBECPR_CRASH_AFTER_RECORD=%d", k)}, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
+				if !r.killed {
+					t.Fatalf("process was not killed at record %d (exit %d)\n%s%s", k, r.code, r.stdout, r.stderr)
+				}
+				return root
+			}
+
+			// crash → resume → same end state as the clean run → rollback → original bytes
+			root := crash()
+			if r := kubecpr(t, nil, rootArgs(root, "resume", "--update-user-kubeconfigs")...); r.code != 0 {
+				t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+				t.Fatalf("check after resume: exit %d\n%s", r.code, r.stdout)
+			}
+			if diff := cmp.Diff(wantIDs, identities(t, root, false)); diff != "" {
+				t.Errorf("identities after resume differ from a clean run (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(wantFiles, fileSet(snapshot(t, root))); diff != "" {
+				t.Errorf("file set after resume differs from a clean run (-want +got):\n%s", diff)
+			}
+			if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+				t.Fatalf("rollback after resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
+				t.Fatalf("rollback after resume not byte-identical:\n%s", diff)
+			}
+
+			// crash → rollback → original bytes
+			root = crash()
+			if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+				t.Fatalf("rollback after crash: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
+				t.Fatalf("rollback after crash not byte-identical:\n%s", diff)
+			}
+			exercised++
+		})
+	}
+	t.Logf("kill points exercised: %d of %d journal records (each: resume+rollback and rollback alone)", exercised, total)
+}
+
+// fileSet is the list of paths with their kind and mode (content differs
+// between runs: new serials).
+func fileSet(s map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range s {
+		f := strings.Fields(v)
+		desc := f[0]
+		if i := strings.Index(v, " -> "); i >= 0 {
+			desc += v[i:]
+		}
+		out[k] = desc
+	}
+	return out
+}
+
+// TestNoKeyMaterialLeaks scans the journal, stdout and stderr of a full
+// run, a status and a rollback for any private key's bytes.
+func TestNoKeyMaterialLeaks(t *testing.T) {
+	root := expiredNode(t)
+	var outputs bytes.Buffer
+	for _, args := range [][]string{{"diagnose", "--offline"}, {"plan"}, {"run", "--until", "kubeconfigs", "--update-user-kubeconfigs"}, {"status"}, {"-o", "json", "check"}} {
+		r := kubecpr(t, nil, rootArgs(root, args...)...)
+		outputs.WriteString(r.stdout + r.stderr)
+	}
+	keys := privateKeyBodies(t, root)
+	r := kubecpr(t, nil, rootArgs(root, "rollback")...)
+	outputs.WriteString(r.stdout + r.stderr)
+	keys = append(keys, privateKeyBodies(t, root)...)
+	if len(keys) < 10 {
+		t.Fatalf("found only %d keys to look for", len(keys))
+	}
+	journals, _ := filepath.Glob(filepath.Join(root, "var/lib/kubecpr/runs/*/journal.log"))
+	for _, j := range journals {
+		b, _ := os.ReadFile(j)
+		outputs.Write(b)
+	}
+	hay := outputs.String()
+	if strings.Contains(hay, "PRIVATE KEY") {
+		t.Error("a PEM private key header appears in the journal or output")
+	}
+	for _, k := range keys {
+		// any 40-character run of the base64 body is proof of a leak
+		for i := 0; i+40 <= len(k); i += 40 {
+			if strings.Contains(hay, k[i:i+40]) {
+				t.Fatalf("private key bytes appear in the journal or output")
+			}
+		}
+	}
+}
+
+func privateKeyBodies(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	_ = filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err != nil || !info.Mode().IsRegular() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		for {
+			var blk *pem.Block
+			blk, b = pem.Decode(b)
+			if blk == nil {
+				break
+			}
+			if strings.Contains(blk.Type, "PRIVATE KEY") {
+				out = append(out, strings.Join(strings.Fields(string(pem.EncodeToMemory(blk))[len("-----BEGIN "+blk.Type+"-----"):]), "")[:64])
+			}
+		}
+		// kubeconfigs embed base64 of the PEM; decode those too
+		for _, line := range strings.Split(string(b), "\n") {
+			_ = line
+		}
+		return nil
+	})
+	return out
+}

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/kubecpr/kubecpr/phases"
+	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
+)
+
+func renewFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.DurationFlag{Name: "validity", Value: 365 * 24 * time.Hour, Usage: "lifetime of re-issued certificates (capped at the CA's own expiry)"},
+		&cli.DurationFlag{Name: "renew-within", Usage: "renew only certificates expiring within this (default 0: every leaf, as kubeadm certs renew all)"},
+		&cli.BoolFlag{Name: "rotate-keys", Usage: "make new private keys (same algorithm and size) instead of keeping them"},
+		&cli.StringFlag{Name: "csr-dir", Usage: "external CA: write CSRs and keys here; signed <name>.crt files found here are installed"},
+		&cli.BoolFlag{Name: "migrate-organizations", Usage: "apply kubeadm 1.29+ organisations: admin.conf O=kubeadm:cluster-admins, super-admin.conf O=system:masters"},
+		&cli.BoolFlag{Name: "update-user-kubeconfigs", Usage: "also refresh users' ~/.kube/config files that trust this cluster"},
+	}
+}
+
+func selectionFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "only", Usage: "comma-separated stages to run (backup is added when a stage changes files)"},
+		&cli.StringFlag{Name: "from", Usage: "first stage to run"},
+		&cli.StringFlag{Name: "until", Usage: "last stage to run"},
+	}
+}
+
+func options(c *cli.Context) pipeline.Options {
+	return pipeline.Options{
+		Validity: c.Duration("validity"), RenewWithin: c.Duration("renew-within"), RotateKeys: c.Bool("rotate-keys"),
+		CSRDir: c.String("csr-dir"), MigrateOrganizations: c.Bool("migrate-organizations"),
+		UpdateUserKubeconfigs: c.Bool("update-user-kubeconfigs"), DryRun: c.Bool("dry-run"),
+	}
+}
+
+func stageHelp() string {
+	var b strings.Builder
+	for _, s := range phases.All() {
+		fmt.Fprintf(&b, "  %-12s %s\n", s.Name, s.Short)
+	}
+	return b.String()
+}
+
+func planCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "plan",
+		Usage:       "print what `run` would do, changing nothing (same as run --dry-run)",
+		Description: "Stages:\n" + stageHelp(),
+		Flags:       append(renewFlags(), selectionFlags()...),
+		Action: func(c *cli.Context) error {
+			return doRun(c, true)
+		},
+	}
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "back up, renew, rewrite and verify, journaled; continues an unfinished run",
+		Description: "Stages, in order:\n" + stageHelp() +
+			"\nEvery change is backed up and journaled first. If a run was interrupted, `run` continues it\n" +
+			"(use `resume` to continue with the same selection, `rollback` to undo it).",
+		Flags: append(append(renewFlags(), selectionFlags()...),
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and change nothing"},
+			&cli.BoolFlag{Name: "new-run", Usage: "start a new run even if the last one is unfinished"},
+		),
+		Action: func(c *cli.Context) error {
+			return doRun(c, c.Bool("dry-run"))
+		},
+	}
+}
+
+func resumeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "resume",
+		Usage: "continue the last run after a crash or a failure, from the first action not known to be done",
+		Flags: renewFlags(),
+		Action: func(c *cli.Context) error {
+			return doResume(c)
+		},
+	}
+}
+
+// openRunner sets up a runner with the node lock held.
+func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner, func(), error) {
+	r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
+		Out: e.out, StateDir: e.stateDir(c), Stages: phases.All()}
+	lock, err := journal.Acquire(r.StateDir, time2(e))
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, func() { _ = r.Close(); _ = lock.Release() }, nil
+}
+
+func time2(e *env) time.Time { return time.Now() }
+
+func selection(c *cli.Context) pipeline.Selection {
+	return pipeline.Selection{Only: splitList(c.String("only")), From: c.String("from"), Until: c.String("until")}
+}
+
+func selString(s pipeline.Selection) string {
+	switch {
+	case len(s.Only) > 0:
+		return "only=" + strings.Join(s.Only, ",")
+	case s.From != "" || s.Until != "":
+		return "from=" + s.From + ";until=" + s.Until
+	}
+	return "all"
+}
+
+func parseSel(s string) pipeline.Selection {
+	var sel pipeline.Selection
+	if strings.HasPrefix(s, "only=") {
+		sel.Only = splitList(strings.TrimPrefix(s, "only="))
+		return sel
+	}
+	for _, part := range strings.Split(s, ";") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "from":
+			sel.From = v
+		case "until":
+			sel.Until = v
+		}
+	}
+	return sel
+}
+
+func doRun(c *cli.Context, dryRun bool) error {
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	return runPipeline(c, e, options(c), selection(c), dryRun, c.Bool("new-run"))
+}
+
+func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Selection, dryRun, newRun bool) error {
+	opts.DryRun = dryRun
+	all := phases.All()
+	chosen, err := pipeline.Select(all, sel)
+	if err != nil {
+		return withCode(ExitFailed, err)
+	}
+	chosen = pipeline.WithBackup(all, chosen)
+	if dryRun {
+		r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
+			Out: e.out, StateDir: e.stateDir(c), Stages: all}
+		if _, err := r.Prepare(newRun); err != nil {
+			return err
+		}
+		planned, err := r.Plan(c.Context, chosen)
+		if err != nil {
+			return err
+		}
+		printPlan(e.out, planned, e)
+		return nil
+	}
+	r, release, err := openRunner(c, e, opts)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if _, err := r.Prepare(newRun); err != nil {
+		return err
+	}
+	planned, err := r.Plan(c.Context, chosen)
+	if err != nil {
+		return err
+	}
+	if err := r.Preflight(planned); err != nil {
+		return err
+	}
+	continued, err := r.Open(newRun)
+	if err != nil {
+		return err
+	}
+	if continued {
+		fmt.Fprintf(e.out, "continuing unfinished run %s (journal %s)\n", r.RunID(), r.JournalPath())
+	} else {
+		fmt.Fprintf(e.out, "run %s on %s, clock %s (journal %s)\n", r.RunID(), e.node.Root, e.now.UTC().Format(time.RFC3339), r.JournalPath())
+	}
+	start := time.Now()
+	if err := r.Apply(c.Context, planned, selString(sel)); err != nil {
+		return err
+	}
+	if len(chosen) > 0 && chosen[len(chosen)-1].Name == all[len(all)-1].Name {
+		if err := r.Complete(); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.out, "run %s complete in %s; backup in %s\n", r.RunID(), time.Since(start).Round(time.Millisecond), r.Data().BackupDir())
+	} else {
+		fmt.Fprintf(e.out, "stages done in %s; the run stays open: `kubecpr run --from %s` continues, `kubecpr rollback` undoes it\n",
+			time.Since(start).Round(time.Millisecond), nextStage(all, chosen))
+	}
+	return nil
+}
+
+func nextStage(all, chosen []pipeline.Stage) string {
+	last := chosen[len(chosen)-1].Name
+	for i, s := range all {
+		if s.Name == last && i+1 < len(all) {
+			return all[i+1].Name
+		}
+	}
+	return last
+}
+
+func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) {
+	fmt.Fprintf(w, "plan for %s at %s (dry run: nothing will be changed)\n", e.node.Root, e.now.UTC().Format(time.RFC3339))
+	for i, ps := range planned {
+		fmt.Fprintf(w, "[%d/%d] %s: %s\n", i+1, len(planned), ps.Stage.Name, ps.Stage.Short)
+		if len(ps.Actions) == 0 {
+			fmt.Fprintln(w, "      - nothing to do")
+		}
+		for _, a := range ps.Actions {
+			fmt.Fprintf(w, "      • %s\n", a.Summary)
+		}
+	}
+}
+
+func doResume(c *cli.Context) error {
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	id, open, recs, err := pipeline.CurrentRun(e.stateDir(c))
+	if err != nil {
+		return err
+	}
+	if id == "" || !open {
+		fmt.Fprintln(e.out, "nothing to resume: no unfinished run")
+		return nil
+	}
+	sel := pipeline.Selection{}
+	for _, r := range recs {
+		if r.Kind == journal.KindRunStart {
+			sel = parseSel(r.Data["selection"])
+		}
+	}
+	return runPipeline(c, e, options(c), sel, false, false)
+}
+
+func rollbackCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "rollback",
+		Usage: "undo every change of the last run, restoring files byte for byte from its backup",
+		Action: func(c *cli.Context) error {
+			e, err := setup(c)
+			if err != nil {
+				return err
+			}
+			id, open, _, err := pipeline.CurrentRun(e.stateDir(c))
+			if err != nil {
+				return err
+			}
+			if id == "" || !open {
+				fmt.Fprintln(e.out, "nothing to roll back: no unfinished run (a completed or rolled-back run is closed; `kubecpr backup restore RUN-ID` restores any backup)")
+				return nil
+			}
+			r, release, err := openRunner(c, e, pipeline.Options{})
+			if err != nil {
+				return err
+			}
+			defer release()
+			if _, err := r.Open(false); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "rolling back run %s\n", r.RunID())
+			if err := r.Rollback(c.Context, nil); err != nil {
+				return withCode(ExitStageFailed, fmt.Errorf("rollback incomplete, run it again after fixing: %w", err))
+			}
+			return nil
+		},
+	}
+}
+
+var errNoRun = errors.New("no run recorded")

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
+)
+
+// ActionStatus is one action in `kubecpr status -o json`.
+type ActionStatus struct {
+	Action   string    `json:"action"`
+	Stage    string    `json:"stage"`
+	State    string    `json:"state"` // done, in-flight, failed, undone
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitempty"`
+	Duration string    `json:"duration,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// RunStatus is `kubecpr status -o json`.
+type RunStatus struct {
+	RunID   string         `json:"runID"`
+	Open    bool           `json:"open"`
+	Journal string         `json:"journal"`
+	Stages  []string       `json:"stagesDone"`
+	Actions []ActionStatus `json:"actions"`
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the last run's journal: which actions are done, in flight or undone, with times",
+		Action: func(c *cli.Context) error {
+			e, err := setup(c)
+			if err != nil {
+				return err
+			}
+			dir := e.stateDir(c)
+			id, open, recs, err := pipeline.CurrentRun(dir)
+			if err != nil {
+				return err
+			}
+			if id == "" {
+				fmt.Fprintln(e.out, "no run recorded in "+dir)
+				return nil
+			}
+			st := summarize(id, open, recs)
+			st.Journal = filepath.Join(dir, "runs", id, "journal.log")
+			if e.format != "table" {
+				return emit(e.out, e.format, st)
+			}
+			state := "open (resume or rollback)"
+			if !open {
+				state = "closed"
+			}
+			fmt.Fprintf(e.out, "run %s: %s\njournal %s\n\n", id, state, st.Journal)
+			tw := tabwriter.NewWriter(e.out, 4, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ACTION\tSTATE\tSTARTED\tDURATION\tERROR")
+			for _, a := range st.Actions {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Action, a.State, a.Started.UTC().Format(time.RFC3339), a.Duration, a.Error)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func summarize(id string, open bool, recs []journal.Record) RunStatus {
+	st := RunStatus{RunID: id, Open: open}
+	idx := map[string]int{}
+	for _, r := range recs {
+		if r.Kind == journal.KindStageEnd {
+			st.Stages = append(st.Stages, r.Stage)
+		}
+		if r.Action == "" {
+			continue
+		}
+		i, ok := idx[r.Action]
+		if !ok {
+			st.Actions = append(st.Actions, ActionStatus{Action: r.Action, Stage: r.Stage, Started: r.Time})
+			i = len(st.Actions) - 1
+			idx[r.Action] = i
+		}
+		a := &st.Actions[i]
+		switch r.Kind {
+		case journal.KindIntent:
+			a.State = "in-flight"
+			a.Error = ""
+		case journal.KindDone:
+			a.State, a.Finished = "done", r.Time
+			a.Duration = r.Time.Sub(a.Started).Round(time.Millisecond).String()
+		case journal.KindFailed:
+			a.State, a.Error = "failed", r.Data["error"]
+		case journal.KindUndoIntent:
+			a.State = "undoing"
+		case journal.KindUndone:
+			a.State = "undone"
+		}
+	}
+	sort.SliceStable(st.Actions, func(i, j int) bool { return st.Actions[i].Started.Before(st.Actions[j].Started) })
+	return st
+}

@@ -1,0 +1,67 @@
+// Package kubeconfigs is the kubeconfigs stage: re-issue the client
+// certificates embedded in admin.conf, super-admin.conf,
+// controller-manager.conf and scheduler.conf, and the kubelet's client
+// credential (embedded in kubelet.conf or its rotating pem), keeping every
+// other field. Users' kubeconfigs that trust this cluster are refreshed
+// only when asked.
+package kubeconfigs
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/kubecpr/kubecpr/phases/certs"
+	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+// Stage is the kubeconfigs stage.
+var Stage = pipeline.Stage{
+	Name:    "kubeconfigs",
+	Short:   "re-embed fresh client certificates in the kubeconfigs and the kubelet's client credential",
+	Mutates: true,
+	Plan:    Plan,
+}
+
+// Plan lists one action per kubeconfig credential to renew.
+func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
+	inv, err := d.Inventory()
+	if err != nil {
+		return nil, err
+	}
+	o := d.Options()
+	var items []*inventory.Item
+	var extra []pipeline.Action
+	for _, it := range inv.Sorted() {
+		switch it.Kind {
+		case inventory.KindKubeconfig:
+			items = append(items, it)
+		case inventory.KindKubeletClient:
+			// The kubelet rotates this itself while it can reach the API;
+			// renew it when it is no longer valid (or within --renew-within).
+			if it.Cert != nil && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
+				items = append(items, it)
+			}
+		case inventory.KindKubeletServing:
+			if it.Cert != nil && it.Status != pki.StatusMissing && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
+				a, err := servingAction(d, it)
+				if err != nil {
+					return nil, err
+				}
+				extra = append(extra, a)
+			}
+		case inventory.KindUserKubeconfig:
+			if o.UpdateUserKubeconfigs {
+				items = append(items, it)
+			} else if it.Status != pki.StatusOK {
+				fmt.Fprintf(d.Out(), "      note: %s trusts this cluster and is %s; pass --update-user-kubeconfigs to refresh it, or copy /etc/kubernetes/admin.conf over it after the run\n", it.Path, it.Status)
+			}
+		}
+	}
+	acts, err := certs.PlanItems(d, inv, items, "kubeconfigs")
+	if err != nil {
+		return nil, err
+	}
+	return append(acts, extra...), nil
+}

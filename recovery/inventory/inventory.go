@@ -1,0 +1,390 @@
+// Package inventory lists every credential on a kubeadm control-plane node
+// and judges each one: expiry, signing CA, key match, and whether it names
+// this node.
+package inventory
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+// Kind of a credential.
+type Kind string
+
+const (
+	KindCert           Kind = "certificate"     // pki .crt/.key pair
+	KindKubeconfig     Kind = "kubeconfig"      // client cert in a kubeadm kubeconfig
+	KindKubeletClient  Kind = "kubelet-client"  // kubelet-client-current.pem
+	KindKubeletServing Kind = "kubelet-serving" // kubelet.crt (self-signed by the kubelet)
+	KindUserKubeconfig Kind = "user-kubeconfig" // ~/.kube/config that trusts this cluster
+)
+
+// Item is one certificate on the node.
+type Item struct {
+	Name     string
+	Kind     Kind
+	Path     string // node path of the certificate (or kubeconfig)
+	KeyPath  string // node path of the key, when separate
+	CAName   string // "ca", "front-proxy-ca", "etcd-ca", or "" for self-signed
+	Optional bool   // absent is fine (super-admin.conf before 1.29, ...)
+
+	Cert     *x509.Certificate
+	Key      crypto.Signer
+	Status   pki.Status
+	Problems []string
+	// External is true when the signing CA has no key on the node.
+	External bool
+	Store    Store
+}
+
+// CAItem is one certificate authority.
+type CAItem struct {
+	Name     string
+	CertPath string
+	KeyPath  string
+	CA       *pki.CA
+	Status   pki.Status
+	Problems []string
+}
+
+// External reports whether the CA key is absent from the node.
+func (c *CAItem) External() bool { return c.CA == nil || c.CA.Key == nil }
+
+// Inventory is the judged list of credentials on a node at a moment.
+type Inventory struct {
+	Node    *node.Node
+	Cluster *node.Cluster
+	Now     time.Time
+	Warn    time.Duration
+	Items   []*Item
+	CAs     []*CAItem
+	// ServiceAccount problems (sa.key / sa.pub), empty when fine.
+	SAProblems []string
+}
+
+// leaf describes one kubeadm pki leaf: name as kubeadm prints it, base
+// path under the pki dir, signing CA.
+type leaf struct{ name, base, ca string }
+
+var kubeadmLeaves = []leaf{
+	{"apiserver", "apiserver", "ca"},
+	{"apiserver-etcd-client", "apiserver-etcd-client", "etcd-ca"},
+	{"apiserver-kubelet-client", "apiserver-kubelet-client", "ca"},
+	{"etcd-healthcheck-client", "etcd/healthcheck-client", "etcd-ca"},
+	{"etcd-peer", "etcd/peer", "etcd-ca"},
+	{"etcd-server", "etcd/server", "etcd-ca"},
+	{"front-proxy-client", "front-proxy-client", "front-proxy-ca"},
+}
+
+var kubeadmCAs = []leaf{
+	{"ca", "ca", ""},
+	{"etcd-ca", "etcd/ca", ""},
+	{"front-proxy-ca", "front-proxy-ca", ""},
+}
+
+// KubeconfigNames are the kubeconfigs kubeadm writes, in its order.
+var KubeconfigNames = []string{"admin.conf", "controller-manager.conf", "kubelet.conf", "scheduler.conf", "super-admin.conf"}
+
+// ErrUnknownLayout is returned when the node does not look like kubeadm's.
+var ErrUnknownLayout = errors.New("unknown layout")
+
+// Build reads and judges every credential on the node.
+func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*Inventory, error) {
+	inv := &Inventory{Node: n, Cluster: c, Now: now, Warn: warn}
+	pkiDir := c.PKIDir
+	if pkiDir == "" {
+		pkiDir = node.DefaultPKIDir
+	}
+	if !n.Exists(path.Join(pkiDir, "ca.crt")) {
+		return nil, fmt.Errorf("%s: %w: no %s/ca.crt under --root %s; this does not look like a kubeadm control-plane node "+
+			"(pass --root for a copy of a node, or --config with certificatesDir if the PKI lives elsewhere)",
+			n.Path(path.Join(pkiDir, "ca.crt")), ErrUnknownLayout, pkiDir, n.Root)
+	}
+
+	cas := map[string]*CAItem{}
+	for _, l := range kubeadmCAs {
+		ci := &CAItem{Name: l.name, CertPath: path.Join(pkiDir, l.base+".crt"), KeyPath: path.Join(pkiDir, l.base+".key")}
+		inv.CAs = append(inv.CAs, ci)
+		cas[l.name] = ci
+		store := &PairStore{Node: n, CertPath: ci.CertPath, KeyPath: ci.KeyPath}
+		cert, key, err := store.Load()
+		switch {
+		case isNotExist(err):
+			ci.Status = pki.StatusMissing
+			ci.Problems = append(ci.Problems, ci.CertPath+" is missing")
+			continue
+		case err != nil && cert == nil:
+			ci.Status = pki.StatusInvalid
+			ci.Problems = append(ci.Problems, err.Error())
+			continue
+		case err != nil:
+			ci.Problems = append(ci.Problems, err.Error())
+		}
+		ci.CA = &pki.CA{Name: l.name, Cert: cert, Key: key}
+		ci.Status = pki.StatusAt(cert, now, warn)
+		if !cert.IsCA {
+			ci.Status = pki.StatusInvalid
+			ci.Problems = append(ci.Problems, ci.CertPath+" is not a CA certificate (basicConstraints CA:FALSE)")
+		}
+		if key != nil && !pki.KeyMatches(cert.PublicKey, key) {
+			ci.Status = pki.StatusInvalid
+			ci.Problems = append(ci.Problems, ci.KeyPath+" does not match "+ci.CertPath)
+		}
+		if ci.Status == pki.StatusExpired {
+			ci.Problems = append(ci.Problems, fmt.Sprintf("the %s CA expired on %s: every certificate it signed is untrusted; "+
+				"kubecpr cannot renew leaves from it (see docs/expired-ca.md)", l.name, cert.NotAfter.UTC().Format(time.RFC3339)))
+		}
+	}
+
+	for _, l := range kubeadmLeaves {
+		it := &Item{Name: l.name, Kind: KindCert, Path: path.Join(pkiDir, l.base+".crt"),
+			KeyPath: path.Join(pkiDir, l.base+".key"), CAName: l.ca}
+		it.Store = &PairStore{Node: n, CertPath: it.Path, KeyPath: it.KeyPath}
+		inv.add(it, cas)
+	}
+	for _, name := range KubeconfigNames {
+		p := path.Join(node.KubernetesDir, name)
+		it := &Item{Name: name, Kind: KindKubeconfig, Path: p, CAName: "ca", Optional: name == "super-admin.conf"}
+		it.Store = &KubeconfigStore{Node: n, Path: p}
+		if name == "kubelet.conf" {
+			// kubelet.conf usually points at the rotating pem: then the pem
+			// is the credential, listed on its own below.
+			if ks, ok := it.Store.(*KubeconfigStore); ok && refersToFile(ks) {
+				continue
+			}
+		}
+		inv.add(it, cas)
+	}
+	if n.Exists(node.KubeletCurrent) {
+		it := &Item{Name: "kubelet-client-current.pem", Kind: KindKubeletClient, Path: node.KubeletCurrent, CAName: "ca"}
+		it.Store = &KubeletPEMStore{Node: n, Link: node.KubeletCurrent}
+		inv.add(it, cas)
+	}
+	if n.Exists(path.Join(node.KubeletPKIDir, "kubelet.crt")) {
+		it := &Item{Name: "kubelet.crt", Kind: KindKubeletServing, Path: path.Join(node.KubeletPKIDir, "kubelet.crt"),
+			KeyPath: path.Join(node.KubeletPKIDir, "kubelet.key")}
+		it.Store = &PairStore{Node: n, CertPath: it.Path, KeyPath: it.KeyPath}
+		inv.add(it, cas)
+	}
+	for _, p := range n.UserKubeconfigs() {
+		ks := &KubeconfigStore{Node: n, Path: p}
+		if cas["ca"].CA == nil || !trustsCA(ks, cas["ca"].CA.Cert) {
+			continue
+		}
+		it := &Item{Name: p, Kind: KindUserKubeconfig, Path: p, CAName: "ca", Store: ks}
+		inv.add(it, cas)
+	}
+	inv.checkSA(pkiDir)
+	return inv, nil
+}
+
+func refersToFile(ks *KubeconfigStore) bool {
+	cfg, err := ks.Config()
+	if err != nil {
+		return false
+	}
+	ai, _, err := currentAuth(cfg)
+	return err == nil && len(ai.ClientCertificateData) == 0 && ai.ClientCertificate != ""
+}
+
+func trustsCA(ks *KubeconfigStore, ca *x509.Certificate) bool {
+	cfg, err := ks.Config()
+	if err != nil {
+		return false
+	}
+	caPEM := pki.EncodeCertificate(ca)
+	for _, cl := range cfg.Clusters {
+		if bytes.Contains(cl.CertificateAuthorityData, bytes.TrimSpace(caPEM)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (inv *Inventory) add(it *Item, cas map[string]*CAItem) {
+	cert, key, err := it.Store.Load()
+	switch {
+	case isNotExist(err):
+		if it.Optional {
+			return
+		}
+		it.Status = pki.StatusMissing
+		it.Problems = append(it.Problems, it.Path+" is missing")
+		inv.Items = append(inv.Items, it)
+		return
+	case err != nil && cert == nil:
+		it.Status = pki.StatusInvalid
+		it.Problems = append(it.Problems, err.Error())
+		inv.Items = append(inv.Items, it)
+		return
+	case err != nil:
+		it.Status = pki.StatusInvalid
+		it.Problems = append(it.Problems, err.Error())
+	}
+	it.Cert, it.Key = cert, key
+	st := pki.StatusAt(cert, inv.Now, inv.Warn)
+	if it.Status == "" {
+		it.Status = st
+	}
+	if key == nil && err == nil {
+		it.Status = pki.StatusInvalid
+		kp := it.KeyPath
+		if kp == "" {
+			kp = it.Path
+		}
+		it.Problems = append(it.Problems, kp+": private key is missing")
+	}
+	if key != nil && !pki.KeyMatches(cert.PublicKey, key) {
+		it.Status = pki.StatusInvalid
+		kp := it.KeyPath
+		if kp == "" {
+			kp = it.Path
+		}
+		it.Problems = append(it.Problems, fmt.Sprintf("%s: private key does not match the certificate in %s (restore the pair from a backup, or renew with --rotate-keys)", kp, it.Path))
+	}
+	if ca := cas[it.CAName]; it.CAName != "" {
+		switch {
+		case ca == nil || ca.CA == nil:
+			it.Problems = append(it.Problems, fmt.Sprintf("signing CA %s is missing or unreadable", it.CAName))
+			it.Status = pki.StatusInvalid
+		default:
+			it.External = ca.CA.Key == nil
+			if err := ca.CA.Verify(cert); err != nil {
+				it.Status = pki.StatusInvalid
+				it.Problems = append(it.Problems, it.Path+": "+err.Error())
+			}
+		}
+	}
+	inv.checkIdentity(it)
+	inv.Items = append(inv.Items, it)
+}
+
+// checkIdentity flags certificates meant for another node.
+func (inv *Inventory) checkIdentity(it *Item) {
+	c := inv.Cluster
+	if c == nil || it.Cert == nil {
+		return
+	}
+	var probs []string
+	switch it.Name {
+	case "apiserver", "etcd-server", "etcd-peer":
+		probs = c.NodeSANsFit(it.Cert)
+	case "kubelet-client-current.pem", "kubelet.conf":
+		want := "system:node:" + c.NodeName
+		if c.NodeName != "" && it.Cert.Subject.CommonName != want {
+			probs = append(probs, fmt.Sprintf("CN is %q, want %q (a kubelet credential of another node?)", it.Cert.Subject.CommonName, want))
+		}
+	}
+	if len(probs) > 0 {
+		it.Status = pki.StatusInvalid
+		for _, p := range probs {
+			it.Problems = append(it.Problems, it.Path+": "+p)
+		}
+	}
+}
+
+func (inv *Inventory) checkSA(pkiDir string) {
+	keyPath, pubPath := path.Join(pkiDir, "sa.key"), path.Join(pkiDir, "sa.pub")
+	kdata, kerr := inv.Node.ReadFile(keyPath)
+	pdata, perr := inv.Node.ReadFile(pubPath)
+	if kerr != nil {
+		inv.SAProblems = append(inv.SAProblems, keyPath+": "+kerr.Error())
+	}
+	if perr != nil {
+		inv.SAProblems = append(inv.SAProblems, pubPath+": "+perr.Error())
+	}
+	if kerr != nil || perr != nil {
+		return
+	}
+	key, err := pki.ParsePrivateKey(kdata)
+	if err != nil {
+		inv.SAProblems = append(inv.SAProblems, keyPath+": "+err.Error())
+		return
+	}
+	pub, err := pki.ParsePublicKey(pdata)
+	if err != nil {
+		inv.SAProblems = append(inv.SAProblems, pubPath+": "+err.Error())
+		return
+	}
+	if !pki.KeyMatches(pub, key) {
+		inv.SAProblems = append(inv.SAProblems, pubPath+" does not match "+keyPath+": service account tokens would not verify")
+	}
+}
+
+// Find returns the item with the given name.
+func (inv *Inventory) Find(name string) *Item {
+	for _, it := range inv.Items {
+		if it.Name == name {
+			return it
+		}
+	}
+	return nil
+}
+
+// CA returns the CA with the given name.
+func (inv *Inventory) CA(name string) *CAItem {
+	for _, c := range inv.CAs {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Worst returns the most severe status over items and CAs.
+func (inv *Inventory) Worst() pki.Status {
+	worst := pki.StatusOK
+	for _, it := range inv.Items {
+		if it.Status.Severity() > worst.Severity() {
+			worst = it.Status
+		}
+	}
+	for _, c := range inv.CAs {
+		if c.Status == pki.StatusMissing && c.Name != "ca" {
+			continue
+		}
+		if c.Status.Severity() > worst.Severity() {
+			worst = c.Status
+		}
+	}
+	if len(inv.SAProblems) > 0 && worst.Severity() < 2 {
+		worst = pki.StatusInvalid
+	}
+	return worst
+}
+
+// Sorted returns items sorted by name, the way kubeadm prints them.
+func (inv *Inventory) Sorted() []*Item {
+	out := append([]*Item(nil), inv.Items...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// ServerOf returns the server URL of a kubeconfig's current context.
+func ServerOf(n *node.Node, p string) (string, error) {
+	cfg, err := clientcmd.LoadFromFile(n.Path(p))
+	if err != nil {
+		return "", err
+	}
+	ctx, ok := cfg.Contexts[cfg.CurrentContext]
+	if !ok {
+		return "", fmt.Errorf("%s: current-context %q not defined", p, cfg.CurrentContext)
+	}
+	cl, ok := cfg.Clusters[ctx.Cluster]
+	if !ok {
+		return "", fmt.Errorf("%s: cluster %q not defined", p, ctx.Cluster)
+	}
+	return strings.TrimSpace(cl.Server), nil
+}

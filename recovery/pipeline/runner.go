@@ -1,0 +1,677 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kubecpr/kubecpr/backup"
+	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+// BackupStage is the name of the stage the runner itself carries out:
+// nothing is changed on a node before its backup is complete.
+const BackupStage = "backup"
+
+// DefaultBackupSources are always copied before a change.
+var DefaultBackupSources = []string{node.KubernetesDir, node.KubeletPKIDir, node.KubeletConfig}
+
+// Runner applies a pipeline to one node with a journal.
+type Runner struct {
+	Node     *node.Node
+	Cluster  *node.Cluster
+	Opts     Options
+	Clock    time.Time // the run's clock (--now)
+	Warn     time.Duration
+	Out      io.Writer
+	StateDir string // host path of the state dir
+	Stages   []Stage
+
+	runID   string
+	journal *journal.Journal
+	records []journal.Record
+	// crashAfter kills the process after that many journal appends in this
+	// process (crash tests: KUBECPR_CRASH_AFTER_RECORD).
+	crashAfter int
+	appended   int
+}
+
+// data implements Data for stages.
+type data struct{ r *Runner }
+
+var _ Data = data{}
+
+func (d data) Node() *node.Node        { return d.r.Node }
+func (d data) Cluster() *node.Cluster  { return d.r.Cluster }
+func (d data) Now() time.Time          { return d.r.Clock }
+func (d data) Options() Options        { return d.r.Opts }
+func (d data) Out() io.Writer          { return d.r.Out }
+func (d data) RunID() string           { return d.r.runID }
+func (d data) BackupDir() string       { return d.r.backupDir() }
+func (d data) Inventory() (*inventory.Inventory, error) {
+	return inventory.Build(d.r.Node, d.r.Cluster, d.r.Clock, d.r.Warn)
+}
+
+// Data returns the stage view of this runner (for plan-only use).
+func (r *Runner) Data() Data { return data{r} }
+
+func (r *Runner) backupDir() string { return filepath.Join(r.StateDir, "backups", r.runID) }
+func (r *Runner) runDir(id string) string {
+	return filepath.Join(r.StateDir, "runs", id)
+}
+func (r *Runner) currentFile() string { return filepath.Join(r.StateDir, "current") }
+
+// RunID is the id of the run the runner works on ("" before Open).
+func (r *Runner) RunID() string { return r.runID }
+
+// JournalPath returns the host path of the open journal.
+func (r *Runner) JournalPath() string { return filepath.Join(r.runDir(r.runID), "journal.log") }
+
+// CurrentRun returns the id of the last run recorded in stateDir, and
+// whether it is still open (not completed, not rolled back).
+func CurrentRun(stateDir string) (id string, open bool, recs []journal.Record, err error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, "current"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil, nil
+	}
+	if err != nil {
+		return "", false, nil, err
+	}
+	id = strings.TrimSpace(string(b))
+	recs, err = journal.ReadFile(filepath.Join(stateDir, "runs", id, "journal.log"))
+	if err != nil {
+		return id, false, nil, err
+	}
+	open = true
+	for _, rec := range recs {
+		if rec.Kind == journal.KindRunEnd && (rec.Data["status"] == "complete" || rec.Data["status"] == "rolled-back") {
+			open = false
+		}
+	}
+	return id, open, recs, nil
+}
+
+// Prepare picks the run to work on without writing anything: the open run
+// in the state dir, or a new run id. Plans made after it name this run.
+func (r *Runner) Prepare(forceNew bool) (continued bool, err error) {
+	id, open, _, err := CurrentRun(r.StateDir)
+	if err != nil {
+		return false, err
+	}
+	if open && !forceNew {
+		r.runID = id
+		return true, nil
+	}
+	r.runID = newRunID(r.Clock)
+	return false, nil
+}
+
+// Open opens the journal of the prepared run (creating it for a new run).
+func (r *Runner) Open(forceNew bool) (continued bool, err error) {
+	if v := os.Getenv("KUBECPR_CRASH_AFTER_RECORD"); v != "" {
+		r.crashAfter, _ = strconv.Atoi(v)
+	}
+	if r.runID == "" {
+		if continued, err = r.Prepare(forceNew); err != nil {
+			return false, err
+		}
+	} else {
+		id, open, _, err := CurrentRun(r.StateDir)
+		if err != nil {
+			return false, err
+		}
+		continued = open && id == r.runID
+	}
+	if err := os.MkdirAll(r.runDir(r.runID), 0o700); err != nil {
+		return false, fmt.Errorf("state dir %s: %w", r.StateDir, err)
+	}
+	j, err := journal.Open(r.JournalPath())
+	if err != nil {
+		return false, err
+	}
+	r.journal = j
+	r.records = j.Records()
+	if rep := j.Repaired(); rep != nil && rep.Truncated {
+		fmt.Fprintf(r.Out, "journal: a torn last record from a crash was cut off at byte %d (copy kept at %s)\n", rep.Offset, rep.BrokenCopy)
+	}
+	if !continued {
+		if err := atomicfile.WriteFile(r.currentFile(), []byte(r.runID+"\n"), atomicfile.Options{Mode: 0o600}); err != nil {
+			return false, err
+		}
+	}
+	return continued, nil
+}
+
+// Close closes the journal.
+func (r *Runner) Close() error {
+	if r.journal == nil {
+		return nil
+	}
+	return r.journal.Close()
+}
+
+func newRunID(now time.Time) string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b)
+}
+
+func (r *Runner) append(rec journal.Record) error {
+	rec.RunID = r.runID
+	out, err := r.journal.Append(rec)
+	if err != nil {
+		return fmt.Errorf("journal %s: %w", r.JournalPath(), err)
+	}
+	r.records = append(r.records, out)
+	r.appended++
+	if r.crashAfter > 0 && r.appended == r.crashAfter {
+		// Crash-test seam: die like a power cut, right after the record is durable.
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	return nil
+}
+
+// actionState summarises the journal for one action.
+type actionState struct {
+	firstIntent *journal.Record
+	lastIntent  *journal.Record
+	done        bool
+	undone      bool
+	doneRec     *journal.Record
+}
+
+func (r *Runner) states() (map[string]*actionState, []string) {
+	m := map[string]*actionState{}
+	var order []string
+	for i := range r.records {
+		rec := &r.records[i]
+		if rec.Action == "" {
+			continue
+		}
+		st := m[rec.Action]
+		if st == nil {
+			st = &actionState{}
+			m[rec.Action] = st
+		}
+		switch rec.Kind {
+		case journal.KindIntent:
+			if st.firstIntent == nil || st.undone {
+				st.firstIntent = rec
+				order = append(order, rec.Action)
+				st.undone = false
+			}
+			st.lastIntent = rec
+			st.done = false
+		case journal.KindDone:
+			st.done = true
+			st.doneRec = rec
+		case journal.KindUndone:
+			st.undone = true
+			st.done = false
+		}
+	}
+	return m, order
+}
+
+// PlannedStage is a stage with its actions.
+type PlannedStage struct {
+	Stage   Stage
+	Actions []Action
+	Note    string
+}
+
+// Plan plans every selected stage against the node as it is now. Any
+// precondition failure stops here, before a change.
+func (r *Runner) Plan(ctx context.Context, stages []Stage) ([]PlannedStage, error) {
+	var out []PlannedStage
+	for _, s := range stages {
+		if s.Name == BackupStage || s.Plan == nil {
+			out = append(out, PlannedStage{Stage: s})
+			continue
+		}
+		acts, err := s.Plan(ctx, data{r})
+		if err != nil {
+			var pe *PreconditionError
+			var ee *ExternalCAError
+			if errors.As(err, &pe) || errors.As(err, &ee) {
+				return nil, err
+			}
+			return nil, &PreconditionError{Stage: s.Name, Err: err}
+		}
+		out = append(out, PlannedStage{Stage: s, Actions: acts})
+	}
+	// The backup covers every path any action may write.
+	// Users' kubeconfigs are always included, so a run continued later with
+	// more stages finds every file it may touch in the same backup.
+	sources := append(append([]string{}, DefaultBackupSources...), r.Node.UserKubeconfigs()...)
+	for _, ps := range out {
+		for _, a := range ps.Actions {
+			for _, p := range a.Paths {
+				if !covered(sources, p) {
+					sources = append(sources, p)
+				}
+			}
+		}
+	}
+	for i := range out {
+		if out[i].Stage.Name == BackupStage {
+			out[i].Actions = []Action{r.backupAction(sources)}
+		}
+	}
+	return out, nil
+}
+
+func covered(sources []string, p string) bool {
+	for _, s := range sources {
+		if p == s || strings.HasPrefix(p, strings.TrimSuffix(s, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// WithBackup makes sure the backup stage runs before a mutating stage.
+func WithBackup(all, chosen []Stage) []Stage {
+	mutates := false
+	for _, s := range chosen {
+		if s.Mutates {
+			mutates = true
+		}
+		if s.Name == BackupStage {
+			return chosen
+		}
+	}
+	if !mutates {
+		return chosen
+	}
+	for _, s := range all {
+		if s.Name == BackupStage {
+			return append([]Stage{s}, chosen...)
+		}
+	}
+	return chosen
+}
+
+func (r *Runner) backupAction(sources []string) Action {
+	return Action{
+		ID:      "backup/node",
+		Summary: fmt.Sprintf("copy %s into %s (0700) with a sha256 manifest", strings.Join(sources, ", "), r.backupDir()),
+		Run: func(ctx context.Context) (map[string]string, error) {
+			dir := r.backupDir()
+			if _, err := backup.Load(dir); err == nil {
+				return map[string]string{"dir": dir, "reused": "true"}, nil
+			}
+			_ = os.RemoveAll(dir) // a partial backup from a crash
+			m, err := backup.Create(r.Node.Root, dir, sources, r.Clock)
+			if err != nil {
+				return nil, err
+			}
+			return map[string]string{"dir": dir, "entries": strconv.Itoa(len(m.Entries))}, nil
+		},
+		Applied: func(ctx context.Context, _ map[string]string) bool {
+			_, err := backup.Load(r.backupDir())
+			return err == nil
+		},
+	}
+}
+
+// Preflight checks, before any change, that every directory to be written
+// is writable (a read-only root stops here) and that the state dir is.
+func (r *Runner) Preflight(planned []PlannedStage) error {
+	dirs := map[string]bool{r.StateDir: true}
+	for _, ps := range planned {
+		for _, a := range ps.Actions {
+			for _, p := range a.Paths {
+				dirs[filepath.Dir(r.Node.Path(p))] = true
+			}
+		}
+	}
+	var keys []string
+	for d := range dirs {
+		keys = append(keys, d)
+	}
+	sort.Strings(keys)
+	for _, d := range keys {
+		if _, err := os.Stat(d); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err := unix.Access(d, unix.W_OK); err != nil {
+			hint := "check permissions"
+			if errors.Is(err, unix.EROFS) {
+				hint = "the filesystem is mounted read-only: remount it read-write (mount -o remount,rw) or run a rehearsal on a copy with --root"
+			}
+			return &PreconditionError{Stage: "preflight", Err: fmt.Errorf("%s is not writable: %v; %s", d, err, hint)}
+		}
+	}
+	return nil
+}
+
+// Apply runs the planned stages, skipping actions the journal shows done
+// and re-checking any left in flight by a crash.
+func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) error {
+	if len(r.records) == 0 {
+		if err := r.append(journal.Record{Kind: journal.KindRunStart, Data: map[string]string{
+			"root": r.Node.Root, "now": r.Clock.UTC().Format(time.RFC3339), "selection": sel}}); err != nil {
+			return err
+		}
+	}
+	states, _ := r.states()
+	total := len(planned)
+	for i, ps := range planned {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		fmt.Fprintf(r.Out, "[%d/%d] %s: %s\n", i+1, total, ps.Stage.Name, ps.Stage.Short)
+		if err := r.append(journal.Record{Kind: journal.KindStageStart, Stage: ps.Stage.Name}); err != nil {
+			return err
+		}
+		for _, a := range ps.Actions {
+			st := states[a.ID]
+			if st != nil && st.done && !st.undone {
+				fmt.Fprintf(r.Out, "      = %s (done earlier)\n", a.Summary)
+				continue
+			}
+			astart := time.Now()
+			var err error
+			if a.Files != nil {
+				err = r.applyFiles(ctx, ps.Stage.Name, a, st)
+			} else if a.Run != nil {
+				err = r.applyRun(ctx, ps.Stage.Name, a, st)
+			}
+			if err != nil {
+				_ = r.append(journal.Record{Kind: journal.KindFailed, Stage: ps.Stage.Name, Action: a.ID,
+					Data: map[string]string{"error": err.Error()}})
+				var pe *PreconditionError
+				if errors.As(err, &pe) {
+					return err
+				}
+				return &StageError{Stage: ps.Stage.Name, Action: a.ID, Err: err}
+			}
+			fmt.Fprintf(r.Out, "      ✓ %s (%s)\n", a.Summary, round(time.Since(astart)))
+		}
+		if len(ps.Actions) == 0 {
+			note := ps.Note
+			if note == "" {
+				note = "nothing to do"
+			}
+			fmt.Fprintf(r.Out, "      - %s\n", note)
+		}
+		d := time.Since(start)
+		if err := r.append(journal.Record{Kind: journal.KindStageEnd, Stage: ps.Stage.Name,
+			Data: map[string]string{"duration": d.String()}}); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.Out, "      %s done in %s\n", ps.Stage.Name, round(d))
+	}
+	return nil
+}
+
+// Complete closes the run (after the last stage of the whole pipeline).
+func (r *Runner) Complete() error {
+	return r.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "complete"}})
+}
+
+func round(d time.Duration) time.Duration {
+	if d > time.Second {
+		return d.Round(10 * time.Millisecond)
+	}
+	return d.Round(100 * time.Microsecond)
+}
+
+// fileState is the identity of what is at a host path now.
+func fileState(p string) (string, error) {
+	st, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "absent", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if st.Mode()&fs.ModeSymlink != 0 {
+		t, err := os.Readlink(p)
+		return "link:" + t, err
+	}
+	if !st.Mode().IsRegular() {
+		return "other:" + st.Mode().String(), nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	return "sha256:" + pki.SHA256(b), nil
+}
+
+func opState(op node.FileOp) string {
+	if op.IsLink() {
+		return "link:" + op.Link
+	}
+	return "sha256:" + pki.SHA256(op.Data)
+}
+
+func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *actionState) error {
+	if st != nil && st.lastIntent != nil && !st.done {
+		// In flight when the last run stopped: if every file already holds
+		// what the intent promised, the action completed.
+		if r.intentReached(st.lastIntent) {
+			fmt.Fprintf(r.Out, "      ~ %s: completed before the crash, verified by sha256\n", a.ID)
+			return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID, Data: map[string]string{"verified": "resume"}})
+		}
+	}
+	ops, err := a.Files(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := backup.Load(r.backupDir())
+	if err != nil {
+		return fmt.Errorf("no complete backup for run %s at %s: %w", r.runID, r.backupDir(), err)
+	}
+	rec := journal.Record{Kind: journal.KindIntent, Stage: stage, Action: a.ID, Data: map[string]string{"files": strconv.Itoa(len(ops))}}
+	for i, op := range ops {
+		host := r.Node.Path(op.Path)
+		old, err := fileState(host)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op.Path, err)
+		}
+		if old != "absent" {
+			e, ok := m.Lookup(op.Path)
+			if !ok {
+				return fmt.Errorf("%s is not in the backup %s: refusing to change a file that cannot be restored", op.Path, r.backupDir())
+			}
+			_ = e
+		}
+		k := strconv.Itoa(i)
+		rec.Data["path."+k] = op.Path
+		rec.Data["old."+k] = old
+		rec.Data["new."+k] = opState(op)
+	}
+	if err := r.append(rec); err != nil {
+		return err
+	}
+	for _, op := range ops {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		host := r.Node.Path(op.Path)
+		if op.IsLink() {
+			err = atomicfile.ReplaceSymlink(host, op.Link)
+		} else {
+			err = atomicfile.WriteFile(host, op.Data, atomicfile.Options{Mode: op.Mode, ForceMode: op.Secret, Owner: true})
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID})
+}
+
+func (r *Runner) intentReached(rec *journal.Record) bool {
+	n, _ := strconv.Atoi(rec.Data["files"])
+	if n == 0 {
+		return false
+	}
+	for i := 0; i < n; i++ {
+		k := strconv.Itoa(i)
+		got, err := fileState(r.Node.Path(rec.Data["path."+k]))
+		if err != nil || got != rec.Data["new."+k] {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Runner) applyRun(ctx context.Context, stage string, a Action, st *actionState) error {
+	if st != nil && st.lastIntent != nil && !st.done && a.Applied != nil && a.Applied(ctx, st.lastIntent.Data) {
+		return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID, Data: map[string]string{"verified": "resume"}})
+	}
+	if err := r.append(journal.Record{Kind: journal.KindIntent, Stage: stage, Action: a.ID}); err != nil {
+		return err
+	}
+	facts, err := a.Run(ctx)
+	if err != nil {
+		return err
+	}
+	return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID, Data: facts})
+}
+
+// Rollback undoes every applied or in-flight action of the current run in
+// reverse order, restoring files byte for byte from the backup. It keeps
+// going past failures and returns all of them.
+func (r *Runner) Rollback(ctx context.Context, undoRun map[string]func(context.Context, map[string]string) error) error {
+	states, order := r.states()
+	var m *backup.Manifest
+	var errs []error
+	undone := 0
+	for i := len(order) - 1; i >= 0; i-- {
+		id := order[i]
+		st := states[id]
+		if st.undone || st.firstIntent == nil {
+			continue
+		}
+		// Only the first occurrence in order carries the original state.
+		if first := indexOf(order, id); first != i {
+			continue
+		}
+		rec := st.firstIntent
+		if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: rec.Stage, Action: id}); err != nil {
+			return err
+		}
+		var err error
+		note := "undid"
+		if _, ok := rec.Data["files"]; ok {
+			if m == nil {
+				m, err = backup.Load(r.backupDir())
+				if err != nil {
+					return fmt.Errorf("cannot roll back: backup %s: %w", r.backupDir(), err)
+				}
+			}
+			err = r.undoFiles(rec, st, m)
+		} else if u := undoRun[id]; u != nil {
+			var facts map[string]string
+			if st.doneRec != nil {
+				facts = st.doneRec.Data
+			}
+			err = u(ctx, facts)
+		} else {
+			note = "nothing to undo for"
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", id, err))
+			continue
+		}
+		undone++
+		fmt.Fprintf(r.Out, "      ↶ %s %s\n", note, id)
+		if err := r.append(journal.Record{Kind: journal.KindUndone, Stage: rec.Stage, Action: id}); err != nil {
+			return err
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	fmt.Fprintf(r.Out, "rolled back %d actions of run %s\n", undone, r.runID)
+	return r.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "rolled-back"}})
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
+func (r *Runner) undoFiles(first *journal.Record, st *actionState, m *backup.Manifest) error {
+	// Every path any intent of this action touched, with its original state
+	// from the first intent (a redo after a crash records a later "old").
+	orig := map[string]string{}
+	var paths []string
+	for _, rec := range r.records {
+		if rec.Action != first.Action || rec.Kind != journal.KindIntent || rec.Seq < first.Seq {
+			continue
+		}
+		n, _ := strconv.Atoi(rec.Data["files"])
+		for i := 0; i < n; i++ {
+			k := strconv.Itoa(i)
+			p := rec.Data["path."+k]
+			if _, seen := orig[p]; !seen {
+				orig[p] = rec.Data["old."+k]
+				paths = append(paths, p)
+			}
+		}
+	}
+	var errs []error
+	for i := len(paths) - 1; i >= 0; i-- {
+		p := paths[i]
+		host := r.Node.Path(p)
+		want := orig[p]
+		if e, ok := m.Lookup(p); ok {
+			if err := backup.RestoreEntry(r.Node.Root, r.backupDir(), e); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		} else if want == "absent" {
+			if err := atomicfile.Remove(host); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		} else {
+			errs = append(errs, fmt.Errorf("%s is not in the backup; it was %s before the run", p, want))
+			continue
+		}
+		got, err := fileState(host)
+		if err != nil {
+			errs = append(errs, err)
+		} else if got != want {
+			errs = append(errs, fmt.Errorf("%s after restore is %s, expected %s", p, got, want))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Records returns the journal records of the run.
+func (r *Runner) Records() []journal.Record { return append([]journal.Record(nil), r.records...) }
+
+// nodeDirOf is the node directory of a node path.
+func nodeDirOf(p string) string { return path.Dir(p) }
+
+var _ = nodeDirOf

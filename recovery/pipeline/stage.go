@@ -1,0 +1,174 @@
+// Package pipeline runs kubecpr's recovery stages: each stage plans a list
+// of concrete actions, and one runner applies them in order with a
+// write-ahead journal, so a crash at any instant can be resumed or rolled
+// back. Phases never write files themselves: they return file operations
+// and the runner backs up, journals and writes them atomically.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/node"
+)
+
+// Options are the user's choices for a run.
+type Options struct {
+	Validity              time.Duration // lifetime of re-issued certificates (default 1y)
+	RenewWithin           time.Duration // 0: renew every leaf (as kubeadm); else only those expiring within
+	RotateKeys            bool          // new private keys (same algorithm and size)
+	CSRDir                string        // external CA: where CSRs and keys go (host path)
+	MigrateOrganizations  bool          // kubeadm 1.29+ admin.conf / super-admin.conf organisations
+	UpdateUserKubeconfigs bool          // refresh ~/.kube/config files that point at this cluster
+	DryRun                bool
+}
+
+// Data is the narrow view a stage has of the run: paths, clock, options,
+// output. Stages never reach for globals.
+type Data interface {
+	Node() *node.Node
+	Cluster() *node.Cluster
+	Now() time.Time
+	Options() Options
+	// Inventory reads and judges the node's credentials as they are now.
+	Inventory() (*inventory.Inventory, error)
+	Out() io.Writer
+	RunID() string
+	// BackupDir is the host path of this run's backup.
+	BackupDir() string
+}
+
+// Action is one concrete step of a stage's plan.
+type Action struct {
+	ID      string   // stable within a run: "certs/apiserver"
+	Summary string   // one line for the plan and progress output
+	Paths   []string // node paths it may write (known at plan time, backed up first)
+
+	// Files computes the file operations at apply time; the runner
+	// journals, backs up and writes them. Content is never journaled.
+	Files func(ctx context.Context) ([]node.FileOp, error)
+	// Run performs an action that is not a file write (backup, restart).
+	// It returns facts to journal (never secrets).
+	Run func(ctx context.Context) (map[string]string, error)
+	// Undo reverses a Run action, given what Run journaled.
+	Undo func(ctx context.Context, rec map[string]string) error
+	// Applied reports whether a Run action's effect is already in place,
+	// for resume after a crash in the middle of it.
+	Applied func(ctx context.Context, rec map[string]string) bool
+}
+
+// Stage is one step of the pipeline, as data.
+type Stage struct {
+	Name  string
+	Short string
+	// Mutates is true when the stage changes the node (needs backup+lock).
+	Mutates bool
+	// Live is true when the stage needs running processes (rehearse only
+	// reports what it would do).
+	Live bool
+	Plan func(ctx context.Context, d Data) ([]Action, error)
+}
+
+// PreconditionError stops a run before any change: bad input, expired CA,
+// missing CA key, no space, read-only disk.
+type PreconditionError struct {
+	Stage string
+	Err   error
+}
+
+func (e *PreconditionError) Error() string {
+	return fmt.Sprintf("%s: %v (nothing was changed)", e.Stage, e.Err)
+}
+func (e *PreconditionError) Unwrap() error { return e.Err }
+
+// ExternalCAError stops a run after CSRs were written for an external CA.
+type ExternalCAError struct {
+	CSRDir string
+	CSRs   []string
+}
+
+func (e *ExternalCAError) Error() string {
+	return fmt.Sprintf("the CA key is not on this node (external CA): wrote %d certificate signing requests to %s; "+
+		"have your CA sign each <name>.csr into <name>.crt in that directory, then run `kubecpr run --csr-dir %s` again to install them",
+		len(e.CSRs), e.CSRDir, e.CSRDir)
+}
+
+// StageError is a failure after changes may have begun.
+type StageError struct {
+	Stage  string
+	Action string
+	Err    error
+}
+
+func (e *StageError) Error() string {
+	where := e.Stage
+	if e.Action != "" {
+		where = e.Action
+	}
+	return fmt.Sprintf("%s: %v\nthe journal records every change so far: `kubecpr resume` continues, `kubecpr rollback` restores the backup, `kubecpr status` shows where it stopped", where, e.Err)
+}
+func (e *StageError) Unwrap() error { return e.Err }
+
+// Selection narrows which stages run.
+type Selection struct {
+	Only        []string
+	From, Until string
+}
+
+// Select returns the stages chosen, in pipeline order, or an error naming
+// an unknown stage and listing the known ones.
+func Select(stages []Stage, sel Selection) ([]Stage, error) {
+	known := map[string]int{}
+	var names []string
+	for i, s := range stages {
+		known[s.Name] = i
+		names = append(names, s.Name)
+	}
+	check := func(n string) error {
+		if _, ok := known[n]; !ok {
+			return fmt.Errorf("unknown stage %q (stages: %s)", n, strings.Join(names, ", "))
+		}
+		return nil
+	}
+	if len(sel.Only) > 0 && (sel.From != "" || sel.Until != "") {
+		return nil, errors.New("--only cannot be combined with --from/--until")
+	}
+	if len(sel.Only) > 0 {
+		want := map[string]bool{}
+		for _, n := range sel.Only {
+			if err := check(n); err != nil {
+				return nil, err
+			}
+			want[n] = true
+		}
+		var out []Stage
+		for _, s := range stages {
+			if want[s.Name] {
+				out = append(out, s)
+			}
+		}
+		return out, nil
+	}
+	from, until := 0, len(stages)-1
+	if sel.From != "" {
+		if err := check(sel.From); err != nil {
+			return nil, err
+		}
+		from = known[sel.From]
+	}
+	if sel.Until != "" {
+		if err := check(sel.Until); err != nil {
+			return nil, err
+		}
+		until = known[sel.Until]
+	}
+	if from > until {
+		return nil, fmt.Errorf("--from %s comes after --until %s", sel.From, sel.Until)
+	}
+	return stages[from : until+1], nil
+}
