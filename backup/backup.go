@@ -504,4 +504,3 @@ func prune(root string, m *Manifest, dryRun bool) ([]string, error) {
 	sort.Strings(removed)
 	return removed, errors.Join(errs...)
 }
-

@@ -6,10 +6,10 @@ package deps
 
 import (
 	_ "github.com/containerd/containerd/v2/client"
+	_ "github.com/containerd/containerd/v2/core/images"
 	_ "github.com/containerd/containerd/v2/pkg/cio"
 	_ "github.com/containerd/containerd/v2/pkg/namespaces"
 	_ "github.com/containerd/containerd/v2/pkg/oci"
-	_ "github.com/containerd/containerd/v2/core/images"
 	_ "github.com/containerd/errdefs"
 	_ "github.com/google/go-cmp/cmp"
 	_ "github.com/opencontainers/go-digest"

@@ -52,4 +52,3 @@ var Stage = pipeline.Stage{
 		}}, nil
 	},
 }
-

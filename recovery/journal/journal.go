@@ -268,4 +268,3 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
-

@@ -59,13 +59,13 @@ type data struct{ r *Runner }
 
 var _ Data = data{}
 
-func (d data) Node() *node.Node        { return d.r.Node }
-func (d data) Cluster() *node.Cluster  { return d.r.Cluster }
-func (d data) Now() time.Time          { return d.r.Clock }
-func (d data) Options() Options        { return d.r.Opts }
-func (d data) Out() io.Writer          { return d.r.Out }
-func (d data) RunID() string           { return d.r.runID }
-func (d data) BackupDir() string       { return d.r.backupDir() }
+func (d data) Node() *node.Node       { return d.r.Node }
+func (d data) Cluster() *node.Cluster { return d.r.Cluster }
+func (d data) Now() time.Time         { return d.r.Clock }
+func (d data) Options() Options       { return d.r.Opts }
+func (d data) Out() io.Writer         { return d.r.Out }
+func (d data) RunID() string          { return d.r.runID }
+func (d data) BackupDir() string      { return d.r.backupDir() }
 func (d data) Inventory() (*inventory.Inventory, error) {
 	return inventory.Build(d.r.Node, d.r.Cluster, d.r.Clock, d.r.Warn)
 }
