@@ -144,6 +144,10 @@ func doRun(c *cli.Context, dryRun bool) error {
 
 func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Selection, dryRun, newRun bool) error {
 	opts.DryRun = dryRun
+	// An unknown layout is not a node to recover: say so before planning.
+	if _, err := e.inventory(); err != nil {
+		return err
+	}
 	all := phases.All()
 	chosen, err := pipeline.Select(all, sel)
 	if err != nil {

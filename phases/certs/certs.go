@@ -69,6 +69,10 @@ func PlanItems(d pipeline.Data, inv *inventory.Inventory, items []*inventory.Ite
 			bad = append(bad, fmt.Sprintf("%s is missing: kubecpr renews certificates, it does not create them (kubeadm init phase certs/kubeconfig creates a missing one)", it.Path))
 			continue
 		}
+		if it.Cert == nil {
+			bad = append(bad, strings.Join(it.Problems, "; "))
+			continue
+		}
 		if !Want(it, d.Now(), o) {
 			continue
 		}
