@@ -493,11 +493,9 @@ func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *act
 			return fmt.Errorf("%s: %w", op.Path, err)
 		}
 		if old != "absent" {
-			e, ok := m.Lookup(op.Path)
-			if !ok {
+			if _, ok := m.Lookup(op.Path); !ok && !createdByThisAction(st, op.Path) {
 				return fmt.Errorf("%s is not in the backup %s: refusing to change a file that cannot be restored", op.Path, r.backupDir())
 			}
-			_ = e
 		}
 		k := strconv.Itoa(i)
 		rec.Data["path."+k] = op.Path
@@ -675,3 +673,21 @@ func (r *Runner) Records() []journal.Record { return append([]journal.Record(nil
 func nodeDirOf(p string) string { return path.Dir(p) }
 
 var _ = nodeDirOf
+
+// createdByThisAction reports whether an earlier, interrupted attempt of the
+// same action created path (its first intent recorded it as absent):
+// rollback removes it again, so it needs no backup.
+func createdByThisAction(st *actionState, p string) bool {
+	if st == nil || st.firstIntent == nil {
+		return false
+	}
+	rec := st.firstIntent
+	n, _ := strconv.Atoi(rec.Data["files"])
+	for i := 0; i < n; i++ {
+		k := strconv.Itoa(i)
+		if rec.Data["path."+k] == p && rec.Data["old."+k] == "absent" {
+			return true
+		}
+	}
+	return false
+}
