@@ -243,6 +243,7 @@ type PlannedStage struct {
 // precondition failure stops here, before a change.
 func (r *Runner) Plan(ctx context.Context, stages []Stage) ([]PlannedStage, error) {
 	var out []PlannedStage
+	var external *ExternalCAError
 	for _, s := range stages {
 		if s.Name == BackupStage || s.Plan == nil {
 			out = append(out, PlannedStage{Stage: s})
@@ -252,12 +253,23 @@ func (r *Runner) Plan(ctx context.Context, stages []Stage) ([]PlannedStage, erro
 		if err != nil {
 			var pe *PreconditionError
 			var ee *ExternalCAError
-			if errors.As(err, &pe) || errors.As(err, &ee) {
+			if errors.As(err, &ee) {
+				// Keep planning: every stage's CSRs go out in one round.
+				if external == nil {
+					external = &ExternalCAError{CSRDir: ee.CSRDir}
+				}
+				external.CSRs = append(external.CSRs, ee.CSRs...)
+				continue
+			}
+			if errors.As(err, &pe) {
 				return nil, err
 			}
 			return nil, &PreconditionError{Stage: s.Name, Err: err}
 		}
 		out = append(out, PlannedStage{Stage: s, Actions: acts})
+	}
+	if external != nil {
+		return nil, external
 	}
 	// The backup covers every path any action may write.
 	// Users' kubeconfigs are always included, so a run continued later with

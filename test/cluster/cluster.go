@@ -30,6 +30,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -119,10 +120,15 @@ networking:
 // every address a client or server would use to loopback.
 func Kubeadm(t testing.TB, o Options) *Node {
 	t.Helper()
+	return kubeadmAt(t, t.TempDir(), o)
+}
+
+func kubeadmAt(t testing.TB, root string, o Options) *Node {
+	t.Helper()
 	if o.NodeName == "" {
 		o.NodeName = "cp-1"
 	}
-	n := &Node{Root: t.TempDir(), Name: o.NodeName, Bin: Binaries(t),
+	n := &Node{Root: root, Name: o.NodeName, Bin: Binaries(t),
 		APIServerPort: FreePort(t), EtcdClientPort: FreePort(t), EtcdPeerPort: FreePort(t), EtcdMetricsPort: FreePort(t)}
 	n.configInRoot = "/tmp/kubeadm.yaml"
 	n.ConfigPath = n.Path(n.configInRoot)
@@ -437,4 +443,93 @@ func (n *Node) GrantClusterAdmins(ctx context.Context, t testing.TB) error {
 		return nil
 	}
 	return err
+}
+
+// KubeletBootstrapped converts kubeadm's kubelet.conf (client certificate
+// embedded, as `kubeadm init phase kubeconfig` writes it) into the layout of
+// a node whose kubelet has rotated its certificate: the cert and key in
+// /var/lib/kubelet/pki/kubelet-client-<time>.pem, kubelet-client-current.pem
+// linking to it, and kubelet.conf pointing at that file (what kubeadm's
+// kubelet-finalize phase does).
+func (n *Node) KubeletBootstrapped(t testing.TB) {
+	t.Helper()
+	kc := n.Path("/etc/kubernetes/kubelet.conf")
+	cfg, err := clientcmd.LoadFromFile(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	ai := cfg.AuthInfos[ctx.AuthInfo]
+	dated := "/var/lib/kubelet/pki/kubelet-client-" + time.Now().UTC().Format("2006-01-02-15-04-05") + ".pem"
+	if err := os.MkdirAll(n.Path("/var/lib/kubelet/pki"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(n.Path(dated), append(append([]byte{}, ai.ClientCertificateData...), ai.ClientKeyData...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dated, n.Path("/var/lib/kubelet/pki/kubelet-client-current.pem")); err != nil {
+		t.Fatal(err)
+	}
+	ai.ClientCertificateData, ai.ClientKeyData = nil, nil
+	ai.ClientCertificate = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+	ai.ClientKey = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+	if err := clientcmd.WriteToFile(*cfg, kc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// KubeletClient is a client-go clientset with the kubelet's credential:
+// kubelet.conf's server and CA, and its client certificate (embedded, or
+// the file it points at, resolved under Root like the node would).
+func (n *Node) KubeletClient(t testing.TB) *kubernetes.Clientset {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(n.Path("/etc/kubernetes/kubelet.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	cl, ai := cfg.Clusters[ctx.Cluster], cfg.AuthInfos[ctx.AuthInfo]
+	certPEM, keyPEM := ai.ClientCertificateData, ai.ClientKeyData
+	if len(certPEM) == 0 {
+		p := ai.ClientCertificate
+		if target, err := os.Readlink(n.Path(p)); err == nil {
+			p = target
+		}
+		if certPEM, err = os.ReadFile(n.Path(p)); err != nil {
+			t.Fatal(err)
+		}
+		keyPEM = certPEM
+	}
+	rc := &rest.Config{Host: cl.Server, Timeout: 5 * time.Second,
+		TLSClientConfig: rest.TLSClientConfig{CAData: cl.CertificateAuthorityData, CertData: certPEM, KeyData: keyPEM}}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// KubeadmJoin lays out a second control-plane node of the same cluster:
+// the CAs and service-account key of first are copied in before real
+// kubeadm generates the node's own leaves, as `kubeadm join
+// --control-plane` does with the certificates it downloads.
+func KubeadmJoin(t testing.TB, first *Node, o Options) *Node {
+	t.Helper()
+	root := t.TempDir()
+	for _, f := range []string{"ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key", "sa.key", "sa.pub"} {
+		b, err := os.ReadFile(first.Path("/etc/kubernetes/pki/" + f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, "etc/kubernetes/pki", f)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(f, ".key") {
+			mode = 0o600
+		}
+		if err := os.WriteFile(dst, b, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return kubeadmAt(t, root, o)
 }
