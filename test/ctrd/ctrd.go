@@ -111,7 +111,6 @@ func Start(t testing.TB) *Daemon {
 	}
 }
 
-
 func tail(p string, n int) string {
 	b, _ := os.ReadFile(p)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
