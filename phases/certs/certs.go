@@ -145,6 +145,12 @@ func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) 
 	}
 	summary := fmt.Sprintf("renew %s (%s): %s %s → until %s, %s", it.Name, it.Path, it.Status,
 		it.Cert.NotAfter.UTC().Format("2006-01-02"), until.Format("2006-01-02"), keyNote)
+	if o.MigrateOrganizations {
+		if m := migrateOrganization(it.Name, it.Cert); strings.Join(m.Subject.Organization, ",") != strings.Join(it.Cert.Subject.Organization, ",") {
+			summary += fmt.Sprintf("; organisation %v → %v (kubeadm 1.29+: admin.conf needs the ClusterRoleBinding kubeadm:cluster-admins that kubeadm creates on init/upgrade)",
+				it.Cert.Subject.Organization, m.Subject.Organization)
+		}
+	}
 	store := it.Store
 	return pipeline.Action{
 		ID:      actionID(stage, it),

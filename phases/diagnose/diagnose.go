@@ -20,7 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"regexp"
 	"syscall"
 	"time"
 
@@ -70,20 +70,21 @@ type Report struct {
 	Symptoms          []Symptom `json:"symptoms" yaml:"symptoms"`
 }
 
-// KnownLogLines are kubelet log lines that point at expired credentials.
+// KnownLogLines are kubelet log lines that point at expired credentials
+// (Pattern is a regular expression).
 var KnownLogLines = []struct {
 	Pattern, ID, Message, Next string
 }{
-	{"part of the existing bootstrap client certificate is expired", "kubelet-client-expired",
+	{`(?i)part of the existing bootstrap client certificate( in \S+)? is expired`, "kubelet-client-expired",
 		"the kubelet's client certificate has expired and it cannot re-bootstrap",
 		"kubecpr run (re-issues kubelet-client-current.pem and restarts the kubelet)"},
-	{"x509: certificate has expired or is not yet valid", "x509-expired",
+	{`x509: certificate has expired or is not yet valid`, "x509-expired",
 		"a TLS peer presented an expired (or not yet valid) certificate",
 		"kubecpr check to see which, then kubecpr run"},
-	{"Unauthorized", "unauthorized",
+	{`\bUnauthorized\b`, "unauthorized",
 		"the API server rejected a client certificate (expired client certs are treated as anonymous)",
 		"kubecpr run --until kubeconfigs, then restart the kubelet and control plane"},
-	{"unable to load bootstrap kubeconfig", "bootstrap-kubeconfig",
+	{`unable to load bootstrap kubeconfig`, "bootstrap-kubeconfig",
 		"the kubelet has neither a valid client certificate nor a bootstrap kubeconfig",
 		"kubecpr run (re-issues the kubelet client certificate)"},
 }
@@ -323,12 +324,16 @@ func (r *Report) kubeletSymptoms(ctx context.Context, n *node.Node, o Options) {
 		return
 	}
 	found := map[string][]string{}
+	res := make([]*regexp.Regexp, len(KnownLogLines))
+	for i, k := range KnownLogLines {
+		res[i] = regexp.MustCompile(k.Pattern)
+	}
 	sc := bufio.NewScanner(bytes.NewReader(logs))
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		line := sc.Text()
-		for _, k := range KnownLogLines {
-			if strings.Contains(line, k.Pattern) && len(found[k.ID]) < 3 {
+		for i, k := range KnownLogLines {
+			if res[i].MatchString(line) && len(found[k.ID]) < 3 {
 				found[k.ID] = append(found[k.ID], truncate(line, 240))
 			}
 		}
