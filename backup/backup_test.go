@@ -1,20 +1,18 @@
 package backup
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/kubecpr/kubecpr/test/treesnap"
 )
 
 var t0 = time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
@@ -43,31 +41,7 @@ func tree(t *testing.T) string {
 	return root
 }
 
-// walk snapshots path → type, mode, owner, link, sha256.
-func walk(t *testing.T, root string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		info, _ := os.Lstat(p)
-		st := info.Sys().(*syscall.Stat_t)
-		s := fmt.Sprintf("%v %d:%d", info.Mode(), st.Uid, st.Gid)
-		if info.Mode()&fs.ModeSymlink != 0 {
-			l, _ := os.Readlink(p)
-			s += " -> " + l
-		} else if info.Mode().IsRegular() {
-			b, _ := os.ReadFile(p)
-			h := sha256.Sum256(b)
-			s += " " + hex.EncodeToString(h[:])
-		}
-		out[rel] = s
-		return nil
-	})
-	return out
-}
+func walk(t *testing.T, root string) map[string]string { return treesnap.Take(t, root) }
 
 func TestCreateMutateRestoreIsByteIdentical(t *testing.T) {
 	root := tree(t)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kubecpr/kubecpr/test/fixture"
 )
@@ -101,5 +102,28 @@ func TestBackupCommands(t *testing.T) {
 	os.WriteFile(blob, b, 0o600)
 	if r := kubecpr(t, nil, rootArgs(root, "backup", "verify", id)...); r.code == 0 || !strings.Contains(r.stderr, "/etc/kubernetes/pki/ca.crt") {
 		t.Fatalf("verify of a damaged backup: %d %s", r.code, r.stderr)
+	}
+}
+
+// The kubelet's current pem was written in the same second as the run's
+// clock: the rotated file gets the next free name, the old one is kept.
+func TestKubeletPEMNameCollision(t *testing.T) {
+	root := expiredNode(t, func(o *fixture.Options) {
+		o.KubeletClient = fixture.Window{NotBefore: now, NotAfter: now.AddDate(0, 0, 3)}
+	})
+	oldName := "/var/lib/kubelet/pki/" + fixture.KubeletPEMName(now)
+	if got, _ := os.Readlink(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")); got != oldName {
+		t.Fatalf("fixture link %q", got)
+	}
+	oldBytes, _ := os.ReadFile(filepath.Join(root, oldName))
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--renew-within", "720h", "--update-user-kubeconfigs")...); r.code != 0 {
+		t.Fatalf("run: %d\n%s", r.code, r.stderr)
+	}
+	got, _ := os.Readlink(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem"))
+	if got == oldName || got != "/var/lib/kubelet/pki/"+fixture.KubeletPEMName(now.Add(time.Second)) {
+		t.Fatalf("link -> %q", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, oldName)); string(b) != string(oldBytes) {
+		t.Fatal("the previous pem was overwritten")
 	}
 }

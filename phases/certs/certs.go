@@ -188,8 +188,8 @@ func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) 
 // renderPaths are the node paths an item's renewal may write.
 func renderPaths(d pipeline.Data, it *inventory.Item) []string {
 	ps := it.Store.Paths()
-	if it.Kind == inventory.KindKubeletClient {
-		ps = append(ps, filepath.ToSlash(filepath.Join(filepath.Dir(it.Path), inventory.KubeletPEMName(d.Now()))))
+	if ks, ok := it.Store.(*inventory.KubeletPEMStore); ok {
+		ps = append(ps, ks.NextDated(d.Now()))
 	}
 	return ps
 }

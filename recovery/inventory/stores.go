@@ -256,12 +256,24 @@ func KubeletPEMName(now time.Time) string {
 	return "kubelet-client-" + now.UTC().Format("2006-01-02-15-04-05") + ".pem"
 }
 
+// NextDated is the node path of the next rotated pem: the kubelet's name
+// for now, or the next second that names no existing file (so the current
+// pem is never overwritten, even when it was written in the same second).
+func (s *KubeletPEMStore) NextDated(now time.Time) string {
+	for i := 0; ; i++ {
+		p := path.Join(path.Dir(s.Link), KubeletPEMName(now.Add(time.Duration(i)*time.Second)))
+		if !s.Node.Exists(p) {
+			return p
+		}
+	}
+}
+
 func (s *KubeletPEMStore) Render(cert *x509.Certificate, key crypto.Signer, now time.Time) ([]node.FileOp, error) {
 	kpem, err := pki.EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	dated := path.Join(path.Dir(s.Link), KubeletPEMName(now))
+	dated := s.NextDated(now)
 	return []node.FileOp{
 		{Path: dated, Data: append(pki.EncodeCertificate(cert), kpem...), Mode: 0o600, Secret: true},
 		{Path: s.Link, Link: dated},

@@ -2,14 +2,9 @@ package pipeline_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +17,7 @@ import (
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/test/fixture"
+	"github.com/kubecpr/kubecpr/test/treesnap"
 )
 
 var (
@@ -40,27 +36,7 @@ func expired(t *testing.T) string {
 }
 
 func tree(t *testing.T, root string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		rel, _ := filepath.Rel(root, p)
-		if rel == "var/lib/kubecpr" {
-			return filepath.SkipDir
-		}
-		info, _ := os.Lstat(p)
-		s := info.Mode().String()
-		if info.Mode()&fs.ModeSymlink != 0 {
-			l, _ := os.Readlink(p)
-			s += " " + l
-		} else if info.Mode().IsRegular() {
-			b, _ := os.ReadFile(p)
-			h := sha256.Sum256(b)
-			s += " " + hex.EncodeToString(h[:])
-		}
-		out[rel] = s
-		return nil
-	})
-	return out
+	return treesnap.Take(t, root, "var/lib/kubecpr")
 }
 
 func runner(t *testing.T, root string) *pipeline.Runner {

@@ -2,16 +2,11 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +16,7 @@ import (
 	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/fixture"
+	"github.com/kubecpr/kubecpr/test/treesnap"
 )
 
 // On a tree made by real kubeadm, kubecpr check lists every certificate
@@ -199,25 +195,12 @@ func snapshot(t *testing.T, root string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, top := range []string{"etc/kubernetes", "var/lib/kubelet"} {
-		filepath.WalkDir(filepath.Join(root, top), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return nil
-			}
-			rel, _ := filepath.Rel(root, p)
-			info, _ := os.Lstat(p)
-			st := info.Sys().(*syscall.Stat_t)
-			s := fmt.Sprintf("%v %d:%d", info.Mode(), st.Uid, st.Gid)
-			if info.Mode()&fs.ModeSymlink != 0 {
-				l, _ := os.Readlink(p)
-				s += " -> " + l
-			} else if info.Mode().IsRegular() {
-				b, _ := os.ReadFile(p)
-				h := sha256.Sum256(b)
-				s += " " + hex.EncodeToString(h[:])
-			}
-			out[rel] = s
-			return nil
-		})
+		if _, err := os.Stat(filepath.Join(root, top)); err != nil {
+			continue
+		}
+		for k, v := range treesnap.Take(t, filepath.Join(root, top)) {
+			out[filepath.Join(top, k)] = v
+		}
 	}
 	return out
 }

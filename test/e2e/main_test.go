@@ -5,43 +5,12 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kubecpr/kubecpr/test/cluster"
+	"github.com/kubecpr/kubecpr/test/kubecprbin"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-func kubecprBin(t testing.TB) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kubecpr-e2e-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "kubecpr")
-		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/kubecpr").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
 
 type result struct {
 	code           int
@@ -50,18 +19,8 @@ type result struct {
 
 func kubecpr(t testing.TB, n *cluster.Node, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(kubecprBin(t), append([]string{"--root", n.Root}, args...)...)
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	r := result{stdout: so.String(), stderr: se.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	r := kubecprbin.Run(t, nil, append([]string{"--root", n.Root}, args...)...)
+	return result{code: r.Code, stdout: r.Stdout, stderr: r.Stderr}
 }
 
 // kubeadmExpiration is `kubeadm certs check-expiration -o json`.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/fixture"
+	"github.com/kubecpr/kubecpr/test/treesnap"
 )
 
 func expireAll(t *testing.T, n *cluster.Node, ca *fixture.CA) {
@@ -223,17 +224,4 @@ func TestScenarioRehearsalWithClockAhead(t *testing.T) {
 	}
 }
 
-func diffMaps(a, b map[string]string) string {
-	var out []string
-	for k, v := range a {
-		if b[k] != v {
-			out = append(out, k+": "+v+" => "+b[k])
-		}
-	}
-	for k := range b {
-		if _, ok := a[k]; !ok {
-			out = append(out, "+ "+k)
-		}
-	}
-	return strings.Join(out, "\n")
-}
+func diffMaps(a, b map[string]string) string { return treesnap.Diff(a, b) }
