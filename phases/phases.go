@@ -3,6 +3,7 @@
 package phases
 
 import (
+	"github.com/kubecpr/kubecpr/phases/bounce"
 	"github.com/kubecpr/kubecpr/phases/certs"
 	"github.com/kubecpr/kubecpr/phases/diagnose"
 	"github.com/kubecpr/kubecpr/phases/kubeconfigs"
@@ -20,5 +21,5 @@ var Backup = pipeline.Stage{
 
 // All returns the pipeline in order.
 func All() []pipeline.Stage {
-	return []pipeline.Stage{diagnose.Stage, Backup, certs.Stage, kubeconfigs.Stage, verify.Stage}
+	return []pipeline.Stage{diagnose.Stage, Backup, certs.Stage, kubeconfigs.Stage, bounce.Stage, verify.Stage}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/kubecpr/kubecpr/phases"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
+	"github.com/kubecpr/kubecpr/recovery/runtime"
+	"github.com/kubecpr/kubecpr/recovery/service"
 )
 
 func renewFlags() []cli.Flag {
@@ -23,6 +25,59 @@ func renewFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "migrate-organizations", Usage: "apply kubeadm 1.29+ organisations: admin.conf O=kubeadm:cluster-admins, super-admin.conf O=system:masters"},
 		&cli.BoolFlag{Name: "update-user-kubeconfigs", Usage: "also refresh users' ~/.kube/config files that trust this cluster"},
 	}
+}
+
+func liveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "restart-method", Value: "containerd", Usage: "bounce: containerd (stop the container, the kubelet recreates it) or manifests (move each manifest out and back)"},
+		&cli.StringFlag{Name: "cri-socket", Usage: "bounce: containerd socket (default: the kubelet config's containerRuntimeEndpoint, else /run/containerd/containerd.sock); setting it also allows bouncing a node served from --root"},
+		&cli.StringFlag{Name: "kubelet-restart-command", Usage: "bounce: shell command that restarts the kubelet where systemd is not PID 1 (default: systemctl restart kubelet)"},
+		&cli.DurationFlag{Name: "component-timeout", Value: 5 * time.Minute, Usage: "bounce: how long each component may take to come back healthy"},
+	}
+}
+
+// live decides whether this run may touch processes, and with what.
+func live(c *cli.Context, e *env) (*pipeline.Live, error) {
+	socket := c.String("cri-socket")
+	if e.node.Root != "/" && socket == "" {
+		return nil, nil // a copy of a node: never touch the host's processes
+	}
+	method := c.String("restart-method")
+	if method != "containerd" && method != "manifests" {
+		return nil, withCode(ExitFailed, fmt.Errorf("--restart-method %q: want containerd or manifests", method))
+	}
+	if socket == "" && e.cluster != nil && e.cluster.CRISocket != "" {
+		socket = e.cluster.CRISocket
+	}
+	if socket == "" {
+		socket = "/run/containerd/containerd.sock"
+	}
+	var svc service.Manager
+	switch {
+	case c.String("kubelet-restart-command") != "":
+		svc = service.Command{Line: c.String("kubelet-restart-command")}
+	case service.Available():
+		svc = service.Systemd{}
+	default:
+		return nil, withCode(ExitPrecondition, errors.New("systemd is not running on this host, so the kubelet cannot be restarted with systemctl: "+
+			"pass --kubelet-restart-command CMD, or run `kubecpr run --until kubeconfigs` and restart the kubelet and static pods yourself"))
+	}
+	var rt runtime.Runtime
+	var rtErr error
+	connected := false
+	return &pipeline.Live{
+		Runtime: func() (runtime.Runtime, error) {
+			if !connected {
+				rt, rtErr = runtime.NewContainerd(socket, 10*time.Second)
+				connected = true
+				if rtErr != nil {
+					rtErr = &pipeline.PreconditionError{Stage: "bounce", Err: rtErr}
+				}
+			}
+			return rt, rtErr
+		},
+		Services: svc, RestartMethod: method, ComponentTimeout: c.Duration("component-timeout"),
+	}, nil
 }
 
 func selectionFlags() []cli.Flag {
@@ -54,7 +109,7 @@ func planCommand() *cli.Command {
 		Name:        "plan",
 		Usage:       "print what `run` would do, changing nothing (same as run --dry-run)",
 		Description: "Stages:\n" + stageHelp(),
-		Flags:       append(renewFlags(), selectionFlags()...),
+		Flags:       append(append(renewFlags(), selectionFlags()...), liveFlags()...),
 		Action: func(c *cli.Context) error {
 			return doRun(c, true)
 		},
@@ -68,7 +123,7 @@ func runCommand() *cli.Command {
 		Description: "Stages, in order:\n" + stageHelp() +
 			"\nEvery change is backed up and journaled first. If a run was interrupted, `run` continues it\n" +
 			"(use `resume` to continue with the same selection, `rollback` to undo it).",
-		Flags: append(append(renewFlags(), selectionFlags()...),
+		Flags: append(append(append(renewFlags(), selectionFlags()...), liveFlags()...),
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and change nothing"},
 			&cli.BoolFlag{Name: "new-run", Usage: "start a new run even if the last one is unfinished"},
 		),
@@ -82,7 +137,7 @@ func resumeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "resume",
 		Usage: "continue the last run after a crash or a failure, from the first action not known to be done",
-		Flags: renewFlags(),
+		Flags: append(renewFlags(), liveFlags()...),
 		Action: func(c *cli.Context) error {
 			return doResume(c)
 		},
@@ -93,11 +148,24 @@ func resumeCommand() *cli.Command {
 func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner, func(), error) {
 	r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
 		Out: e.out, StateDir: e.stateDir(c), Stages: phases.All()}
+	lv, err := live(c, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.LiveNode = lv
 	lock, err := journal.Acquire(r.StateDir, time2(e))
 	if err != nil {
 		return nil, nil, err
 	}
-	return r, func() { _ = r.Close(); _ = lock.Release() }, nil
+	return r, func() {
+		_ = r.Close()
+		_ = lock.Release()
+		if lv != nil && lv.Runtime != nil {
+			if rt, err := lv.Runtime(); err == nil && rt != nil {
+				_ = rt.Close()
+			}
+		}
+	}, nil
 }
 
 func time2(e *env) time.Time { return time.Now() }
@@ -157,6 +225,10 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 	if dryRun {
 		r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
 			Out: e.out, StateDir: e.stateDir(c), Stages: all}
+		if lv, err := live(c, e); err == nil && lv != nil {
+			lv.Runtime = nil // a dry run never dials the runtime
+			r.LiveNode = lv
+		}
 		if _, err := r.Prepare(newRun); err != nil {
 			return err
 		}
@@ -256,6 +328,7 @@ func rollbackCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rollback",
 		Usage: "undo every change of the last run, restoring files byte for byte from its backup",
+		Flags: liveFlags(),
 		Action: func(c *cli.Context) error {
 			e, err := setup(c)
 			if err != nil {
@@ -278,7 +351,7 @@ func rollbackCommand() *cli.Command {
 				return err
 			}
 			fmt.Fprintf(e.out, "rolling back run %s\n", r.RunID())
-			if err := r.Rollback(c.Context, nil); err != nil {
+			if err := r.Rollback(c.Context); err != nil {
 				return withCode(ExitStageFailed, fmt.Errorf("rollback incomplete, run it again after fixing: %w", err))
 			}
 			return nil

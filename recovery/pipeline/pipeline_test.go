@@ -85,7 +85,7 @@ func rollback(t *testing.T, root string) {
 	if _, err := r.Open(false); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Rollback(context.Background(), nil); err != nil {
+	if err := r.Rollback(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 }

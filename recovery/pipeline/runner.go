@@ -44,6 +44,8 @@ type Runner struct {
 	Out      io.Writer
 	StateDir string // host path of the state dir
 	Stages   []Stage
+	// LiveNode is nil when processes must not be touched.
+	LiveNode *Live
 
 	runID   string
 	journal *journal.Journal
@@ -66,6 +68,7 @@ func (d data) Options() Options       { return d.r.Opts }
 func (d data) Out() io.Writer         { return d.r.Out }
 func (d data) RunID() string          { return d.r.runID }
 func (d data) BackupDir() string      { return d.r.backupDir() }
+func (d data) Live() *Live            { return d.r.LiveNode }
 func (d data) Inventory() (*inventory.Inventory, error) {
 	return inventory.Build(d.r.Node, d.r.Cluster, d.r.Clock, d.r.Warn)
 }
@@ -566,11 +569,22 @@ func (r *Runner) applyRun(ctx context.Context, stage string, a Action, st *actio
 // Rollback undoes every applied or in-flight action of the current run in
 // reverse order, restoring files byte for byte from the backup. It keeps
 // going past failures and returns all of them.
-func (r *Runner) Rollback(ctx context.Context, undoRun map[string]func(context.Context, map[string]string) error) error {
+func (r *Runner) Rollback(ctx context.Context) error {
 	states, order := r.states()
 	var m *backup.Manifest
 	var errs []error
 	undone := 0
+	type deferred struct {
+		id    string
+		rec   *journal.Record
+		facts map[string]string
+	}
+	var restarts []deferred
+	finish := func(id, stage, note string) error {
+		undone++
+		fmt.Fprintf(r.Out, "      ↶ %s %s\n", note, id)
+		return r.append(journal.Record{Kind: journal.KindUndone, Stage: stage, Action: id})
+	}
 	for i := len(order) - 1; i >= 0; i-- {
 		id := order[i]
 		st := states[id]
@@ -582,35 +596,53 @@ func (r *Runner) Rollback(ctx context.Context, undoRun map[string]func(context.C
 			continue
 		}
 		rec := st.firstIntent
-		if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: rec.Stage, Action: id}); err != nil {
-			return err
-		}
-		var err error
-		note := "undid"
-		if _, ok := rec.Data["files"]; ok {
-			if m == nil {
-				m, err = backup.Load(r.backupDir())
-				if err != nil {
-					return fmt.Errorf("cannot roll back: backup %s: %w", r.backupDir(), err)
+		if _, ok := rec.Data["files"]; !ok {
+			stage := r.stage(rec.Stage)
+			if stage == nil || stage.Undo == nil {
+				if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: rec.Stage, Action: id}); err != nil {
+					return err
 				}
+				if err := finish(id, rec.Stage, "nothing to undo for"); err != nil {
+					return err
+				}
+				continue
 			}
-			err = r.undoFiles(rec, st, m)
-		} else if u := undoRun[id]; u != nil {
 			var facts map[string]string
 			if st.doneRec != nil {
 				facts = st.doneRec.Data
 			}
-			err = u(ctx, facts)
-		} else {
-			note = "nothing to undo for"
+			restarts = append(restarts, deferred{id, rec, facts})
+			continue
 		}
-		if err != nil {
+		if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: rec.Stage, Action: id}); err != nil {
+			return err
+		}
+		if m == nil {
+			var err error
+			if m, err = backup.Load(r.backupDir()); err != nil {
+				return fmt.Errorf("cannot roll back: backup %s: %w", r.backupDir(), err)
+			}
+		}
+		if err := r.undoFiles(rec, st, m); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", id, err))
 			continue
 		}
-		undone++
-		fmt.Fprintf(r.Out, "      ↶ %s %s\n", note, id)
-		if err := r.append(journal.Record{Kind: journal.KindUndone, Stage: rec.Stage, Action: id}); err != nil {
+		if err := finish(id, rec.Stage, "undid"); err != nil {
+			return err
+		}
+	}
+	// Restarts last, in their original order, so that processes come back
+	// on the restored files.
+	for i := len(restarts) - 1; i >= 0; i-- {
+		d := restarts[i]
+		if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: d.rec.Stage, Action: d.id}); err != nil {
+			return err
+		}
+		if err := r.stage(d.rec.Stage).Undo(ctx, data{r}, d.id, d.facts); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.id, err))
+			continue
+		}
+		if err := finish(d.id, d.rec.Stage, "undid"); err != nil {
 			return err
 		}
 	}
@@ -619,6 +651,15 @@ func (r *Runner) Rollback(ctx context.Context, undoRun map[string]func(context.C
 	}
 	fmt.Fprintf(r.Out, "rolled back %d actions of run %s\n", undone, r.runID)
 	return r.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "rolled-back"}})
+}
+
+func (r *Runner) stage(name string) *Stage {
+	for i := range r.Stages {
+		if r.Stages[i].Name == name {
+			return &r.Stages[i]
+		}
+	}
+	return nil
 }
 
 func indexOf(list []string, s string) int {

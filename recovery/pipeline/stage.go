@@ -15,6 +15,8 @@ import (
 
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/runtime"
+	"github.com/kubecpr/kubecpr/recovery/service"
 )
 
 // Options are the user's choices for a run.
@@ -41,6 +43,25 @@ type Data interface {
 	RunID() string
 	// BackupDir is the host path of this run's backup.
 	BackupDir() string
+	// Live is how to act on the node's processes, or nil when this run
+	// must not touch processes (a copy of a node under --root, a rehearsal).
+	Live() *Live
+}
+
+// Live carries the interfaces to the node's running parts.
+type Live struct {
+	// Runtime connects to the container runtime (lazily: a rehearsal never
+	// dials it).
+	Runtime func() (runtime.Runtime, error)
+	// Services restarts the kubelet.
+	Services service.Manager
+	// RestartMethod is "containerd" (stop the container, the kubelet
+	// recreates it) or "manifests" (move the manifest out and back).
+	RestartMethod string
+	// ComponentTimeout bounds each component's restart and health wait.
+	ComponentTimeout time.Duration
+	// Grace is the SIGTERM grace period before SIGKILL.
+	Grace time.Duration
 }
 
 // Action is one concrete step of a stage's plan.
@@ -72,6 +93,9 @@ type Stage struct {
 	// reports what it would do).
 	Live bool
 	Plan func(ctx context.Context, d Data) ([]Action, error)
+	// Undo reverses one of the stage's Run actions during rollback, after
+	// every file has been restored (so a restart runs on the old files).
+	Undo func(ctx context.Context, d Data, actionID string, facts map[string]string) error
 }
 
 // PreconditionError stops a run before any change: bad input, expired CA,

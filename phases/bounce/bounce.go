@@ -1,0 +1,332 @@
+// Package bounce is the bounce stage: renewed files change nothing until
+// the processes reload them. It restarts the kubelet, then etcd,
+// kube-apiserver, kube-controller-manager and kube-scheduler in that order
+// — by stopping their containers so the kubelet recreates them from the
+// manifests, or by moving each manifest out and back — waits for each to be
+// healthy, and proves on the wire that it serves the certificate on disk.
+package bounce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
+	"github.com/kubecpr/kubecpr/recovery/runtime"
+)
+
+// Components in restart order.
+var Components = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+// HoldingDir is where the manifests method parks a manifest: beside the
+// static pod directory (same filesystem, so the move is a rename), where
+// the kubelet does not look.
+const HoldingDir = "/etc/kubernetes/manifests.kubecpr-out"
+
+// Stage is the bounce stage.
+var Stage = pipeline.Stage{
+	Name:  "bounce",
+	Short: "restart the kubelet and the static pods, wait for health, check the served certificates",
+	Live:  true,
+	Plan:  Plan,
+	Undo:  Undo,
+}
+
+func manifestsDir(d pipeline.Data) string {
+	if c := d.Cluster(); c != nil && c.StaticPodPath != "" {
+		return c.StaticPodPath
+	}
+	return node.ManifestsDir
+}
+
+// Plan lists the restarts.
+func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
+	var present []string
+	for _, c := range Components {
+		if d.Node().Exists(path.Join(manifestsDir(d), c+".yaml")) || d.Node().Exists(path.Join(HoldingDir, c+".yaml")) {
+			present = append(present, c)
+		}
+	}
+	live := d.Live()
+	if live == nil {
+		what := "restart the kubelet, then " + strings.Join(present, ", ")
+		return []pipeline.Action{{
+			ID:      "bounce/skipped",
+			Summary: "would " + what + " (not the live node: pass --cri-socket and --kubelet-restart-command to act on processes served from this root)",
+			Run: func(ctx context.Context) (map[string]string, error) {
+				fmt.Fprintf(d.Out(), "      skipped: would %s, waiting for each to be healthy\n", what)
+				return map[string]string{"skipped": what}, nil
+			},
+		}}, nil
+	}
+	if live.RestartMethod == "containerd" && live.Runtime != nil {
+		// Connect now: an unreachable runtime stops the run before any change.
+		rt, err := live.Runtime()
+		if err != nil {
+			return nil, err
+		}
+		_ = rt
+	}
+	acts := []pipeline.Action{{
+		ID:      "bounce/kubelet",
+		Summary: "restart the kubelet (" + live.Services.Describe() + ") so it loads its renewed credentials",
+		Run: func(ctx context.Context) (map[string]string, error) {
+			start := time.Now()
+			if err := live.Services.Restart(ctx, "kubelet"); err != nil {
+				return nil, err
+			}
+			return map[string]string{"duration": time.Since(start).Round(time.Millisecond).String()}, nil
+		},
+	}}
+	for _, c := range present {
+		c := c
+		acts = append(acts, pipeline.Action{
+			ID:      "bounce/" + c,
+			Summary: fmt.Sprintf("restart %s (%s), wait until healthy, check the served certificate", c, methodText(live.RestartMethod)),
+			Run: func(ctx context.Context) (map[string]string, error) {
+				return Restart(ctx, d, c, true)
+			},
+		})
+	}
+	return acts, nil
+}
+
+func methodText(m string) string {
+	if m == "manifests" {
+		return "manifest moved out of " + node.ManifestsDir + " and back"
+	}
+	return "container stopped through containerd, recreated by the kubelet"
+}
+
+// Undo restarts again after rollback has restored the files.
+func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[string]string) error {
+	live := d.Live()
+	if live == nil {
+		return nil
+	}
+	name := strings.TrimPrefix(actionID, "bounce/")
+	switch name {
+	case "skipped":
+		return nil
+	case "kubelet":
+		return live.Services.Restart(ctx, "kubelet")
+	}
+	// The restored files may be the expired ones: restart, wait for the new
+	// container, but do not require health.
+	_, err := Restart(ctx, d, name, false)
+	return err
+}
+
+// ComponentError says which component did not come back, what its
+// container said, and the ways on.
+type ComponentError struct {
+	Component string
+	Err       error
+	Logs      string
+}
+
+func (e *ComponentError) Error() string {
+	msg := fmt.Sprintf("%s did not come back: %v", e.Component, e.Err)
+	if e.Logs != "" {
+		msg += "\nlast lines of its log:\n" + e.Logs
+	}
+	return msg + "\n`kubecpr resume` tries again after you fix the cause; `kubecpr rollback` restores the old files and restarts on them"
+}
+
+func (e *ComponentError) Unwrap() error { return e.Err }
+
+// Restart restarts one component and proves it healthy on the new files.
+func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy bool) (map[string]string, error) {
+	live := d.Live()
+	start := time.Now()
+	timeout := live.ComponentTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Minute
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	facts := map[string]string{"method": live.RestartMethod}
+	fail := func(err error) (map[string]string, error) {
+		return nil, &ComponentError{Component: comp, Err: err, Logs: LogTail(d.Node(), comp, 15)}
+	}
+	// A manifest parked by an interrupted run goes back first.
+	if err := putBack(d, comp); err != nil {
+		return nil, err
+	}
+	var rt runtime.Runtime
+	if live.Runtime != nil {
+		var err error
+		if rt, err = live.Runtime(); err != nil {
+			return nil, err
+		}
+	}
+	oldID := ""
+	if rt != nil {
+		cs, err := rt.ControlPlane(cctx)
+		if err != nil {
+			return nil, err
+		}
+		if c, ok := runtime.Newest(cs, comp); ok {
+			oldID = c.ID
+		}
+	}
+	facts["old_container"] = oldID
+	switch live.RestartMethod {
+	case "manifests":
+		if err := cycleManifest(cctx, d, rt, comp, oldID); err != nil {
+			return fail(err)
+		}
+	default:
+		if rt == nil {
+			return nil, errors.New("no container runtime configured")
+		}
+		if oldID != "" {
+			grace := live.Grace
+			if grace == 0 {
+				grace = 30 * time.Second
+			}
+			if err := rt.Stop(cctx, oldID, grace); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if rt != nil {
+		newID, err := waitNewContainer(cctx, rt, comp, oldID)
+		if err != nil {
+			return fail(fmt.Errorf("waiting for the kubelet to start a new %s container: %w", comp, err))
+		}
+		facts["new_container"] = newID
+	}
+	if !requireHealthy {
+		fmt.Fprintf(d.Out(), "      %s restarted on the restored files (health not required: they may hold the expired certificates)\n", comp)
+		return facts, nil
+	}
+	serial, err := waitHealthy(cctx, d, comp)
+	if err != nil {
+		return fail(err)
+	}
+	if serial != "" {
+		facts["served_serial"] = serial
+	}
+	d2 := time.Since(start).Round(time.Millisecond)
+	facts["duration"] = d2.String()
+	fmt.Fprintf(d.Out(), "      %s healthy on the new files after %s%s\n", comp, d2, servedNote(serial))
+	return facts, nil
+}
+
+func servedNote(serial string) string {
+	if serial == "" {
+		return ""
+	}
+	return ", serving certificate serial " + serial
+}
+
+func waitNewContainer(ctx context.Context, rt runtime.Runtime, comp, oldID string) (string, error) {
+	for {
+		cs, err := rt.ControlPlane(ctx)
+		if err == nil {
+			if c, ok := runtime.Newest(cs, comp); ok && c.ID != oldID && c.Running {
+				return c.ID, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// cycleManifest moves the manifest out, waits until the container is gone,
+// and moves it back. Each move is a durable rename; an interrupted cycle is
+// repaired by putBack on resume or rollback.
+func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, comp, oldID string) error {
+	n := d.Node()
+	in := n.Path(path.Join(manifestsDir(d), comp+".yaml"))
+	out := n.Path(path.Join(HoldingDir, comp+".yaml"))
+	if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Rename(in, out); err != nil {
+		return fmt.Errorf("moving %s out: %w", in, err)
+	}
+	if rt != nil && oldID != "" {
+		for {
+			cs, err := rt.ControlPlane(ctx)
+			if err == nil {
+				if c, ok := runtime.Newest(cs, comp); !ok || !c.Running || c.ID != oldID {
+					break
+				}
+			}
+			select {
+			case <-ctx.Done():
+				_ = atomicfile.Rename(out, in)
+				return fmt.Errorf("the kubelet did not stop %s after its manifest was removed: %w", comp, ctx.Err())
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	if err := atomicfile.Rename(out, in); err != nil {
+		return fmt.Errorf("moving %s back: %w", in, err)
+	}
+	return nil
+}
+
+// putBack returns a parked manifest to the static pod directory.
+func putBack(d pipeline.Data, comp string) error {
+	n := d.Node()
+	out := n.Path(path.Join(HoldingDir, comp+".yaml"))
+	in := n.Path(path.Join(manifestsDir(d), comp+".yaml"))
+	if _, err := os.Stat(out); err != nil {
+		return nil
+	}
+	if _, err := os.Stat(in); err == nil {
+		return fmt.Errorf("%s exists in both %s and %s: keep the right one and remove the other", comp, manifestsDir(d), HoldingDir)
+	}
+	fmt.Fprintf(d.Out(), "      putting back %s parked by an interrupted run\n", in)
+	return atomicfile.Rename(out, in)
+}
+
+// ParkedManifests lists manifests left in the holding directory.
+func ParkedManifests(n *node.Node) []string {
+	ents, _ := os.ReadDir(n.Path(HoldingDir))
+	var out []string
+	for _, e := range ents {
+		out = append(out, path.Join(HoldingDir, e.Name()))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// LogTail returns the last lines of a component's container log, from the
+// kubelet's /var/log/pods layout under the node root.
+func LogTail(n *node.Node, comp string, lines int) string {
+	matches, _ := filepath.Glob(n.Path("/var/log/pods/kube-system_" + comp + "-*/" + comp + "/*.log"))
+	if len(matches) == 0 {
+		return ""
+	}
+	var newest string
+	var t time.Time
+	for _, m := range matches {
+		if st, err := os.Stat(m); err == nil && st.ModTime().After(t) {
+			newest, t = m, st.ModTime()
+		}
+	}
+	b, err := os.ReadFile(newest)
+	if err != nil {
+		return ""
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}

@@ -1,0 +1,63 @@
+// Package service restarts the kubelet: through systemd on a real node, or
+// through a command the operator gives (hosts without systemd, and tests).
+package service
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Manager is what the bounce stage needs from a service manager.
+type Manager interface {
+	// Restart restarts the named service and returns once it was asked to.
+	Restart(ctx context.Context, name string) error
+	// Describe says how restarts are done, for plans and journals.
+	Describe() string
+}
+
+// Systemd uses systemctl (systemd's own CLI, present wherever systemd is).
+type Systemd struct{}
+
+var _ Manager = Systemd{}
+
+// Available reports whether systemd is PID 1 here.
+func Available() bool {
+	_, err := os.Stat("/run/systemd/system")
+	return err == nil
+}
+
+func (Systemd) Describe() string { return "systemctl restart" }
+
+func (Systemd) Restart(ctx context.Context, name string) error {
+	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, "systemctl", "restart", name).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("systemctl restart %s: %v: %s (see journalctl -u %s)", name, err, strings.TrimSpace(string(out)), name)
+	}
+	return nil
+}
+
+// Command runs an operator-given shell command to restart a service
+// (--kubelet-restart-command).
+type Command struct{ Line string }
+
+var _ Manager = Command{}
+
+func (c Command) Describe() string { return "command: " + c.Line }
+
+func (c Command) Restart(ctx context.Context, name string) error {
+	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, "/bin/sh", "-c", c.Line)
+	cmd.Env = append(os.Environ(), "KUBECPR_SERVICE="+name)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("restarting %s with %q: %v: %s", name, c.Line, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
