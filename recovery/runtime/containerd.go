@@ -149,4 +149,3 @@ func (r *Containerd) Remove(ctx context.Context, id string) error {
 
 // Close closes the connection.
 func (r *Containerd) Close() error { return r.client.Close() }
-
