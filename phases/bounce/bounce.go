@@ -196,6 +196,7 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 			if err := rt.Stop(cctx, oldID, grace); err != nil {
 				return fail(err)
 			}
+			pipeline.CrashPoint("bounce-stopped-" + comp)
 		}
 	}
 	if rt != nil {
@@ -258,6 +259,7 @@ func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, com
 	if err := atomicfile.Rename(in, out); err != nil {
 		return fmt.Errorf("moving %s out: %w", in, err)
 	}
+	pipeline.CrashPoint("bounce-manifest-out-" + comp)
 	if rt != nil && oldID != "" {
 		for {
 			cs, err := rt.ControlPlane(ctx)

@@ -1,42 +1,82 @@
 // Package ctrd starts a real containerd daemon for a test: its own root,
-// state dir, socket and config under a short temporary directory, cgroupfs,
-// restrict_oom_score_adj in the CRI section. It needs root, containerd and
-// runc (hack/install-deps.sh installs them from Debian), and fails the test
-// rather than skipping when they are missing.
+// state dir, socket, config and opt dir under a short temporary directory,
+// the CRI plugin loaded with cgroupfs (SystemdCgroup = false) and
+// restrict_oom_score_adj, no registry configuration. It needs root,
+// containerd and runc (hack/install-deps.sh, i.e. `apt-get install -y
+// containerd runc`), and fails the test rather than skipping when they are
+// missing.
+//
+// Containers made with Run, or with the Runtime and Cgroup options, keep
+// their runc state under the daemon's state dir and their cgroups under a
+// parent named after the daemon, so daemons of tests running in parallel
+// (go test runs packages in parallel) never share a runc root or a cgroup,
+// and cleanup removes both.
 package ctrd
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Daemon is a running containerd.
 type Daemon struct {
+	// Dir holds everything below; removed in cleanup.
 	Dir, Socket, Root, State, ConfigPath, LogPath string
-	Cmd                                           *exec.Cmd
-	done                                          chan struct{}
+	// Snapshotter is "overlayfs", or "native" where an overlay mount cannot
+	// be made under Dir (or KUBECPR_CTRD_SNAPSHOTTER says so). Import
+	// unpacks for it and the CRI plugin is configured with it.
+	Snapshotter string
+	// Version is the daemon's version, e.g. "1.6.20~ds1".
+	Version string
+	Cmd     *exec.Cmd
+	// Started is how long the daemon took to answer.
+	Started time.Duration
+
+	done chan struct{}
 }
 
-const config = `version = 2
-root = "%[1]s/root"
-state = "%[1]s/state"
+// Plugins that need what this machine does not have (or that only make
+// noise): the daemon starts without them.
+var disabledPlugins = []string{
+	"io.containerd.snapshotter.v1.aufs",
+	"io.containerd.snapshotter.v1.btrfs",
+	"io.containerd.snapshotter.v1.zfs",
+	"io.containerd.snapshotter.v1.devmapper",
+	"io.containerd.internal.v1.tracing",
+	"io.containerd.tracing.processor.v1.otlp",
+}
+
+const configTemplate = `version = 2
+root = %[1]q
+state = %[2]q
+disabled_plugins = [%[3]s]
 
 [grpc]
-  address = "%[2]s"
+  address = %[4]q
 
 [ttrpc]
-  address = "%[2]s.ttrpc"
+  address = "%[4]s.ttrpc"
 
 [debug]
   address = ""
@@ -45,70 +85,176 @@ state = "%[1]s/state"
   address = ""
 
 [plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = %[5]q
   [plugins."io.containerd.grpc.v1.cri"]
     restrict_oom_score_adj = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = %[6]q
+      conf_dir = %[7]q
     [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
+      snapshotter = %[8]q
+      default_runtime_name = "runc"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+          Root = %[9]q
 `
 
-// Start runs containerd for the test and stops it (and every shim and
-// mount it made) in cleanup.
+// sbin directories are added to PATH: runc is /usr/sbin/runc on Debian and
+// the shim looks it up in the daemon's PATH.
+const sbinPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func lookPath(name, path string) (string, error) {
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", exec.ErrNotFound
+}
+
+// Start runs containerd for the test and stops it (with every task, shim,
+// mount and cgroup it made) in cleanup.
 func Start(t testing.TB) *Daemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Fatal("real containerd needs root: run the tests as root (CI does)")
+		t.Fatal("ctrd: a real containerd needs root (mounts, cgroups, runc): run the tests as root, as CI does")
 	}
-	for _, b := range []string{"containerd", "runc", "containerd-shim-runc-v2"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Fatalf("%s not found: run `make deps` (apt-get install -y containerd runc)", b)
+	path := os.Getenv("PATH") + ":" + sbinPath
+	var bin string
+	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
+		p, err := lookPath(b, path)
+		if err != nil {
+			t.Fatalf("ctrd: %s not found: install it with `apt-get install -y containerd runc` (`make deps`, .ci/run does it)", b)
+		}
+		if b == "containerd" {
+			bin = p
 		}
 	}
-	dir, err := os.MkdirTemp("/tmp", "ctrd") // short: the socket path must stay under 108 bytes
+	dir, err := os.MkdirTemp("/tmp", "ctrd") // short: a unix socket path must stay under 108 bytes
 	if err != nil {
 		t.Fatal(err)
 	}
-	dm := &Daemon{Dir: dir, Socket: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root"),
-		State: filepath.Join(dir, "state"), ConfigPath: filepath.Join(dir, "config.toml"), LogPath: filepath.Join(dir, "containerd.log"),
-		done: make(chan struct{})}
-	if err := os.WriteFile(dm.ConfigPath, []byte(fmt.Sprintf(config, dir, dm.Socket)), 0o600); err != nil {
+	d := &Daemon{Dir: dir, Socket: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root"),
+		State: filepath.Join(dir, "state"), ConfigPath: filepath.Join(dir, "config.toml"),
+		LogPath: filepath.Join(dir, "containerd.log"), done: make(chan struct{})}
+	t.Cleanup(func() { d.stop(t) }) // registered first, so it runs after the clients' Close
+	d.Snapshotter = chooseSnapshotter(t, dir)
+	var quoted []string
+	for _, p := range disabledPlugins {
+		quoted = append(quoted, strconv.Quote(p))
+	}
+	cfg := fmt.Sprintf(configTemplate, d.Root, d.State, strings.Join(quoted, ", "), d.Socket,
+		filepath.Join(dir, "opt"), filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d"),
+		d.Snapshotter, d.runcRoot())
+	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(dm.LogPath)
+	logf, err := os.Create(d.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dm.Cmd = exec.Command("containerd", "--config", dm.ConfigPath)
-	dm.Cmd.Stdout, dm.Cmd.Stderr = logf, logf
-	dm.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := dm.Cmd.Start(); err != nil {
-		t.Fatal(err)
+	start := time.Now()
+	d.Cmd = exec.Command(bin, "--config", d.ConfigPath)
+	d.Cmd.Env = append(os.Environ(), "PATH="+path)
+	d.Cmd.Stdout, d.Cmd.Stderr = logf, logf
+	d.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := d.Cmd.Start(); err != nil {
+		logf.Close()
+		close(d.done)
+		t.Fatalf("ctrd: starting %s: %v", bin, err)
 	}
-	go func() { dm.Cmd.Wait(); logf.Close(); close(dm.done) }()
-	t.Cleanup(func() { dm.stop(t) })
+	go func() { d.Cmd.Wait(); logf.Close(); close(d.done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := containerd.New(dm.Socket, containerd.WithTimeout(2*time.Second))
+		c, err := containerd.New(d.Socket, containerd.WithTimeout(2*time.Second))
 		if err == nil {
-			_, err = c.Version(context.Background())
+			var v containerd.Version
+			v, err = c.Version(context.Background())
 			c.Close()
 			if err == nil {
-				return dm
+				d.Version, d.Started = v.Version, time.Since(start)
+				break
 			}
 		}
 		select {
-		case <-dm.done:
-			t.Fatalf("containerd exited:\n%s", tail(dm.LogPath, 20))
+		case <-d.done:
+			t.Fatalf("ctrd: containerd exited at start (%v):\n%s", d.Cmd.ProcessState, tail(d.LogPath, 30))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("containerd did not answer on %s: %v\n%s", dm.Socket, err, tail(dm.LogPath, 20))
+			t.Fatalf("ctrd: containerd did not answer on %s within 30s: %v\n%s", d.Socket, err, tail(d.LogPath, 30))
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
+	if d.Snapshotter == "overlayfs" && !d.pluginOK(t, "io.containerd.snapshotter.v1", "overlayfs") {
+		t.Logf("ctrd: the overlayfs snapshotter did not load: unpacking for native")
+		d.Snapshotter = "native"
+	}
+	return d
+}
+
+// chooseSnapshotter returns overlayfs when an overlay mount can be made
+// under dir (what containerd's overlayfs snapshotter itself checks), native
+// otherwise (e.g. /tmp itself on overlayfs in some containers).
+func chooseSnapshotter(t testing.TB, dir string) string {
+	switch s := os.Getenv("KUBECPR_CTRD_SNAPSHOTTER"); s {
+	case "overlayfs", "native":
+		return s
+	case "":
+	default:
+		t.Fatalf("ctrd: KUBECPR_CTRD_SNAPSHOTTER=%q: want overlayfs or native", s)
+	}
+	p := filepath.Join(dir, "overlay-probe")
+	defer os.RemoveAll(p)
+	for _, s := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.MkdirAll(filepath.Join(p, s), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	merged := filepath.Join(p, "merged")
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(p, "lower"), filepath.Join(p, "upper"), filepath.Join(p, "work"))
+	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Logf("ctrd: overlay mount not possible under %s (%v): using the native snapshotter", dir, err)
+		return "native"
+	}
+	if err := syscall.Unmount(merged, 0); err != nil {
+		syscall.Unmount(merged, syscall.MNT_DETACH)
+	}
+	return "overlayfs"
+}
+
+func (d *Daemon) pluginOK(t testing.TB, typ, id string) bool {
+	c := d.Client(t)
+	resp, err := c.IntrospectionService().Plugins(context.Background(), fmt.Sprintf(`type==%q,id==%q`, typ, id))
+	if err != nil || len(resp.Plugins) != 1 {
+		return false
+	}
+	return resp.Plugins[0].InitErr == nil
+}
+
+// PluginErrors lists the plugins that failed to load, with their error.
+func (d *Daemon) PluginErrors(t testing.TB) map[string]string {
+	t.Helper()
+	resp, err := d.Client(t).IntrospectionService().Plugins(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, p := range resp.Plugins {
+		if p.InitErr != nil {
+			out[p.Type+"."+p.ID] = p.InitErr.Message
+		}
+	}
+	return out
 }
 
 func tail(p string, n int) string {
@@ -125,13 +271,14 @@ func (d *Daemon) Client(t testing.TB) *containerd.Client {
 	t.Helper()
 	c, err := containerd.New(d.Socket, containerd.WithTimeout(5*time.Second))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("ctrd: client for %s: %v", d.Socket, err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
 }
 
-// Import loads an OCI tar into namespace ns and unpacks it.
+// Import loads an OCI image tar into namespace ns and unpacks every image
+// for d.Snapshotter.
 func (d *Daemon) Import(t testing.TB, ns, tarPath string) []images.Image {
 	t.Helper()
 	c := d.Client(t)
@@ -143,74 +290,340 @@ func (d *Daemon) Import(t testing.TB, ns, tarPath string) []images.Image {
 	defer f.Close()
 	imgs, err := c.Import(ctx, f)
 	if err != nil {
-		t.Fatalf("import %s: %v", tarPath, err)
+		t.Fatalf("ctrd: import %s: %v", tarPath, err)
+	}
+	if len(imgs) == 0 {
+		t.Fatalf("ctrd: import %s: no image (no io.containerd.image.name / org.opencontainers.image.ref.name annotation?)", tarPath)
 	}
 	for _, img := range imgs {
-		if err := containerd.NewImage(c, img).Unpack(ctx, "overlayfs"); err != nil {
-			t.Fatalf("unpack %s: %v", img.Name, err)
+		if err := containerd.NewImage(c, img).Unpack(ctx, d.Snapshotter); err != nil {
+			t.Fatalf("ctrd: unpack %s for %s: %v", img.Name, d.Snapshotter, err)
 		}
 	}
 	return imgs
 }
 
-// stop kills every task, stops the daemon and its shims, unmounts what is
-// left under the directory and removes it.
+func (d *Daemon) runcRoot() string { return filepath.Join(d.State, "runc") }
+
+// cgroupParent is the name of the cgroup under which Cgroup puts the
+// containers of this daemon, in every hierarchy.
+func (d *Daemon) cgroupParent() string { return filepath.Base(d.Dir) }
+
+// Runtime is runc v2 with its state (runc --root) under the daemon's state
+// dir instead of the host's /run/containerd/runc.
+func (d *Daemon) Runtime() containerd.NewContainerOpts {
+	return containerd.WithRuntime("io.containerd.runc.v2", &runcoptions.Options{Root: d.runcRoot()})
+}
+
+// Cgroup puts the container in /<daemon dir name>/<namespace>/<id> rather
+// than containerd's default /<namespace>/<id>, which daemons of parallel
+// tests would share. Cleanup removes these cgroups.
+func (d *Daemon) Cgroup() oci.SpecOpts {
+	return func(ctx context.Context, _ oci.Client, c *containers.Container, s *oci.Spec) error {
+		ns, err := namespaces.NamespaceRequired(ctx)
+		if err != nil {
+			return err
+		}
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		s.Linux.CgroupsPath = "/" + d.cgroupParent() + "/" + ns + "/" + c.ID
+		return nil
+	}
+}
+
+// Spec is a container for Run.
+type Spec struct {
+	ID     string
+	Image  string // name of an image imported into the namespace
+	Labels map[string]string
+	Args   []string // replaces the image's entrypoint and cmd when set
+	Env    []string // added to the image's
+}
+
+// Container is a container started by Run.
+type Container struct {
+	Container containerd.Container
+	Task      containerd.Task
+	Exit      <-chan containerd.ExitStatus
+	Log       string // the task's stdout and stderr
+}
+
+// Run creates and starts a container in namespace ns the way the kubelet
+// runs a static pod's container as far as the runtime sees it: host
+// network, labels, output to a log file; with Runtime and Cgroup.
+func (d *Daemon) Run(t testing.TB, ns string, s Spec) *Container {
+	t.Helper()
+	c := d.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	img, err := c.GetImage(ctx, s.Image)
+	if err != nil {
+		t.Fatalf("ctrd: image %s in %s: %v", s.Image, ns, err)
+	}
+	specOpts := []oci.SpecOpts{oci.WithImageConfig(img), oci.WithHostNamespace(specs.NetworkNamespace), d.Cgroup()}
+	if len(s.Args) > 0 {
+		specOpts = append(specOpts, oci.WithProcessArgs(s.Args...))
+	}
+	if len(s.Env) > 0 {
+		specOpts = append(specOpts, oci.WithEnv(s.Env))
+	}
+	ctr, err := c.NewContainer(ctx, s.ID, d.Runtime(), containerd.WithImage(img),
+		containerd.WithSnapshotter(d.Snapshotter), containerd.WithNewSnapshot(s.ID, img),
+		containerd.WithContainerLabels(s.Labels), containerd.WithNewSpec(specOpts...))
+	if err != nil {
+		t.Fatalf("ctrd: container %s: %v", s.ID, err)
+	}
+	logDir := filepath.Join(d.Dir, "logs", ns)
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	out := &Container{Container: ctr, Log: filepath.Join(logDir, s.ID+".log")}
+	if out.Task, err = ctr.NewTask(ctx, cio.LogFile(out.Log)); err != nil {
+		t.Fatalf("ctrd: task %s: %v", s.ID, err)
+	}
+	if out.Exit, err = out.Task.Wait(ctx); err != nil {
+		t.Fatalf("ctrd: wait %s: %v", s.ID, err)
+	}
+	if err := out.Task.Start(ctx); err != nil {
+		t.Fatalf("ctrd: start %s: %v", s.ID, err)
+	}
+	return out
+}
+
+// WaitOutput waits until the container's log holds want and returns it.
+func (c *Container) WaitOutput(t testing.TB, want string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(c.Log)
+		if bytes.Contains(b, []byte(want)) {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ctrd: %s did not print %q within %s; printed %q", c.Container.ID(), want, timeout, b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop kills every task, stops the daemon, ends the shims and container
+// processes it left, unmounts what is left under Dir, removes the
+// daemon's cgroups and Dir. What it cannot remove fails the test.
 func (d *Daemon) stop(t testing.TB) {
-	if c, err := containerd.New(d.Socket, containerd.WithTimeout(2*time.Second)); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		nss, _ := c.NamespaceService().List(ctx)
-		for _, ns := range nss {
-			nctx := namespaces.WithNamespace(ctx, ns)
-			cs, _ := c.Containers(nctx)
-			for _, ctr := range cs {
-				if task, err := ctr.Task(nctx, nil); err == nil {
-					task.Kill(nctx, syscall.SIGKILL)
-					if ch, err := task.Wait(nctx); err == nil {
+	if t.Failed() {
+		t.Logf("ctrd: containerd log (%s), last lines:\n%s", d.LogPath, tail(d.LogPath, 40))
+	}
+	if d.Cmd != nil && d.Cmd.Process != nil {
+		select {
+		case <-d.done:
+		default:
+			d.deleteAll()
+			_ = syscall.Kill(-d.Cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-d.done:
+			case <-time.After(10 * time.Second):
+				_ = syscall.Kill(-d.Cmd.Process.Pid, syscall.SIGKILL)
+				<-d.done
+			}
+		}
+	}
+	var problems []string
+	// Shims outlive the daemon by design (own session): end this daemon's,
+	// and whatever still runs in its cgroups.
+	pids := append(d.shims(), d.cgroupProcs()...)
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	for _, p := range pids {
+		if !waitGone(p, 5*time.Second) {
+			problems = append(problems, fmt.Sprintf("process %d survived SIGKILL", p))
+		}
+	}
+	for _, m := range Mounts(d.Dir) {
+		if err := syscall.Unmount(m, 0); err != nil {
+			if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+				problems = append(problems, fmt.Sprintf("unmount %s: %v", m, err))
+			}
+		}
+	}
+	for _, cg := range d.cgroupDirs() {
+		if err := syscall.Rmdir(cg); err != nil && !errors.Is(err, syscall.ENOENT) {
+			problems = append(problems, fmt.Sprintf("rmdir %s: %v", cg, err))
+		}
+	}
+	if err := os.RemoveAll(d.Dir); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		t.Errorf("ctrd: cleanup of %s left:\n  %s", d.Dir, strings.Join(problems, "\n  "))
+	}
+}
+
+// deleteAll kills and deletes every task and container, in every namespace.
+func (d *Daemon) deleteAll() {
+	c, err := containerd.New(d.Socket, containerd.WithTimeout(2*time.Second))
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nss, _ := c.NamespaceService().List(ctx)
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		cs, _ := c.Containers(nctx)
+		for _, ctr := range cs {
+			if task, err := ctr.Task(nctx, nil); err == nil {
+				if ch, err := task.Wait(nctx); err == nil {
+					if task.Kill(nctx, syscall.SIGKILL) == nil {
 						select {
 						case <-ch:
 						case <-time.After(5 * time.Second):
 						}
 					}
-					task.Delete(nctx)
 				}
-				ctr.Delete(nctx, containerd.WithSnapshotCleanup)
+				task.Delete(nctx, containerd.WithProcessKill)
 			}
-		}
-		cancel()
-		c.Close()
-	}
-	_ = syscall.Kill(-d.Cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-d.Cmd.Process.Pid, syscall.SIGKILL)
-		<-d.done
-	}
-	// shims outlive the daemon by design: end the ones of this daemon
-	out, _ := exec.Command("pgrep", "-f", "containerd-shim.*"+d.Socket).Output()
-	for _, pid := range strings.Fields(string(out)) {
-		var p int
-		fmt.Sscan(pid, &p)
-		if p > 0 {
-			syscall.Kill(p, syscall.SIGKILL)
+			ctr.Delete(nctx, containerd.WithSnapshotCleanup)
 		}
 	}
-	for _, m := range Mounts(d.Dir) {
-		syscall.Unmount(m, syscall.MNT_DETACH)
-	}
-	os.RemoveAll(d.Dir)
 }
 
-// Mounts lists mount points under dir (from /proc/self/mountinfo), deepest first.
-func Mounts(dir string) []string {
+// shims are the processes started with -address d.Socket.
+func (d *Daemon) shims() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-address" && args[i+1] == d.Socket {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Processes lists the live processes that belong to this daemon: its shims
+// and what runs in its cgroups (containers made with Cgroup).
+func (d *Daemon) Processes() []int { return append(d.shims(), d.cgroupProcs()...) }
+
+func waitGone(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		// a zombie (state Z) has ended; its parent reaps it
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// cgroupRoots are the mount points of the cgroup hierarchies (v1 and v2).
+func cgroupRoots() []string {
 	b, _ := os.ReadFile("/proc/self/mountinfo")
 	var out []string
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
-			out = append(out, f[4])
+		for i := 6; i+1 < len(f); i++ {
+			if f[i] == "-" {
+				if f[i+1] == "cgroup" || f[i+1] == "cgroup2" {
+					out = append(out, unescape(f[4]))
+				}
+				break
+			}
 		}
 	}
+	return out
+}
+
+// cgroupDirs lists this daemon's cgroups in every hierarchy, deepest first.
+func (d *Daemon) cgroupDirs() []string {
+	var out []string
+	for _, root := range cgroupRoots() {
+		top := filepath.Join(root, d.cgroupParent())
+		filepath.WalkDir(top, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				out = append(out, p)
+			}
+			return nil
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return strings.Count(out[i], "/") > strings.Count(out[j], "/") })
+	return out
+}
+
+func (d *Daemon) cgroupProcs() []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, cg := range d.cgroupDirs() {
+		b, _ := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(f); err == nil && !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// CgroupDirs lists the cgroups of this daemon's containers made with
+// Cgroup, in every hierarchy, deepest first.
+func (d *Daemon) CgroupDirs() []string { return d.cgroupDirs() }
+
+// unescape decodes mountinfo's octal escapes (\040 for a space...).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Mounts lists the mount points at or under dir (from
+// /proc/self/mountinfo), deepest first.
+func Mounts(dir string) []string {
+	dir = filepath.Clean(dir)
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescape(f[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	// later mounts may sit on earlier ones: unmount in reverse order
 	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
 		out[i], out[j] = out[j], out[i]
 	}

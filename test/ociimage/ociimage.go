@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -39,35 +40,53 @@ type Image struct {
 
 var epoch = time.Unix(0, 0).UTC()
 
-// layer builds the uncompressed layer tar (directories implied by paths).
-func layer(files []File) ([]byte, error) {
+// layer builds the uncompressed layer tar: the base directories (/tmp
+// world-writable and sticky, /etc, /dev, /proc, /sys, no /etc/passwd), then
+// the files sorted by path, their parent directories implied. The output is
+// the same for the same input: every time is the epoch.
+func layer(in []File) ([]byte, error) {
+	files := append([]File(nil), in...) // the caller's order is left alone
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	dirs := map[string]bool{}
-	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
-	addDir := func(d string) error {
-		if d == "." || d == "/" || d == "" || dirs[d] {
+	addDir := func(d string, mode int64) error {
+		if d == "." || d == "" || dirs[d] {
 			return nil
 		}
 		dirs[d] = true
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: epoch})
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: mode, ModTime: epoch})
 	}
-	for _, d := range []string{"tmp", "etc", "dev", "proc", "sys"} {
-		if err := addDir(d); err != nil {
+	if err := addDir("tmp", 0o1777); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"etc", "dev", "proc", "sys"} {
+		if err := addDir(d, 0o755); err != nil {
 			return nil, err
 		}
 	}
+	seen := map[string]bool{}
 	for _, f := range files {
-		p := path.Clean(f.Path)
-		if p[0] == '/' {
-			p = p[1:]
+		p := strings.TrimPrefix(path.Clean("/"+f.Path), "/")
+		if f.Path == "" || p == "" {
+			return nil, fmt.Errorf("file with an empty path")
 		}
-		var parts []string
-		for d := path.Dir(p); d != "." && d != "/"; d = path.Dir(d) {
-			parts = append([]string{d}, parts...)
+		if seen[p] || dirs[p] {
+			return nil, fmt.Errorf("%s: given twice, or also a directory", f.Path)
 		}
-		for _, d := range parts {
-			if err := addDir(d); err != nil {
+		seen[p] = true
+		if f.Data != nil && f.SourcePath != "" {
+			return nil, fmt.Errorf("%s: both Data and SourcePath", f.Path)
+		}
+		var parents []string
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			parents = append([]string{d}, parents...)
+		}
+		for _, d := range parents {
+			if seen[d] {
+				return nil, fmt.Errorf("%s: its parent %s is a file", f.Path, d)
+			}
+			if err := addDir(d, 0o755); err != nil {
 				return nil, err
 			}
 		}
@@ -112,7 +131,15 @@ func sha256sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 func Write(w io.Writer, imgs ...Image) error {
 	var blobs []blob
 	index := v1.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex}
+	if len(imgs) == 0 {
+		return fmt.Errorf("ociimage: no image")
+	}
+	names := map[string]bool{}
 	for _, img := range imgs {
+		if img.Name == "" || names[img.Name] {
+			return fmt.Errorf("ociimage: image name %q empty or given twice", img.Name)
+		}
+		names[img.Name] = true
 		l, err := layer(img.Files)
 		if err != nil {
 			return fmt.Errorf("%s: %w", img.Name, err)
@@ -173,15 +200,18 @@ func Write(w io.Writer, imgs ...Image) error {
 	return tw.Close()
 }
 
-// WriteFile writes the tar to a file.
+// WriteFile writes the tar to a file (removed again if writing fails).
 func WriteFile(file string, imgs ...Image) error {
 	f, err := os.Create(file)
 	if err != nil {
 		return err
 	}
-	if err := Write(f, imgs...); err != nil {
-		f.Close()
-		return err
+	err = Write(f, imgs...)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	if err != nil {
+		os.Remove(file)
+	}
+	return err
 }

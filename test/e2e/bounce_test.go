@@ -1,0 +1,250 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/runtime"
+	"github.com/kubecpr/kubecpr/test/cluster"
+	"github.com/kubecpr/kubecpr/test/ctrd"
+	"github.com/kubecpr/kubecpr/test/fixture"
+	"github.com/kubecpr/kubecpr/test/kubecprbin"
+	"github.com/kubecpr/kubecpr/test/ociimage"
+	"github.com/kubecpr/kubecpr/test/staticpods"
+)
+
+// containerNode is a kubeadm node whose control plane runs as real runc
+// containers in a real containerd, kept alive by the static-pod stand-in.
+type containerNode struct {
+	*cluster.Node
+	d  *ctrd.Daemon
+	sp *staticpods.Runner
+}
+
+func imageName(t *testing.T, n *cluster.Node, comp string) string {
+	b, err := os.ReadFile(n.Path("/etc/kubernetes/manifests/" + comp + ".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if s := strings.TrimSpace(line); strings.HasPrefix(s, "image: ") {
+			return strings.TrimPrefix(s, "image: ")
+		}
+	}
+	t.Fatalf("%s: no image", comp)
+	return ""
+}
+
+func startContainerNode(t *testing.T) *containerNode {
+	t.Helper()
+	n := cluster.Kubeadm(t, cluster.Options{})
+	// The scheduler is not among the test binaries: its manifest goes.
+	os.Remove(n.Path("/etc/kubernetes/manifests/kube-scheduler.yaml"))
+	d := ctrd.Start(t)
+	var imgs []ociimage.Image
+	for _, c := range []struct{ comp, bin string }{{"etcd", "etcd"}, {"kube-apiserver", "kube-apiserver"}, {"kube-controller-manager", "kube-controller-manager"}} {
+		imgs = append(imgs, ociimage.Image{Name: imageName(t, n, c.comp), Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+			Files: []ociimage.File{{Path: "/usr/local/bin/" + c.bin, Mode: 0o755, SourcePath: filepath.Join(n.Bin, c.bin)}}})
+	}
+	tarPath := filepath.Join(t.TempDir(), "images.tar")
+	if err := ociimage.WriteFile(tarPath, imgs...); err != nil {
+		t.Fatal(err)
+	}
+	d.Import(t, runtime.Namespace, tarPath)
+	sp := staticpods.Start(t, n.Root, n.Name, d.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := n.WaitReady(ctx, t, "/etc/kubernetes/admin.conf", nil); err != nil {
+		t.Fatalf("control plane in containers not ready: %v\nstand-in errors: %s", err, sp.Errs())
+	}
+	if err := n.GrantClusterAdmins(ctx, t); err != nil {
+		t.Fatal(err)
+	}
+	return &containerNode{Node: n, d: d, sp: sp}
+}
+
+// expireAndRestart makes every leaf expired and restarts the containers so
+// they run on the expired files: the node fails like production.
+func (cn *containerNode) expireAndRestart(t *testing.T) {
+	t.Helper()
+	w := fixture.Window{NotBefore: time.Now().AddDate(-1, 0, -2), NotAfter: time.Now().AddDate(0, 0, -2)}
+	if err := fixture.Resign(cn.Root, w, nil); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := runtime.NewContainerd(cn.d.Socket, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	ctx := context.Background()
+	cs, _ := rt.ControlPlane(ctx)
+	for _, c := range cs {
+		if err := rt.Stop(ctx, c.ID, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// wait for the replacements
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if len(cn.sp.Containers("kube-apiserver")) >= 2 && len(cn.sp.Containers("etcd")) >= 2 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	if _, err := cn.ListNamespaces(ctx, t, "/etc/kubernetes/admin.conf"); err == nil {
+		t.Fatal("the expired control plane still answers")
+	}
+}
+
+func (cn *containerNode) kubecpr(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	base := []string{"--root", cn.Root}
+	r := kubecprbin.Run(t, env, append(base, args...)...)
+	return result{code: r.Code, stdout: r.Stdout, stderr: r.Stderr}
+}
+
+func (cn *containerNode) liveArgs(method string) []string {
+	return []string{"--cri-socket", cn.d.Socket, "--restart-method", method,
+		"--kubelet-restart-command", "touch " + cn.Path("/kubelet-restarted"), "--component-timeout", "2m"}
+}
+
+// assertServesNewCerts checks on the wire that the apiserver and etcd serve
+// the certificates on disk, and client-go works with the new admin.conf.
+func (cn *containerNode) assertServesNewCerts(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := cn.ListNamespaces(ctx, t, "/etc/kubernetes/admin.conf"); err != nil {
+		t.Fatalf("client-go with the new admin.conf: %v", err)
+	}
+	for _, c := range []struct {
+		port int
+		file string
+	}{{cn.APIServerPort, "/etc/kubernetes/pki/apiserver.crt"}, {cn.EtcdClientPort, "/etc/kubernetes/pki/etcd/server.crt"}} {
+		served, err := cluster.ServedCertificate(c.port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		disk, _ := fixture.ReadCert(cn.Path(c.file))
+		if served.SerialNumber.Cmp(disk.SerialNumber) != 0 || !time.Now().Before(served.NotAfter) {
+			t.Errorf("port %d serves serial %s (until %s), disk %s has %s", c.port, served.SerialNumber, served.NotAfter, c.file, disk.SerialNumber)
+		}
+	}
+	if parked, _ := os.ReadDir(cn.Path("/etc/kubernetes/manifests.kubecpr-out")); len(parked) > 0 {
+		t.Errorf("manifests left outside the static pod directory: %v", parked)
+	}
+	for _, m := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
+			t.Errorf("manifest %s: %v", m, err)
+		}
+	}
+}
+
+// The whole recovery with the control plane in real containers: kubecpr
+// renews, restarts the kubelet and each component through containerd, and
+// the new certificates are served on the wire.
+func TestBounceThroughContainerd(t *testing.T) {
+	cn := startContainerNode(t)
+	cn.expireAndRestart(t)
+	start := time.Now()
+	r := cn.kubecpr(t, nil, append([]string{"run"}, cn.liveArgs("containerd")...)...)
+	if r.code != 0 {
+		t.Fatalf("run: exit %d\n%s\n%s\nstand-in: %s", r.code, r.stdout, r.stderr, cn.sp.Errs())
+	}
+	t.Logf("kubecpr run with bounce: %s\n%s", time.Since(start).Round(time.Millisecond), r.stdout)
+	cn.assertServesNewCerts(t)
+	if _, err := os.Stat(cn.Path("/kubelet-restarted")); err != nil {
+		t.Error("the kubelet was not restarted")
+	}
+	// the journal shows each restart with its duration
+	st := cn.kubecpr(t, nil, "-o", "json", "status")
+	var rs struct {
+		Actions []struct{ Action, State, Duration string }
+	}
+	json.Unmarshal([]byte(st.stdout), &rs)
+	seen := map[string]string{}
+	for _, a := range rs.Actions {
+		seen[a.Action] = a.State + " " + a.Duration
+	}
+	for _, a := range []string{"bounce/kubelet", "bounce/etcd", "bounce/kube-apiserver", "bounce/kube-controller-manager"} {
+		if !strings.HasPrefix(seen[a], "done ") || len(seen[a]) < 7 {
+			t.Errorf("status: %s = %q", a, seen[a])
+		}
+	}
+}
+
+// kill -9 during the bounce, with each method, then resume: all healthy on
+// the new certificates; then rollback: the old files, every manifest in place.
+func TestBounceKilledThenResumeAndRollback(t *testing.T) {
+	for _, tc := range []struct{ method, crashAt string }{
+		{"containerd", "bounce-stopped-kube-apiserver"},
+		{"manifests", "bounce-manifest-out-kube-apiserver"},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			cn := startContainerNode(t)
+			cn.expireAndRestart(t)
+			expired := snapshot(t, cn.Root)
+			r := cn.kubecpr(t, []string{"KUBECPR_CRASH_AT=" + tc.crashAt}, append([]string{"run"}, cn.liveArgs(tc.method)...)...)
+			if r.code != -1 && r.code != 137 {
+				t.Logf("killed run: exit %d", r.code)
+			}
+			if tc.method == "manifests" {
+				if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests.kubecpr-out/kube-apiserver.yaml")); err != nil {
+					t.Fatalf("the kill did not leave the manifest parked: %v\n%s%s", err, r.stdout, r.stderr)
+				}
+			}
+			r = cn.kubecpr(t, nil, append([]string{"resume"}, cn.liveArgs(tc.method)...)...)
+			if r.code != 0 {
+				t.Fatalf("resume: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			cn.assertServesNewCerts(t)
+
+			r = cn.kubecpr(t, nil, append([]string{"rollback"}, cn.liveArgs(tc.method)...)...)
+			if r.code != 0 {
+				t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			if d := diffMaps(expired, snapshot(t, cn.Root)); d != "" {
+				t.Fatalf("rollback not byte-identical:\n%s", d)
+			}
+			// back on the old (expired) files: the apiserver serves the old serial again
+			served, err := cluster.ServedCertificate(cn.EtcdClientPort)
+			if err != nil {
+				t.Fatal(err)
+			}
+			disk, _ := fixture.ReadCert(cn.Path("/etc/kubernetes/pki/etcd/server.crt"))
+			if served.SerialNumber.Cmp(disk.SerialNumber) != 0 {
+				t.Errorf("after rollback etcd serves %s, disk has %s", served.SerialNumber, disk.SerialNumber)
+			}
+		})
+	}
+}
+
+// A component that does not come back stops the run, saying which, what
+// its log said, and the ways on.
+func TestBounceComponentDoesNotComeBack(t *testing.T) {
+	cn := startContainerNode(t)
+	cn.expireAndRestart(t)
+	// Break the apiserver's manifest the way a bad edit would.
+	p := cn.Path("/etc/kubernetes/manifests/kube-apiserver.yaml")
+	b, _ := os.ReadFile(p)
+	os.WriteFile(p, []byte(strings.Replace(string(b), "    - --allow-privileged=true\n", "    - --allow-privileged=true\n    - --no-such-flag=1\n", 1)), 0o600)
+	args := append([]string{"run"}, cn.liveArgs("containerd")...)
+	args[len(args)-1] = "40s"
+	r := cn.kubecpr(t, nil, args...)
+	if r.code != 6 {
+		t.Fatalf("exit %d, want 6\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"kube-apiserver did not come back", "unknown flag: --no-such-flag", "kubecpr rollback", "kubecpr resume"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("message lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	_ = fmt.Sprint
+}

@@ -1,0 +1,248 @@
+// Package staticpods is a test-only stand-in for the kubelet's static pod
+// manager — a real kubelet cannot run in these tests. It plays exactly the
+// part kubecpr relies on: every manifest in the node's manifests directory
+// has a running container in a real containerd (namespace k8s.io, the
+// kubelet's labels, host network, the node's /etc/kubernetes and
+// /var/lib/etcd bind-mounted at their node paths); a container that stops is
+// replaced by a new one; a container whose manifest is gone is stopped and
+// removed. Logs go to /var/log/pods under the node root, as the kubelet's do.
+package staticpods
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"gopkg.in/yaml.v3"
+
+	"github.com/kubecpr/kubecpr/recovery/runtime"
+)
+
+// Runner is the stand-in kubelet.
+type Runner struct {
+	Root     string
+	NodeName string
+	client   *containerd.Client
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	mu      sync.Mutex
+	n       int
+	Created map[string][]string // component → container ids, in order
+	Errors  []string
+}
+
+type manifest struct {
+	name, image string
+	command     []string
+}
+
+func readManifests(dir string) (map[string]manifest, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]manifest{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // being moved
+		}
+		var pod struct {
+			Metadata struct {
+				Name string `yaml:"name"`
+			} `yaml:"metadata"`
+			Spec struct {
+				Containers []struct {
+					Image   string   `yaml:"image"`
+					Command []string `yaml:"command"`
+					Args    []string `yaml:"args"`
+				} `yaml:"containers"`
+			} `yaml:"spec"`
+		}
+		if yaml.Unmarshal(b, &pod) != nil || len(pod.Spec.Containers) == 0 {
+			continue
+		}
+		c := pod.Spec.Containers[0]
+		out[pod.Metadata.Name] = manifest{name: pod.Metadata.Name, image: c.Image, command: append(append([]string{}, c.Command...), c.Args...)}
+	}
+	return out, nil
+}
+
+// Start runs the stand-in against the containerd at socket until cleanup.
+func Start(t testing.TB, root, nodeName, socket string) *Runner {
+	t.Helper()
+	c, err := containerd.New(socket, containerd.WithTimeout(5*time.Second), containerd.WithDefaultNamespace(runtime.Namespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), runtime.Namespace))
+	r := &Runner{Root: root, NodeName: nodeName, client: c, cancel: cancel, done: make(chan struct{}), Created: map[string][]string{}}
+	go r.loop(ctx)
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+		r.stopAll()
+		c.Close()
+	})
+	return r
+}
+
+func (r *Runner) loop(ctx context.Context) {
+	defer close(r.done)
+	for {
+		if err := r.sync(ctx); err != nil && ctx.Err() == nil {
+			r.mu.Lock()
+			if len(r.Errors) < 50 {
+				r.Errors = append(r.Errors, err.Error())
+			}
+			r.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (r *Runner) sync(ctx context.Context) error {
+	want, err := readManifests(filepath.Join(r.Root, "etc/kubernetes/manifests"))
+	if err != nil {
+		return err
+	}
+	list, err := r.client.Containers(ctx, fmt.Sprintf(`labels.%q==kube-system`, runtime.LabelPodNamespace))
+	if err != nil {
+		return err
+	}
+	running := map[string]bool{}
+	for _, c := range list {
+		info, err := c.Info(ctx)
+		if err != nil {
+			continue
+		}
+		name := info.Labels[runtime.LabelContainerName]
+		alive := false
+		if task, err := c.Task(ctx, nil); err == nil {
+			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Running {
+				alive = true
+			}
+		}
+		_, wanted := want[name]
+		switch {
+		case alive && wanted:
+			running[name] = true
+		case alive && !wanted:
+			r.stop(ctx, c) // manifest removed: the kubelet kills the pod
+		default:
+			r.remove(ctx, c) // exited: the kubelet starts a new container
+		}
+	}
+	for name, m := range want {
+		if !running[name] {
+			if err := r.create(ctx, m); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Runner) create(ctx context.Context, m manifest) error {
+	img, err := r.client.GetImage(ctx, m.image)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", m.image, err)
+	}
+	r.mu.Lock()
+	r.n++
+	attempt := len(r.Created[m.name])
+	id := fmt.Sprintf("%s-%d-%d", m.name, time.Now().UnixNano(), r.n)
+	r.mu.Unlock()
+	pod := m.name + "-" + r.NodeName
+	uid := "uid-" + m.name
+	labels := map[string]string{runtime.LabelContainerName: m.name, runtime.LabelPodName: pod,
+		runtime.LabelPodNamespace: "kube-system", runtime.LabelPodUID: uid, runtime.LabelKind: "container"}
+	var mounts []specs.Mount
+	for _, p := range []string{"/etc/kubernetes", "/var/lib/etcd"} {
+		src := filepath.Join(r.Root, p)
+		os.MkdirAll(src, 0o755)
+		mounts = append(mounts, specs.Mount{Destination: p, Type: "bind", Source: src, Options: []string{"rbind", "rw"}})
+	}
+	ctr, err := r.client.NewContainer(ctx, id, containerd.WithNewSnapshot(id, img), containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithHostNamespace(specs.NetworkNamespace),
+			oci.WithProcessArgs(m.command...), oci.WithMounts(mounts), oci.WithHostHostsFile, oci.WithHostResolvconf))
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(r.Root, "var/log/pods", "kube-system_"+pod+"_"+uid, m.name, fmt.Sprintf("%d.log", attempt))
+	os.MkdirAll(filepath.Dir(logPath), 0o755)
+	task, err := ctr.NewTask(ctx, cio.LogFile(logPath))
+	if err != nil {
+		ctr.Delete(ctx, containerd.WithSnapshotCleanup)
+		return err
+	}
+	if err := task.Start(ctx); err != nil {
+		task.Delete(ctx)
+		ctr.Delete(ctx, containerd.WithSnapshotCleanup)
+		return err
+	}
+	r.mu.Lock()
+	r.Created[m.name] = append(r.Created[m.name], id)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Runner) stop(ctx context.Context, c containerd.Container) {
+	if task, err := c.Task(ctx, nil); err == nil {
+		exit, _ := task.Wait(ctx)
+		task.Kill(ctx, syscall.SIGTERM)
+		select {
+		case <-exit:
+		case <-time.After(10 * time.Second):
+			task.Kill(ctx, syscall.SIGKILL)
+			<-exit
+		}
+	}
+	r.remove(ctx, c)
+}
+
+func (r *Runner) remove(ctx context.Context, c containerd.Container) {
+	if task, err := c.Task(ctx, nil); err == nil {
+		task.Delete(ctx, containerd.WithProcessKill)
+	}
+	c.Delete(ctx, containerd.WithSnapshotCleanup)
+}
+
+func (r *Runner) stopAll() {
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), runtime.Namespace), 30*time.Second)
+	defer cancel()
+	list, _ := r.client.Containers(ctx)
+	for _, c := range list {
+		r.stop(ctx, c)
+	}
+}
+
+// Containers returns the ids created for a component so far.
+func (r *Runner) Containers(name string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.Created[name]...)
+}
+
+// Errs returns sync errors seen so far.
+func (r *Runner) Errs() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.Errors, "\n")
+}
