@@ -84,11 +84,7 @@ func TestBackupCommands(t *testing.T) {
 	if r := kubecpr(t, nil, rootArgs(root, "backup", "verify", id)...); r.code != 0 || !strings.Contains(r.stdout, "matches") {
 		t.Fatalf("verify: %d %s%s", r.code, r.stdout, r.stderr)
 	}
-	// the run completed (verify stage): rollback has nothing open...
-	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); !strings.Contains(r.stdout, "nothing to roll back") {
-		t.Fatalf("rollback of a completed run: %s", r.stdout)
-	}
-	// ...but the backup restores the node outside the journal.
+	// the backup restores the node outside the journal too.
 	if r := kubecpr(t, nil, rootArgs(root, "backup", "restore", "--prune", id)...); r.code != 0 {
 		t.Fatalf("restore: %d %s", r.code, r.stderr)
 	}
@@ -125,5 +121,27 @@ func TestKubeletPEMNameCollision(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(root, oldName)); string(b) != string(oldBytes) {
 		t.Fatal("the previous pem was overwritten")
+	}
+}
+
+// A completed run can still be rolled back, once.
+func TestRollbackOfACompletedRun(t *testing.T) {
+	root := expiredNode(t)
+	before := snapshot(t, root)
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...); r.code != 0 || !strings.Contains(r.stdout, "complete") {
+		t.Fatalf("run: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: %d\n%s", r.code, r.stderr)
+	}
+	if diff := diffSnapshots(before, snapshot(t, root)); diff != "" {
+		t.Fatalf("not byte-identical:\n%s", diff)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); !strings.Contains(r.stdout, "nothing to roll back") {
+		t.Fatalf("second rollback: %s", r.stdout)
+	}
+	// and the next run is a new one
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...); r.code != 0 || strings.Contains(r.stdout, "continuing") {
+		t.Fatalf("run after rollback: %d\n%s", r.code, r.stdout)
 	}
 }

@@ -334,12 +334,12 @@ func rollbackCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			id, open, _, err := pipeline.CurrentRun(e.stateDir(c))
+			id, _, recs, err := pipeline.CurrentRun(e.stateDir(c))
 			if err != nil {
 				return err
 			}
-			if id == "" || !open {
-				fmt.Fprintln(e.out, "nothing to roll back: no unfinished run (a completed or rolled-back run is closed; `kubecpr backup restore RUN-ID` restores any backup)")
+			if id == "" || pipeline.RunStatus(recs) == "rolled-back" {
+				fmt.Fprintln(e.out, "nothing to roll back: the last run was already rolled back (`kubecpr backup restore RUN-ID` restores any backup)")
 				return nil
 			}
 			r, release, err := openRunner(c, e, pipeline.Options{})
@@ -347,7 +347,7 @@ func rollbackCommand() *cli.Command {
 				return err
 			}
 			defer release()
-			if _, err := r.Open(false); err != nil {
+			if err := r.OpenRun(id); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.out, "rolling back run %s\n", r.RunID())

@@ -279,7 +279,16 @@ func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, com
 	if err := atomicfile.Rename(out, in); err != nil {
 		return fmt.Errorf("moving %s back: %w", in, err)
 	}
+	removeHoldingDir(n)
 	return nil
+}
+
+// removeHoldingDir removes the holding directory once it is empty.
+func removeHoldingDir(n *node.Node) {
+	dir := n.Path(HoldingDir)
+	if os.Remove(dir) == nil {
+		_ = atomicfile.SyncDir(filepath.Dir(dir))
+	}
 }
 
 // putBack returns a parked manifest to the static pod directory.
@@ -294,7 +303,11 @@ func putBack(d pipeline.Data, comp string) error {
 		return fmt.Errorf("%s exists in both %s and %s: keep the right one and remove the other", comp, manifestsDir(d), HoldingDir)
 	}
 	fmt.Fprintf(d.Out(), "      putting back %s parked by an interrupted run\n", in)
-	return atomicfile.Rename(out, in)
+	if err := atomicfile.Rename(out, in); err != nil {
+		return err
+	}
+	removeHoldingDir(n)
+	return nil
 }
 
 // ParkedManifests lists manifests left in the holding directory.

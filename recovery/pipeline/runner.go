@@ -103,13 +103,28 @@ func CurrentRun(stateDir string) (id string, open bool, recs []journal.Record, e
 	if err != nil {
 		return id, false, nil, err
 	}
-	open = true
+	open = RunStatus(recs) == "open"
+	return id, open, recs, nil
+}
+
+// RunStatus is "open" (resume or rollback), "complete" (rollback still
+// possible) or "rolled-back".
+func RunStatus(recs []journal.Record) string {
+	status := "open"
 	for _, rec := range recs {
-		if rec.Kind == journal.KindRunEnd && (rec.Data["status"] == "complete" || rec.Data["status"] == "rolled-back") {
-			open = false
+		if rec.Kind == journal.KindRunEnd && rec.Data["status"] != "" {
+			status = rec.Data["status"]
 		}
 	}
-	return id, open, recs, nil
+	return status
+}
+
+// OpenRun opens the journal of an existing run by id (rollback of a
+// completed run).
+func (r *Runner) OpenRun(id string) error {
+	r.runID = id
+	_, err := r.Open(false)
+	return err
 }
 
 // Prepare picks the run to work on without writing anything: the open run

@@ -75,6 +75,7 @@ type Node struct {
 	Name                                                         string
 	Bin                                                          string
 	APIServerPort, EtcdClientPort, EtcdPeerPort, EtcdMetricsPort int
+	ControllerManagerPort, SchedulerPort                         int
 	ConfigPath                                                   string // kubeadm config, host path
 	configInRoot                                                 string // same, as seen from inside the root
 }
@@ -129,7 +130,8 @@ func kubeadmAt(t testing.TB, root string, o Options) *Node {
 		o.NodeName = "cp-1"
 	}
 	n := &Node{Root: root, Name: o.NodeName, Bin: Binaries(t),
-		APIServerPort: FreePort(t), EtcdClientPort: FreePort(t), EtcdPeerPort: FreePort(t), EtcdMetricsPort: FreePort(t)}
+		APIServerPort: FreePort(t), EtcdClientPort: FreePort(t), EtcdPeerPort: FreePort(t), EtcdMetricsPort: FreePort(t),
+		ControllerManagerPort: FreePort(t), SchedulerPort: FreePort(t)}
 	n.configInRoot = "/tmp/kubeadm.yaml"
 	n.ConfigPath = n.Path(n.configInRoot)
 	os.MkdirAll(filepath.Dir(n.ConfigPath), 0o755)
@@ -176,6 +178,13 @@ func (n *Node) rewriteToLoopback(t testing.TB) {
 			for from, to := range ports {
 				s = strings.ReplaceAll(s, from, to)
 			}
+			// the controller-manager and scheduler serve on fixed default
+			// ports: give each node its own, so tests can run in parallel
+			for comp, port := range map[string]int{"kube-controller-manager": n.ControllerManagerPort, "kube-scheduler": n.SchedulerPort} {
+				s = strings.Replace(s, "    - "+comp+"\n", fmt.Sprintf("    - %s\n    - --secure-port=%d\n", comp, port), 1)
+			}
+			s = strings.ReplaceAll(s, "port: 10257", fmt.Sprintf("port: %d", n.ControllerManagerPort))
+			s = strings.ReplaceAll(s, "port: 10259", fmt.Sprintf("port: %d", n.SchedulerPort))
 		}
 		st, _ := os.Stat(f)
 		if err := os.WriteFile(f, []byte(s), st.Mode().Perm()); err != nil {

@@ -241,8 +241,12 @@ func (d *Daemon) pluginOK(t testing.TB, typ, id string) bool {
 	return resp.Plugins[0].InitErr == nil
 }
 
-// PluginErrors lists the plugins that failed to load, with their error.
-func (d *Daemon) PluginErrors(t testing.TB) map[string]string {
+// Done is closed when the daemon process has exited.
+func (d *Daemon) Done() <-chan struct{} { return d.done }
+
+// Plugins maps every plugin of the daemon ("type.id") to its load error,
+// "" when it loaded.
+func (d *Daemon) Plugins(t testing.TB) map[string]string {
 	t.Helper()
 	resp, err := d.Client(t).IntrospectionService().Plugins(context.Background())
 	if err != nil {
@@ -250,6 +254,7 @@ func (d *Daemon) PluginErrors(t testing.TB) map[string]string {
 	}
 	out := map[string]string{}
 	for _, p := range resp.Plugins {
+		out[p.Type+"."+p.ID] = ""
 		if p.InitErr != nil {
 			out[p.Type+"."+p.ID] = p.InitErr.Message
 		}

@@ -85,7 +85,7 @@ func (cn *containerNode) expireAndRestart(t *testing.T) {
 	ctx := context.Background()
 	cs, _ := rt.ControlPlane(ctx)
 	for _, c := range cs {
-		if err := rt.Stop(ctx, c.ID, 10*time.Second); err != nil {
+		if err := rt.Stop(ctx, c.ID, time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,6 +151,7 @@ func (cn *containerNode) assertServesNewCerts(t *testing.T) {
 // renews, restarts the kubelet and each component through containerd, and
 // the new certificates are served on the wire.
 func TestBounceThroughContainerd(t *testing.T) {
+	t.Parallel()
 	cn := startContainerNode(t)
 	cn.expireAndRestart(t)
 	start := time.Now()
@@ -180,48 +181,62 @@ func TestBounceThroughContainerd(t *testing.T) {
 	}
 }
 
-// kill -9 during the bounce, with each method, then resume: all healthy on
-// the new certificates; then rollback: the old files, every manifest in place.
-func TestBounceKilledThenResumeAndRollback(t *testing.T) {
+// kill -9 during the bounce, with each method. Then rollback: every file
+// back, every manifest in place, the components restarted on the old files.
+// Then a new run killed at the same point, and resume: all healthy on the
+// new certificates.
+func TestBounceKilledThenRollbackOrResume(t *testing.T) {
 	for _, tc := range []struct{ method, crashAt string }{
 		{"containerd", "bounce-stopped-kube-apiserver"},
 		{"manifests", "bounce-manifest-out-kube-apiserver"},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
+			t.Parallel()
 			cn := startContainerNode(t)
 			cn.expireAndRestart(t)
 			expired := snapshot(t, cn.Root)
-			r := cn.kubecpr(t, []string{"KUBECPR_CRASH_AT=" + tc.crashAt}, append([]string{"run"}, cn.liveArgs(tc.method)...)...)
-			if r.code != -1 && r.code != 137 {
-				t.Logf("killed run: exit %d", r.code)
-			}
-			if tc.method == "manifests" {
-				if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests.kubecpr-out/kube-apiserver.yaml")); err != nil {
-					t.Fatalf("the kill did not leave the manifest parked: %v\n%s%s", err, r.stdout, r.stderr)
+			killedRun := func() {
+				t.Helper()
+				r := kubecprbin.Run(t, []string{"KUBECPR_CRASH_AT=" + tc.crashAt}, append([]string{"--root", cn.Root, "run"}, cn.liveArgs(tc.method)...)...)
+				if !r.Killed {
+					t.Fatalf("run was not killed at %s: exit %d\n%s%s", tc.crashAt, r.Code, r.Stdout, r.Stderr)
+				}
+				if tc.method == "manifests" {
+					if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests.kubecpr-out/kube-apiserver.yaml")); err != nil {
+						t.Fatalf("the kill did not leave the manifest parked: %v", err)
+					}
 				}
 			}
-			r = cn.kubecpr(t, nil, append([]string{"resume"}, cn.liveArgs(tc.method)...)...)
-			if r.code != 0 {
-				t.Fatalf("resume: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-			}
-			cn.assertServesNewCerts(t)
 
-			r = cn.kubecpr(t, nil, append([]string{"rollback"}, cn.liveArgs(tc.method)...)...)
+			killedRun()
+			r := cn.kubecpr(t, nil, append([]string{"rollback"}, cn.liveArgs(tc.method)...)...)
 			if r.code != 0 {
 				t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 			}
 			if d := diffMaps(expired, snapshot(t, cn.Root)); d != "" {
 				t.Fatalf("rollback not byte-identical:\n%s", d)
 			}
-			// back on the old (expired) files: the apiserver serves the old serial again
+			for _, m := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+				if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
+					t.Errorf("after rollback, manifest %s: %v", m, err)
+				}
+			}
+			// restarted on the old files: etcd serves the restored (expired) certificate
 			served, err := cluster.ServedCertificate(cn.EtcdClientPort)
 			if err != nil {
 				t.Fatal(err)
 			}
 			disk, _ := fixture.ReadCert(cn.Path("/etc/kubernetes/pki/etcd/server.crt"))
-			if served.SerialNumber.Cmp(disk.SerialNumber) != 0 {
-				t.Errorf("after rollback etcd serves %s, disk has %s", served.SerialNumber, disk.SerialNumber)
+			if served.SerialNumber.Cmp(disk.SerialNumber) != 0 || time.Now().Before(served.NotAfter) {
+				t.Errorf("after rollback etcd serves %s (until %s), disk has %s", served.SerialNumber, served.NotAfter, disk.SerialNumber)
 			}
+
+			killedRun()
+			r = cn.kubecpr(t, nil, append([]string{"resume"}, cn.liveArgs(tc.method)...)...)
+			if r.code != 0 {
+				t.Fatalf("resume: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			cn.assertServesNewCerts(t)
 		})
 	}
 }
@@ -229,6 +244,7 @@ func TestBounceKilledThenResumeAndRollback(t *testing.T) {
 // A component that does not come back stops the run, saying which, what
 // its log said, and the ways on.
 func TestBounceComponentDoesNotComeBack(t *testing.T) {
+	t.Parallel()
 	cn := startContainerNode(t)
 	cn.expireAndRestart(t)
 	// Break the apiserver's manifest the way a bad edit would.
@@ -236,7 +252,7 @@ func TestBounceComponentDoesNotComeBack(t *testing.T) {
 	b, _ := os.ReadFile(p)
 	os.WriteFile(p, []byte(strings.Replace(string(b), "    - --allow-privileged=true\n", "    - --allow-privileged=true\n    - --no-such-flag=1\n", 1)), 0o600)
 	args := append([]string{"run"}, cn.liveArgs("containerd")...)
-	args[len(args)-1] = "40s"
+	args[len(args)-1] = "25s"
 	r := cn.kubecpr(t, nil, args...)
 	if r.code != 6 {
 		t.Fatalf("exit %d, want 6\n%s\n%s", r.code, r.stdout, r.stderr)
