@@ -33,6 +33,7 @@ func liveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cri-socket", Usage: "bounce: containerd socket (default: the kubelet config's containerRuntimeEndpoint, else /run/containerd/containerd.sock); setting it also allows bouncing a node served from --root"},
 		&cli.StringFlag{Name: "kubelet-restart-command", Usage: "bounce: shell command that restarts the kubelet where systemd is not PID 1 (default: systemctl restart kubelet)"},
 		&cli.DurationFlag{Name: "component-timeout", Value: 5 * time.Minute, Usage: "bounce: how long each component may take to come back healthy"},
+		&cli.StringSliceFlag{Name: "restart-daemonset", Usage: "bounce: NAMESPACE/NAME of a DaemonSet to roll once the API is back (e.g. kube-system/etcd-defrag); repeatable"},
 	}
 }
 
@@ -77,6 +78,7 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 			return rt, rtErr
 		},
 		Services: svc, RestartMethod: method, ComponentTimeout: c.Duration("component-timeout"),
+		RestartDaemonSets: c.StringSlice("restart-daemonset"),
 	}, nil
 }
 

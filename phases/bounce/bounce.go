@@ -80,10 +80,16 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 		Summary: "restart the kubelet (" + live.Services.Describe() + ") so it loads its renewed credentials",
 		Run: func(ctx context.Context) (map[string]string, error) {
 			start := time.Now()
+			before := live.Services.State(ctx, "kubelet")
 			if err := live.Services.Restart(ctx, "kubelet"); err != nil {
+				if logs := live.Services.Logs(ctx, "kubelet", 10); logs != "" {
+					err = fmt.Errorf("%w\nlast kubelet log lines:\n%s", err, logs)
+				}
 				return nil, err
 			}
-			return map[string]string{"duration": time.Since(start).Round(time.Millisecond).String()}, nil
+			after := live.Services.State(ctx, "kubelet")
+			fmt.Fprintf(d.Out(), "      kubelet: %s before, %s after the restart\n", before, after)
+			return map[string]string{"duration": time.Since(start).Round(time.Millisecond).String(), "state_before": before, "state_after": after}, nil
 		},
 	}}
 	for _, c := range present {
@@ -93,6 +99,16 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			Summary: fmt.Sprintf("restart %s (%s), wait until healthy, check the served certificate", c, methodText(live.RestartMethod)),
 			Run: func(ctx context.Context) (map[string]string, error) {
 				return Restart(ctx, d, c, true)
+			},
+		})
+	}
+	for _, ds := range live.RestartDaemonSets {
+		ds := ds
+		acts = append(acts, pipeline.Action{
+			ID:      "bounce/daemonset/" + ds,
+			Summary: "roll the pods of DaemonSet " + ds + " (kubectl rollout restart) so they pick up renewed certificates",
+			Run: func(ctx context.Context) (map[string]string, error) {
+				return restartDaemonSet(ctx, d, ds)
 			},
 		})
 	}
@@ -113,6 +129,9 @@ func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[strin
 		return nil
 	}
 	name := strings.TrimPrefix(actionID, "bounce/")
+	if strings.HasPrefix(name, "daemonset/") {
+		return nil // a rollout restart needs no undoing
+	}
 	switch name {
 	case "skipped":
 		return nil

@@ -62,6 +62,9 @@ type Live struct {
 	ComponentTimeout time.Duration
 	// Grace is the SIGTERM grace period before SIGKILL.
 	Grace time.Duration
+	// RestartDaemonSets are NAMESPACE/NAME DaemonSets to roll once the API
+	// server is back (workloads holding their own client certificates).
+	RestartDaemonSets []string
 }
 
 // Action is one concrete step of a stage's plan.

@@ -10,7 +10,14 @@ type Fake struct {
 	mu       sync.Mutex
 	Restarts []string
 	Err      error
+	// StateValue and LogLines are what State and Logs return.
+	StateValue string
+	LogLines   string
 }
+
+func (f *Fake) State(context.Context, string) string { return f.StateValue }
+
+func (f *Fake) Logs(context.Context, string, int) string { return f.LogLines }
 
 var _ Manager = (*Fake)(nil)
 

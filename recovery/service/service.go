@@ -15,6 +15,11 @@ import (
 type Manager interface {
 	// Restart restarts the named service and returns once it was asked to.
 	Restart(ctx context.Context, name string) error
+	// State is the service's state ("active", "activating", "failed", ...;
+	// "unknown" where the manager cannot tell).
+	State(ctx context.Context, name string) string
+	// Logs returns the service's last log lines ("" where there are none).
+	Logs(ctx context.Context, name string, lines int) string
 	// Describe says how restarts are done, for plans and journals.
 	Describe() string
 }
@@ -42,6 +47,23 @@ func (Systemd) Restart(ctx context.Context, name string) error {
 	return nil
 }
 
+func (Systemd) State(ctx context.Context, name string) string {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(cctx, "systemctl", "is-active", name).Output()
+	if s := strings.TrimSpace(string(out)); s != "" {
+		return s
+	}
+	return "unknown"
+}
+
+func (Systemd) Logs(ctx context.Context, name string, lines int) string {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(cctx, "journalctl", "-u", name, "-n", fmt.Sprint(lines), "--no-pager", "-o", "cat").Output()
+	return strings.TrimSpace(string(out))
+}
+
 // Command runs an operator-given shell command to restart a service
 // (--kubelet-restart-command).
 type Command struct{ Line string }
@@ -49,6 +71,10 @@ type Command struct{ Line string }
 var _ Manager = Command{}
 
 func (c Command) Describe() string { return "command: " + c.Line }
+
+func (c Command) State(context.Context, string) string { return "unknown" }
+
+func (c Command) Logs(context.Context, string, int) string { return "" }
 
 func (c Command) Restart(ctx context.Context, name string) error {
 	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kubecpr/kubecpr/recovery/runtime"
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/ctrd"
@@ -153,9 +157,17 @@ func (cn *containerNode) assertServesNewCerts(t *testing.T) {
 func TestBounceThroughContainerd(t *testing.T) {
 	t.Parallel()
 	cn := startContainerNode(t)
+	// an etcd-defrag-style DaemonSet holding client certificates (seed 000)
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "etcd-defrag", Namespace: "kube-system"},
+		Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "etcd-defrag"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "etcd-defrag"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "defrag", Image: "registry.k8s.io/etcd:3.5.21-0"}}}}}}
+	if _, err := cn.Client(t, "/etc/kubernetes/admin.conf").AppsV1().DaemonSets("kube-system").Create(context.Background(), ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	cn.expireAndRestart(t)
 	start := time.Now()
-	r := cn.kubecpr(t, nil, append([]string{"run"}, cn.liveArgs("containerd")...)...)
+	r := cn.kubecpr(t, nil, append([]string{"run", "--restart-daemonset", "kube-system/etcd-defrag"}, cn.liveArgs("containerd")...)...)
 	if r.code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s\nstand-in: %s", r.code, r.stdout, r.stderr, cn.sp.Errs())
 	}
@@ -163,6 +175,10 @@ func TestBounceThroughContainerd(t *testing.T) {
 	cn.assertServesNewCerts(t)
 	if _, err := os.Stat(cn.Path("/kubelet-restarted")); err != nil {
 		t.Error("the kubelet was not restarted")
+	}
+	got, err := cn.Client(t, "/etc/kubernetes/admin.conf").AppsV1().DaemonSets("kube-system").Get(context.Background(), "etcd-defrag", metav1.GetOptions{})
+	if err != nil || got.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] == "" {
+		t.Errorf("DaemonSet not restarted: %v %v", err, got.Spec.Template.Annotations)
 	}
 	// the journal shows each restart with its duration
 	st := cn.kubecpr(t, nil, "-o", "json", "status")
