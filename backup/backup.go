@@ -11,7 +11,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 // EntryType of a manifest entry.
 type EntryType string
 
+// Entry types.
 const (
 	TypeFile    EntryType = "file"
 	TypeDir     EntryType = "dir"
@@ -31,84 +33,106 @@ const (
 
 // Entry is one backed-up path.
 type Entry struct {
-	Path    string    `json:"path"`
-	Type    EntryType `json:"type"`
-	Mode    uint32    `json:"mode"`
-	UID     int       `json:"uid"`
-	GID     int       `json:"gid"`
-	Link    string    `json:"link,omitempty"`
+	// Path is the node path, absolute, as on the node
+	// ("/etc/kubernetes/pki/ca.crt"), without the --root prefix.
+	Path string    `json:"path"`
+	Type EntryType `json:"type"`
+	// Mode holds the permission bits (fs.FileMode.Perm()).
+	Mode uint32 `json:"mode"`
+	UID  int    `json:"uid"`
+	GID  int    `json:"gid"`
+	// Link is a symlink's target, verbatim (never resolved).
+	Link string `json:"link,omitempty"`
+	// Size is the byte count of a file (the target's length for a symlink,
+	// 0 for a directory).
 	Size    int64     `json:"size"`
 	SHA256  string    `json:"sha256,omitempty"`
 	ModTime time.Time `json:"mtime"`
-	Blob    string    `json:"blob,omitempty"`
+	// Blob is the copy's path inside the backup directory ("files/<Path>").
+	Blob string `json:"blob,omitempty"`
 }
+
+// ManifestVersion is the manifest format this package writes.
+const ManifestVersion = 1
 
 // Manifest describes one complete backup.
 type Manifest struct {
-	Version      int       `json:"version"`
-	RunID        string    `json:"runID"`
-	Created      time.Time `json:"created"`
-	Root         string    `json:"root"`
-	Sources      []string  `json:"sources"`
-	Absent       []string  `json:"absent,omitempty"`
-	Skipped      []string  `json:"skipped,omitempty"`
-	Entries      []Entry   `json:"entries"`
-	EtcdSnapshot *Entry    `json:"etcdSnapshot,omitempty"`
+	Version int       `json:"version"`
+	RunID   string    `json:"runID"`
+	Created time.Time `json:"created"`
+	// Root is the node root the backup was taken from.
+	Root string `json:"root"`
+	// Sources are the node paths asked for, cleaned.
+	Sources []string `json:"sources"`
+	// Absent lists sources that did not exist: a restore with Prune
+	// removes them if they appeared since.
+	Absent []string `json:"absent,omitempty"`
+	// Skipped lists node paths that were not copied: sockets, devices and
+	// FIFOs, and kubecpr's state dir (the one holding backups/<run-id>)
+	// when a source contains it. Restore and Prune leave them alone.
+	Skipped []string `json:"skipped,omitempty"`
+	// Resolved maps a source that is a symlink to a directory onto the node
+	// path of that directory: its tree is recorded under the source's path,
+	// the way the run reaches it.
+	Resolved map[string]string `json:"resolved,omitempty"`
+	Entries  []Entry           `json:"entries"`
+	// EtcdSnapshot is optional, attached by AddEtcdSnapshot after Create.
+	EtcdSnapshot *Entry `json:"etcd_snapshot,omitempty"`
 
 	index map[string]int
 }
 
-const manifestName = "manifest.json"
+const (
+	manifestName = "manifest.json"
+	filesDir     = "files"
+	etcdBlob     = "etcd/snapshot.db"
+)
 
 // ErrIncomplete is returned for a backup directory without a manifest.
-var ErrIncomplete = errors.New("incomplete backup: no manifest.json (the backup was interrupted; it cannot be restored from)")
+var ErrIncomplete = errors.New("incomplete backup: no manifest.json (the backup was interrupted before it finished; it cannot be restored from)")
 
-// SpaceError: not enough free space for the backup.
+// ErrExists is returned by Create when dir already holds a different
+// complete backup.
+var ErrExists = errors.New("a different backup already exists there")
+
+// SpaceError reports that the backup does not fit on the state directory's
+// filesystem.
 type SpaceError struct {
 	Dir        string
 	Need, Free uint64
 }
 
 func (e *SpaceError) Error() string {
-	return fmt.Sprintf("not enough space for the backup in %s: need %d bytes (with margin), %d free; "+
-		"free some space there or point --state-dir at a filesystem with room", e.Dir, e.Need, e.Free)
+	return fmt.Sprintf("not enough space for the backup in %s: need %s (%d bytes, with a safety margin), %s (%d bytes) free; "+
+		"free some space on that filesystem or point --state-dir at a filesystem with room",
+		e.Dir, human(e.Need), e.Need, human(e.Free), e.Free)
 }
 
-func hostPath(root, nodePath string) string {
-	return filepath.Join(root, filepath.FromSlash(path.Clean("/"+nodePath)))
-}
-
-// Size adds up the bytes of the regular files under the sources.
-func Size(root string, sources []string) (uint64, error) {
-	var total uint64
-	for _, s := range sources {
-		err := filepath.WalkDir(hostPath(root, s), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
-				}
-				return err
-			}
-			if d.Type().IsRegular() {
-				info, err := d.Info()
-				if err != nil {
-					return err
-				}
-				total += uint64(info.Size()) + 4096
-			}
-			return nil
-		})
-		if err != nil {
-			return 0, err
-		}
+func human(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
 	}
-	return total, nil
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// CheckSpace fails with a SpaceError when dir's filesystem has less than
-// need bytes free plus a margin (10%, at least 16 MiB).
+// spaceMargin is kept free beyond what the backup needs: 10%, at least
+// 16 MiB.
+func spaceMargin(need uint64) uint64 {
+	return max(need/10, 16<<20)
+}
+
+// CheckSpace fails with a SpaceError when dir's filesystem (dir need not
+// exist yet: its nearest existing ancestor is measured) has less than need
+// bytes plus a margin (10%, at least 16 MiB) available to unprivileged
+// writers.
 func CheckSpace(dir string, need uint64) error {
-	probe := dir
+	probe := filepath.Clean(dir)
 	for {
 		if _, err := os.Stat(probe); err == nil {
 			break
@@ -123,76 +147,209 @@ func CheckSpace(dir string, need uint64) error {
 	if err := unix.Statfs(probe, &st); err != nil {
 		return fmt.Errorf("statfs %s: %w", probe, err)
 	}
-	free := st.Bavail * uint64(st.Bsize)
-	margin := need / 10
-	if margin < 16<<20 {
-		margin = 16 << 20
+	bsize := uint64(st.Frsize)
+	if bsize == 0 {
+		bsize = uint64(st.Bsize)
 	}
-	if need+margin > free {
-		return &SpaceError{Dir: probe, Need: need + margin, Free: free}
+	free := st.Bavail * bsize
+	total := need + spaceMargin(need)
+	if total < need || total > free { // total < need: overflow
+		if total < need {
+			total = ^uint64(0)
+		}
+		return &SpaceError{Dir: probe, Need: total, Free: free}
 	}
 	return nil
 }
 
-// Create copies the sources (node paths under root) into dir and writes the
-// manifest last. On any error the partial backup is removed.
-func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err error) {
-	if _, err := os.Stat(filepath.Join(dir, manifestName)); err == nil {
-		return nil, fmt.Errorf("backup %s already exists; refusing to overwrite it", dir)
+// Size estimates the bytes a backup of sources takes: every regular file
+// rounded up to 4 KiB, plus 4 KiB of metadata (manifest line, blob
+// directories) per entry.
+func Size(root string, sources []string) (uint64, error) {
+	var total uint64
+	for _, src := range sources {
+		_, err := walkSource(root, src, "", func(v visit) error {
+			total += 4096
+			if v.info.Mode().IsRegular() {
+				total += (uint64(v.info.Size()) + 4095) &^ 4095
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
 	}
-	need, err := Size(root, sources)
+	return total, nil
+}
+
+// visit is one path met while walking a source.
+type visit struct {
+	np   string // node path, as the run addresses it
+	host string // host path, resolved inside root
+	info fs.FileInfo
+	skip bool // the backup directory itself
+}
+
+type sourceResult struct {
+	absent   bool
+	resolved string // node path a symlinked directory source resolves to
+}
+
+// walkSource calls fn for src and, if it is a directory, everything below
+// it, without following symlinks. Directory components of src are resolved
+// inside root; a src that is itself a symlink to a directory is followed
+// (its tree is recorded under src's own path). skipHost, when set, is a
+// host path that is reported with skip set and not descended into.
+func walkSource(root, src, skipHost string, fn func(visit) error) (sourceResult, error) {
+	var res sourceResult
+	src = cleanNode(src)
+	_, host, err := resolve(root, src, false)
 	if err != nil {
+		return res, err
+	}
+	info, err := os.Lstat(host)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		res.absent = true
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	if info.Mode()&fs.ModeSymlink != 0 {
+		rnp, rhost, err := resolve(root, src, true)
+		if err != nil {
+			return res, err
+		}
+		if st, err := os.Lstat(rhost); err == nil && st.IsDir() {
+			res.resolved, host = rnp, rhost
+		}
+	}
+	err = filepath.WalkDir(host, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(host, p)
+		if err != nil {
+			return err
+		}
+		np := src
+		if rel != "." {
+			np = path.Join(src, filepath.ToSlash(rel))
+		}
+		if skipHost != "" && p == skipHost {
+			if err := fn(visit{np: np, host: p, skip: true}); err != nil {
+				return err
+			}
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		info, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		return fn(visit{np: np, host: p, info: info})
+	})
+	return res, err
+}
+
+// Create copies the sources (node paths under root) into dir and writes the
+// manifest last, so a manifest means a complete backup.
+//
+// Before the first write it checks that the copy fits (CheckSpace with
+// Size), so a full disk stops the run with a SpaceError and nothing
+// written. On any error everything Create made is removed again.
+//
+// Create is idempotent: if dir already holds a complete backup of the same
+// root and sources it returns that backup untouched (a resumed run must
+// keep the copy taken before its first change, never a newer one); a
+// complete backup of something else is refused with ErrExists. A dir left
+// by an interrupted Create (no manifest, nothing but Create's own files) is
+// cleared and the backup taken again.
+func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err error) {
+	if root, err = filepath.Abs(root); err != nil {
 		return nil, err
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, err
+	}
+	clean := make([]string, 0, len(sources))
+	for _, s := range sources {
+		if s = cleanNode(s); !slices.Contains(clean, s) {
+			clean = append(clean, s)
+		}
+	}
+	if old, err := Load(dir); err == nil {
+		if old.Root == root && slices.Equal(old.Sources, clean) {
+			return old, nil
+		}
+		return nil, fmt.Errorf("backup %s (root %s, sources %s): %w; refusing to overwrite it",
+			dir, old.Root, strings.Join(old.Sources, ", "), ErrExists)
+	} else if !errors.Is(err, ErrIncomplete) {
+		return nil, err
+	}
+	if err := clearPartial(dir); err != nil {
+		return nil, err
+	}
+
+	need, err := Size(root, clean)
+	if err != nil {
+		return nil, fmt.Errorf("sizing the backup: %w", err)
 	}
 	if err := CheckSpace(dir, need); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+
+	top, err := mkdirAll(dir, 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("backup dir %s: %w", dir, err)
 	}
+	defer func() {
+		if err != nil && top != "" {
+			os.RemoveAll(top)
+		}
+	}()
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
-	m = &Manifest{Version: 1, RunID: filepath.Base(dir), Created: now.UTC(), Root: root, Sources: sources}
+
+	// kubecpr's own state is never node state to back up (or, later, to
+	// restore or prune): skip the state dir when dir is
+	// <state-dir>/backups/<run-id>, else what Create itself made.
+	skip := dir
+	if filepath.Base(filepath.Dir(dir)) == "backups" {
+		skip = filepath.Dir(filepath.Dir(dir))
+	} else if top != "" {
+		skip = top
+	}
+	m = &Manifest{Version: ManifestVersion, RunID: filepath.Base(dir), Created: now.UTC(), Root: root, Sources: clean}
 	seen := map[string]bool{}
-	dirsToSync := map[string]bool{}
-	for _, src := range sources {
-		src = path.Clean("/" + src)
-		if _, err := os.Lstat(hostPath(root, src)); errors.Is(err, fs.ErrNotExist) {
-			m.Absent = append(m.Absent, src)
-			continue
-		}
-		err := filepath.WalkDir(hostPath(root, src), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(root, p)
-			np := "/" + filepath.ToSlash(rel)
-			if seen[np] {
+	for _, src := range clean {
+		res, err := walkSource(root, src, skip, func(v visit) error {
+			if seen[v.np] {
 				return nil
 			}
-			seen[np] = true
-			e, err := entryOf(p, np)
-			if err != nil {
-				return err
+			seen[v.np] = true
+			if v.skip {
+				m.Skipped = append(m.Skipped, v.np)
+				return nil
 			}
+			e := entryOf(v.np, v.info)
 			switch e.Type {
 			case "":
-				m.Skipped = append(m.Skipped, np)
+				m.Skipped = append(m.Skipped, v.np)
 				return nil
-			case TypeFile:
-				e.Blob = "files" + np
-				sum, err := copyBlob(p, filepath.Join(dir, filepath.FromSlash(e.Blob)))
-				if err != nil {
+			case TypeSymlink:
+				var err error
+				if e.Link, err = os.Readlink(v.host); err != nil {
 					return err
 				}
-				e.SHA256 = sum
-				dirsToSync[filepath.Dir(filepath.Join(dir, filepath.FromSlash(e.Blob)))] = true
+			case TypeFile:
+				e.Blob = filesDir + e.Path
+				if err := copyBlob(v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e); err != nil {
+					return err
+				}
 			}
 			m.Entries = append(m.Entries, e)
 			return nil
@@ -200,28 +357,95 @@ func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err
 		if err != nil {
 			return nil, fmt.Errorf("backing up %s: %w", src, err)
 		}
+		if res.absent {
+			m.Absent = append(m.Absent, src)
+		}
+		if res.resolved != "" {
+			if m.Resolved == nil {
+				m.Resolved = map[string]string{}
+			}
+			m.Resolved[src] = res.resolved
+		}
 	}
-	for d := range dirsToSync {
-		if err := atomicfile.SyncDir(d); err != nil {
+	if err := syncTree(filepath.Join(dir, filesDir)); err != nil {
+		return nil, err
+	}
+	if err := m.Save(dir); err != nil {
+		return nil, err
+	}
+	// make the backup directory's own entry durable
+	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
+		return nil, err
+	}
+	if top != dir {
+		if err := atomicfile.SyncDir(filepath.Dir(top)); err != nil {
 			return nil, err
 		}
 	}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, manifestName), b, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
-		return nil, err
-	}
-	m.buildIndex()
 	return m, nil
 }
 
-func entryOf(p, np string) (Entry, error) {
-	info, err := os.Lstat(p)
-	if err != nil {
-		return Entry{}, err
+// clearPartial removes what an interrupted Create left in dir; anything
+// else in dir is refused rather than deleted.
+func clearPartial(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
+	if err != nil {
+		return err
+	}
+	for _, d := range ents {
+		n := d.Name()
+		if n != filesDir && !strings.HasPrefix(n, "."+manifestName+".") {
+			return fmt.Errorf("%s has no manifest but holds %q, which a backup does not write; "+
+				"refusing to delete it: move it away or choose another --state-dir", dir, n)
+		}
+	}
+	return os.RemoveAll(dir)
+}
+
+// mkdirAll is os.MkdirAll that also returns the top-most directory it
+// created ("" when dir existed).
+func mkdirAll(dir string, perm fs.FileMode) (string, error) {
+	top := ""
+	for p := dir; ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); err == nil {
+			break
+		}
+		top = p
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	return top, os.MkdirAll(dir, perm)
+}
+
+func syncTree(dir string) error {
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	var dirs []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		if err := atomicfile.SyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entryOf describes info; Type stays empty for what a backup skips
+// (sockets, devices, FIFOs).
+func entryOf(np string, info fs.FileInfo) Entry {
 	e := Entry{Path: np, Mode: uint32(info.Mode().Perm()), Size: info.Size(), ModTime: info.ModTime().UTC()}
 	if st, ok := info.Sys().(*syscall.Stat_t); ok {
 		e.UID, e.GID = int(st.Uid), int(st.Gid)
@@ -229,44 +453,55 @@ func entryOf(p, np string) (Entry, error) {
 	switch {
 	case info.Mode()&fs.ModeSymlink != 0:
 		e.Type = TypeSymlink
-		if e.Link, err = os.Readlink(p); err != nil {
-			return e, err
-		}
 	case info.IsDir():
 		e.Type = TypeDir
 		e.Size = 0
 	case info.Mode().IsRegular():
 		e.Type = TypeFile
 	}
-	return e, nil
+	return e
 }
 
-func copyBlob(src, dst string) (string, error) {
+// copyBlob copies the regular file src to dst (0600, fsynced) and fills
+// e's hash, size and metadata from the very file it copied.
+func copyBlob(src, dst string, e *Entry) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-		return "", err
+		return err
 	}
-	in, err := os.Open(src)
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	info, err := in.Stat()
 	if err != nil {
-		return "", err
+		return err
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("%s changed into a %v while being backed up", src, info.Mode().Type())
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
 	}
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
+	n, err := io.Copy(io.MultiWriter(out, h), in)
+	if err != nil {
 		out.Close()
-		return "", fmt.Errorf("copying %s: %w", src, err)
+		return fmt.Errorf("copying %s: %w", src, err)
 	}
 	if err := out.Sync(); err != nil {
 		out.Close()
-		return "", fmt.Errorf("fsync %s: %w", dst, err)
+		return fmt.Errorf("fsync %s: %w", dst, err)
 	}
 	if err := out.Close(); err != nil {
-		return "", err
+		return err
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	meta := entryOf(e.Path, info)
+	e.Mode, e.UID, e.GID, e.ModTime = meta.Mode, meta.UID, meta.GID, meta.ModTime
+	e.Size = n
+	e.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return nil
 }
 
 func (m *Manifest) buildIndex() {
@@ -276,9 +511,54 @@ func (m *Manifest) buildIndex() {
 	}
 }
 
-// Load reads dir/manifest.json.
+// Save writes m as dir/manifest.json atomically (0600).
+func (m *Manifest) Save(dir string) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if err := atomicfile.WriteFile(filepath.Join(dir, manifestName), b, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
+		return err
+	}
+	m.buildIndex()
+	return nil
+}
+
+// AddEtcdSnapshot copies the etcd snapshot file src (a host path, e.g.
+// written by "etcdctl snapshot save") into dir as etcd/snapshot.db (0600,
+// fsynced), records it as m.EtcdSnapshot and saves the manifest. The
+// entry's Path is src, for information; restoring etcd is not this
+// package's job.
+func (m *Manifest) AddEtcdSnapshot(dir, src string) error {
+	info, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if err := CheckSpace(dir, uint64(info.Size())); err != nil {
+		return err
+	}
+	e := Entry{Path: src, Type: TypeFile, Blob: etcdBlob}
+	dst := filepath.Join(dir, filepath.FromSlash(etcdBlob))
+	if err := copyBlob(src, dst, &e); err != nil {
+		os.Remove(dst)
+		return err
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return err
+	}
+	m.EtcdSnapshot = &e
+	return m.Save(dir)
+}
+
+// Load reads dir/manifest.json. A directory without one is an interrupted
+// backup: the error wraps ErrIncomplete.
 func Load(dir string) (*Manifest, error) {
-	b, err := os.ReadFile(filepath.Join(dir, manifestName))
+	p := filepath.Join(dir, manifestName)
+	b, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", dir, ErrIncomplete)
 	}
@@ -287,220 +567,111 @@ func Load(dir string) (*Manifest, error) {
 	}
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: manifest does not parse: %w", filepath.Join(dir, manifestName), err)
+		return nil, fmt.Errorf("%s: manifest does not parse: %w", p, err)
+	}
+	if m.Version < 1 || m.Version > ManifestVersion {
+		return nil, fmt.Errorf("%s: manifest version %d; this kubecpr reads version %d", p, m.Version, ManifestVersion)
+	}
+	for _, e := range m.Entries {
+		if err := validEntry(e); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	if s := m.EtcdSnapshot; s != nil && s.Blob != etcdBlob {
+		return nil, fmt.Errorf("%s: etcd snapshot blob %q is not %q", p, s.Blob, etcdBlob)
 	}
 	m.buildIndex()
 	return &m, nil
 }
 
-// Lookup finds the entry of a node path.
-func (m *Manifest) Lookup(nodePath string) (Entry, bool) {
-	if m.index == nil {
-		m.buildIndex()
+// validEntry refuses entries that would make a restore read or write
+// outside its places (a hand-edited or damaged manifest).
+func validEntry(e Entry) error {
+	if e.Path == "" || cleanNode(e.Path) != e.Path {
+		return fmt.Errorf("entry path %q is not a clean absolute node path", e.Path)
 	}
-	i, ok := m.index[path.Clean("/"+nodePath)]
-	if !ok {
-		return Entry{}, false
+	switch e.Type {
+	case TypeFile:
+		if e.Blob != filesDir+e.Path {
+			return fmt.Errorf("entry %s: blob %q is not %q", e.Path, e.Blob, filesDir+e.Path)
+		}
+		if len(e.SHA256) != sha256.Size*2 {
+			return fmt.Errorf("entry %s: no sha256", e.Path)
+		}
+	case TypeDir:
+	case TypeSymlink:
+		if e.Link == "" {
+			return fmt.Errorf("entry %s: symlink without a target", e.Path)
+		}
+	default:
+		return fmt.Errorf("entry %s: unknown type %q", e.Path, e.Type)
 	}
-	return m.Entries[i], true
+	return nil
 }
 
-// Verify re-hashes every blob against the manifest.
+// Lookup finds the entry of a node path.
+func (m *Manifest) Lookup(nodePath string) (Entry, bool) {
+	np := cleanNode(nodePath)
+	if i, ok := m.index[np]; ok && i < len(m.Entries) && m.Entries[i].Path == np {
+		return m.Entries[i], true
+	}
+	for _, e := range m.Entries { // index missing or stale
+		if e.Path == np {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+// Verify re-hashes every blob (and the etcd snapshot, if any) against the
+// manifest. The error joins one error per missing or damaged blob, each
+// naming the node path and the blob.
 func Verify(dir string) error {
 	m, err := Load(dir)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, e := range m.Entries {
-		if e.Type != TypeFile {
-			continue
-		}
+	check := func(e Entry) {
 		p := filepath.Join(dir, filepath.FromSlash(e.Blob))
-		b, err := os.ReadFile(p)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s (backup of %s): %w", p, e.Path, err))
-			continue
+		sum, n, err := hashFile(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			errs = append(errs, fmt.Errorf("%s: backup copy %s is missing", e.Path, p))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: backup copy %s: %w", e.Path, p, err))
+		case sum != e.SHA256 || n != e.Size:
+			errs = append(errs, fmt.Errorf("%s: backup copy %s is damaged (sha256 mismatch)", e.Path, p))
 		}
-		s := sha256.Sum256(b)
-		if hex.EncodeToString(s[:]) != e.SHA256 {
-			errs = append(errs, fmt.Errorf("%s (backup of %s): sha256 mismatch: the backup copy is damaged", p, e.Path))
+	}
+	for _, e := range m.Entries {
+		if e.Type == TypeFile {
+			check(e)
 		}
+	}
+	if m.EtcdSnapshot != nil {
+		check(*m.EtcdSnapshot)
 	}
 	return errors.Join(errs...)
 }
 
-// RestoreOptions narrow a restore.
-type RestoreOptions struct {
-	Only   []string // node paths; empty = every entry
-	Prune  bool     // remove files under backed-up directories that the backup does not have
-	DryRun bool
-}
-
-// Restore puts every entry back under root; it is idempotent and returns
-// the node paths it changed.
-func Restore(root, dir string, opt RestoreOptions) ([]string, error) {
-	m, err := Load(dir)
+// hashFile returns the hex sha256 and length of a regular file, never
+// following a symlink.
+func hashFile(p string) (string, int64, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, err
+		return "", 0, err
 	}
-	only := map[string]bool{}
-	for _, p := range opt.Only {
-		only[path.Clean("/"+p)] = true
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return "", 0, err
+	} else if !st.Mode().IsRegular() {
+		return "", 0, fmt.Errorf("not a regular file")
 	}
-	var changed []string
-	var errs []error
-	// directories first (parents before children), then files and links
-	entries := append([]Entry(nil), m.Entries...)
-	sort.SliceStable(entries, func(i, j int) bool {
-		return (entries[i].Type == TypeDir) && (entries[j].Type != TypeDir)
-	})
-	for _, e := range entries {
-		if len(only) > 0 && !only[e.Path] {
-			continue
-		}
-		same, err := matches(root, dir, e)
-		if err == nil && same {
-			continue
-		}
-		changed = append(changed, e.Path)
-		if opt.DryRun {
-			continue
-		}
-		if err := RestoreEntry(root, dir, e); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if opt.Prune && len(only) == 0 {
-		pruned, err := prune(root, m, opt.DryRun)
-		changed = append(changed, pruned...)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return changed, errors.Join(errs...)
-}
-
-// matches reports whether the node already has entry e exactly.
-func matches(root, dir string, e Entry) (bool, error) {
-	got, err := entryOf(hostPath(root, e.Path), e.Path)
+	h := sha256.New()
+	n, err := io.Copy(h, f)
 	if err != nil {
-		return false, err
+		return "", 0, err
 	}
-	if got.Type != e.Type || got.Mode != e.Mode || got.UID != e.UID || got.GID != e.GID || got.Link != e.Link {
-		return false, nil
-	}
-	if e.Type == TypeFile {
-		b, err := os.ReadFile(hostPath(root, e.Path))
-		if err != nil {
-			return false, err
-		}
-		s := sha256.Sum256(b)
-		return hex.EncodeToString(s[:]) == e.SHA256, nil
-	}
-	return true, nil
-}
-
-// RestoreEntry puts one entry back byte for byte, with mode, owner and
-// symlink target.
-func RestoreEntry(root, dir string, e Entry) error {
-	hp := hostPath(root, e.Path)
-	switch e.Type {
-	case TypeDir:
-		if err := os.MkdirAll(hp, fs.FileMode(e.Mode)); err != nil {
-			return fmt.Errorf("restoring %s: %w", e.Path, err)
-		}
-		if err := os.Chmod(hp, fs.FileMode(e.Mode)); err != nil {
-			return err
-		}
-		return atomicfile.Chown(hp, e.UID, e.GID)
-	case TypeSymlink:
-		if info, err := os.Lstat(hp); err == nil && info.Mode()&fs.ModeSymlink == 0 {
-			if err := removeNonLink(hp, info); err != nil {
-				return fmt.Errorf("restoring %s: %w", e.Path, err)
-			}
-		}
-		if err := os.MkdirAll(filepath.Dir(hp), 0o755); err != nil {
-			return err
-		}
-		if err := atomicfile.ReplaceSymlink(hp, e.Link); err != nil {
-			return fmt.Errorf("restoring %s: %w", e.Path, err)
-		}
-		return atomicfile.Chown(hp, e.UID, e.GID)
-	case TypeFile:
-		blob := filepath.Join(dir, filepath.FromSlash(e.Blob))
-		b, err := os.ReadFile(blob)
-		if err != nil {
-			return fmt.Errorf("restoring %s: backup copy %s: %w", e.Path, blob, err)
-		}
-		s := sha256.Sum256(b)
-		if hex.EncodeToString(s[:]) != e.SHA256 {
-			return fmt.Errorf("restoring %s: backup copy %s is damaged (sha256 mismatch); refusing to restore it", e.Path, blob)
-		}
-		if info, err := os.Lstat(hp); err == nil && !info.Mode().IsRegular() {
-			if err := removeNonLink(hp, info); err != nil {
-				return fmt.Errorf("restoring %s: %w", e.Path, err)
-			}
-		}
-		if err := os.MkdirAll(filepath.Dir(hp), 0o755); err != nil {
-			return err
-		}
-		if err := atomicfile.WriteFile(hp, b, atomicfile.Options{Mode: fs.FileMode(e.Mode), ForceMode: true}); err != nil {
-			return fmt.Errorf("restoring %s: %w", e.Path, err)
-		}
-		if err := atomicfile.Chown(hp, e.UID, e.GID); err != nil {
-			return err
-		}
-		// the write kept the current owner; force the recorded one and mtime
-		return os.Chtimes(hp, e.ModTime, e.ModTime)
-	}
-	return fmt.Errorf("restoring %s: unknown entry type %q", e.Path, e.Type)
-}
-
-func removeNonLink(hp string, info fs.FileInfo) error {
-	if info.IsDir() {
-		return fmt.Errorf("%s is now a directory; remove it by hand if that is intended", hp)
-	}
-	return os.Remove(hp)
-}
-
-// prune removes what appeared under backed-up directories after the backup.
-func prune(root string, m *Manifest, dryRun bool) ([]string, error) {
-	var removed []string
-	var errs []error
-	check := func(np string) {
-		if _, ok := m.Lookup(np); ok {
-			return
-		}
-		removed = append(removed, np)
-		if !dryRun {
-			if err := os.RemoveAll(hostPath(root, np)); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	for _, e := range m.Entries {
-		if e.Type != TypeDir {
-			continue
-		}
-		ents, err := os.ReadDir(hostPath(root, e.Path))
-		if err != nil {
-			continue
-		}
-		for _, d := range ents {
-			check(path.Join(e.Path, d.Name()))
-		}
-	}
-	for _, a := range m.Absent {
-		if _, err := os.Lstat(hostPath(root, a)); err == nil {
-			removed = append(removed, a)
-			if !dryRun {
-				if err := os.RemoveAll(hostPath(root, a)); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-	}
-	sort.Strings(removed)
-	return removed, errors.Join(errs...)
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -5,6 +5,7 @@ package phases
 import (
 	"github.com/kubecpr/kubecpr/phases/bounce"
 	"github.com/kubecpr/kubecpr/phases/certs"
+	"github.com/kubecpr/kubecpr/phases/csr"
 	"github.com/kubecpr/kubecpr/phases/diagnose"
 	"github.com/kubecpr/kubecpr/phases/kubeconfigs"
 	"github.com/kubecpr/kubecpr/phases/verify"
@@ -21,5 +22,5 @@ var Backup = pipeline.Stage{
 
 // All returns the pipeline in order.
 func All() []pipeline.Stage {
-	return []pipeline.Stage{diagnose.Stage, Backup, certs.Stage, kubeconfigs.Stage, bounce.Stage, verify.Stage}
+	return []pipeline.Stage{diagnose.Stage, Backup, certs.Stage, kubeconfigs.Stage, bounce.Stage, csr.Stage, verify.Stage}
 }

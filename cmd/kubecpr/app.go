@@ -46,6 +46,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			backupCommand(),
 			rehearseCommand(),
+			recoveryServerCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main exits, after deferred cleanup
 		Writer:         os.Stdout,

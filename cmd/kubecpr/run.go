@@ -10,6 +10,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kubecpr/kubecpr/phases"
+	"github.com/kubecpr/kubecpr/phases/csr"
+	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
@@ -33,12 +35,25 @@ func liveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cri-socket", Usage: "bounce: containerd socket (default: the kubelet config's containerRuntimeEndpoint, else /run/containerd/containerd.sock); setting it also allows bouncing a node served from --root"},
 		&cli.StringFlag{Name: "kubelet-restart-command", Usage: "bounce: shell command that restarts the kubelet where systemd is not PID 1 (default: systemctl restart kubelet)"},
 		&cli.DurationFlag{Name: "component-timeout", Value: 5 * time.Minute, Usage: "bounce: how long each component may take to come back healthy"},
+		&cli.StringFlag{Name: "apiserver-binary", Usage: "csr: when the node's API server does not answer, run this kube-apiserver binary as a temporary recovery API server on 127.0.0.1"},
+		&cli.DurationFlag{Name: "recovery-ttl", Value: 2 * time.Hour, Usage: "csr: lifetime of the recovery server's credentials"},
+		&cli.DurationFlag{Name: "csr-wait", Usage: "csr: wait up to this long for the kubelet's client and serving CSRs (default: one pass over what is pending)"},
+		&cli.StringFlag{Name: "approve-node", Usage: "csr: approve only this node's CSRs"},
+		&cli.StringFlag{Name: "sign", Value: "auto", Usage: "csr: auto (sign with the cluster CA when no controller-manager does within 3s), always, never"},
 		&cli.StringSliceFlag{Name: "restart-daemonset", Usage: "bounce: NAMESPACE/NAME of a DaemonSet to roll once the API is back (e.g. kube-system/etcd-defrag); repeatable"},
 	}
 }
 
 // live decides whether this run may touch processes, and with what.
 func live(c *cli.Context, e *env) (*pipeline.Live, error) {
+	sign := csr.SignMode(c.String("sign"))
+	switch sign {
+	case "", csr.SignAuto, csr.SignAlways, csr.SignNever:
+	default:
+		return nil, withCode(ExitFailed, fmt.Errorf("--sign %q: want auto, always or never", sign))
+	}
+	csr.Configure(csr.Options{APIServerBinary: c.String("apiserver-binary"), RecoveryTTL: c.Duration("recovery-ttl"),
+		Wait: c.Duration("csr-wait"), ApproveNode: c.String("approve-node"), Sign: sign, StateDir: e.stateDir(c)})
 	socket := c.String("cri-socket")
 	if e.node.Root != "/" && socket == "" {
 		return nil, nil // a copy of a node: never touch the host's processes
@@ -157,6 +172,14 @@ func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner
 	r.LiveNode = lv
 	lock, err := journal.Acquire(r.StateDir, time2(e))
 	if err != nil {
+		return nil, nil, err
+	}
+	// A recovery API server left by a kubecpr that died is torn down first.
+	if pid, port, _, ok := apiserver.Running(r.StateDir); ok {
+		fmt.Fprintf(e.out, "tearing down the recovery API server left by an interrupted run (pid %d, port %d)\n", pid, port)
+	}
+	if err := apiserver.Reap(r.StateDir); err != nil {
+		_ = lock.Release()
 		return nil, nil, err
 	}
 	return r, func() {

@@ -199,11 +199,11 @@ func TestSelect(t *testing.T) {
 		want    string
 		wantErr string
 	}{
-		{pipeline.Selection{}, "diagnose,backup,certs,kubeconfigs,bounce,verify", ""},
+		{pipeline.Selection{}, "diagnose,backup,certs,kubeconfigs,bounce,csr,verify", ""},
 		{pipeline.Selection{Until: "certs"}, "diagnose,backup,certs", ""},
-		{pipeline.Selection{From: "kubeconfigs"}, "kubeconfigs,bounce,verify", ""},
+		{pipeline.Selection{From: "kubeconfigs"}, "kubeconfigs,bounce,csr,verify", ""},
 		{pipeline.Selection{Only: []string{"verify", "certs"}}, "certs,verify", ""},
-		{pipeline.Selection{Only: []string{"bogus"}}, "", `unknown stage "bogus" (stages: diagnose, backup, certs, kubeconfigs, bounce, verify)`},
+		{pipeline.Selection{Only: []string{"bogus"}}, "", `unknown stage "bogus" (stages: diagnose, backup, certs, kubeconfigs, bounce, csr, verify)`},
 		{pipeline.Selection{From: "verify", Until: "certs"}, "", "comes after"},
 	} {
 		got, err := pipeline.Select(all, tc.sel)

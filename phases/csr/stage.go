@@ -1,0 +1,220 @@
+package csr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubecpr/kubecpr/recovery/apiserver"
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+// Options of the csr stage (set from the CLI).
+type Options struct {
+	APIServerBinary string        // start the recovery server from this binary
+	RecoveryTTL     time.Duration // its credentials' lifetime
+	Wait            time.Duration // how long to wait for CSRs (0: one pass)
+	ApproveNode     string        // approve only this node
+	Sign            SignMode
+	MaxLifetime     time.Duration
+	StateDir        string // host path (the recovery server lives there)
+	// Linger keeps the recovery server up after the last approval so
+	// kubelets can fetch their certificates (default 10s).
+	Linger time.Duration
+	// Ready is called with the recovery server's kubeconfig path once it
+	// answers (status output; tests use it to play a kubelet).
+	Ready func(kubeconfig string)
+}
+
+// Configure sets the stage's options (the CLI calls it before planning).
+var Configure = func(o Options) { opts = o }
+
+var opts Options
+
+// Stage is the csr stage.
+var Stage = pipeline.Stage{
+	Name:  "csr",
+	Short: "approve (and if needed sign) the node CSRs that pass validation, through the node's API server or a temporary recovery API server",
+	Live:  true,
+	Plan:  Plan,
+}
+
+// Plan plans one action: one or more approval passes.
+func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
+	if d.Live() == nil && opts.APIServerBinary == "" {
+		return []pipeline.Action{{
+			ID:      "csr/skipped",
+			Summary: "would approve pending node CSRs (not the live node: pass --apiserver-binary to run a recovery API server for this root)",
+			Run: func(ctx context.Context) (map[string]string, error) {
+				fmt.Fprintln(d.Out(), "      skipped: would approve the kubelets' pending client and serving CSRs")
+				return map[string]string{"skipped": "not live"}, nil
+			},
+		}}, nil
+	}
+	return []pipeline.Action{{
+		ID:      "csr/approve",
+		Summary: fmt.Sprintf("approve pending node CSRs that pass validation (sign: %s, wait up to %s)", orAuto(opts.Sign), opts.Wait),
+		Run: func(ctx context.Context) (map[string]string, error) {
+			return run(ctx, d)
+		},
+	}}, nil
+}
+
+func orAuto(m SignMode) SignMode {
+	if m == "" {
+		return SignAuto
+	}
+	return m
+}
+
+// nodeAPI returns a client for the node's own API server when it answers.
+func nodeAPI(ctx context.Context, d pipeline.Data) (kubernetes.Interface, bool) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", d.Node().Path(node.KubernetesDir+"/admin.conf"))
+	if err != nil {
+		return nil, false
+	}
+	cfg.Timeout = 3 * time.Second
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, false
+	}
+	if b, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil || string(b) != "ok" {
+		return nil, false
+	}
+	cfg.Timeout = 30 * time.Second
+	cs, _ = kubernetes.NewForConfig(cfg)
+	return cs, true
+}
+
+func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
+	facts := map[string]string{}
+	pkiDir := node.DefaultPKIDir
+	if c := d.Cluster(); c != nil && c.PKIDir != "" {
+		pkiDir = c.PKIDir
+	}
+	ca, err := loadCA(d.Node(), pkiDir)
+	if err != nil && opts.Sign != SignNever {
+		return nil, err
+	}
+	cs, ok := nodeAPI(ctx, d)
+	if ok {
+		facts["api"] = "node"
+		fmt.Fprintln(d.Out(), "      the node's API server answers: approving through it")
+	} else {
+		if opts.APIServerBinary == "" {
+			return nil, errors.New("the node's API server does not answer and no recovery server can be started: pass --apiserver-binary PATH " +
+				"(a kube-apiserver binary of the cluster's version), or bring the API back with the bounce stage first")
+		}
+		start := time.Now()
+		srv, err := apiserver.Start(ctx, d.Node(), apiserver.Options{Binary: opts.APIServerBinary, TTL: opts.RecoveryTTL,
+			Now: time.Now(), StateDir: opts.StateDir, PKIDir: pkiDir})
+		if err != nil {
+			return nil, err
+		}
+		// Torn down on success, failure and interrupt (the context).
+		defer func() {
+			if err := srv.Stop(); err == nil {
+				fmt.Fprintln(d.Out(), "      recovery API server stopped and its credentials deleted")
+			}
+		}()
+		fmt.Fprintf(d.Out(), "      recovery API server on https://127.0.0.1:%d (pid %d), ready in %s, credentials valid until %s\n",
+			srv.Port, srv.PID, time.Since(start).Round(time.Millisecond), srv.Expires.UTC().Format(time.RFC3339))
+		facts["api"] = "recovery"
+		facts["recovery_port"] = strconv.Itoa(srv.Port)
+		if cs, err = srv.Client(); err != nil {
+			return nil, err
+		}
+		if opts.Ready != nil {
+			opts.Ready(srv.Kubeconfig)
+		}
+		pipeline.CrashPoint("csr-recovery-server-ready")
+	}
+	nodes := map[string]Node{}
+	if c := d.Cluster(); c != nil && c.NodeName != "" {
+		nodes[c.NodeName] = Node{Name: c.NodeName, Addresses: []string{c.AdvertiseAddress}}
+	}
+	if err := NodesFromAPI(ctx, cs, nodes); err != nil {
+		fmt.Fprintf(d.Out(), "      note: could not list Node objects (%v): only this node's CSRs can be approved\n", err)
+	}
+	a := &Approver{Client: cs, CA: ca, Sign: orAuto(opts.Sign), Out: d.Out(), DryRun: d.Options().DryRun,
+		Policy: Policy{Nodes: nodes, MaxLifetime: opts.MaxLifetime, OnlyNode: opts.ApproveNode}}
+	want := opts.ApproveNode
+	if want == "" && d.Cluster() != nil {
+		want = d.Cluster().NodeName
+	}
+	deadline := time.Now().Add(opts.Wait)
+	approved, signed, refused := map[string]bool{}, 0, map[string]bool{}
+	rounds := map[string]bool{} // signer → seen for the expected node
+	for {
+		res, err := a.Pass(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, dcs := range res.Approved {
+			approved[dcs.Name] = true
+			if dcs.Node == want {
+				rounds[dcs.Signer] = true
+			}
+		}
+		for _, r := range res.Refused {
+			refused[r.Name] = true
+		}
+		signed += len(res.Signed)
+		if opts.Wait == 0 || (rounds[SignerClientKubelet] && rounds[SignerKubeletServing]) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if facts["api"] == "recovery" && len(approved) > 0 {
+		// The kubelets poll for their certificates: give them time to
+		// fetch what was just signed before the server goes away.
+		linger := opts.Linger
+		if linger == 0 {
+			linger = 10 * time.Second
+		}
+		fmt.Fprintf(d.Out(), "      keeping the recovery API server up %s so the kubelets can fetch their certificates\n", linger)
+		select {
+		case <-ctx.Done():
+		case <-time.After(linger):
+		}
+	}
+	facts["approved"] = strconv.Itoa(len(approved))
+	facts["signed"] = strconv.Itoa(signed)
+	facts["refused"] = strconv.Itoa(len(refused))
+	fmt.Fprintf(d.Out(), "      %d approved, %d signed by kubecpr, %d refused\n", len(approved), signed, len(refused))
+	if opts.Wait > 0 && !(rounds[SignerClientKubelet] && rounds[SignerKubeletServing]) {
+		fmt.Fprintf(d.Out(), "      note: within %s node %s did not file both a client and a serving CSR (client: %v, serving: %v)\n",
+			opts.Wait, want, rounds[SignerClientKubelet], rounds[SignerKubeletServing])
+	}
+	return facts, nil
+}
+
+func loadCA(n *node.Node, pkiDir string) (*pki.CA, error) {
+	cb, err := n.ReadFile(path.Join(pkiDir, "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	cert, err := pki.ParseCertificate(cb)
+	if err != nil {
+		return nil, err
+	}
+	ca := &pki.CA{Name: "ca", Cert: cert}
+	if kb, err := n.ReadFile(path.Join(pkiDir, "ca.key")); err == nil {
+		if ca.Key, err = pki.ParsePrivateKey(kb); err != nil {
+			return nil, err
+		}
+	}
+	return ca, nil
+}

@@ -1,0 +1,383 @@
+// Package apiserver runs kubecpr's temporary recovery API server: the
+// node's own kube-apiserver binary with the flags of its static pod
+// manifest, bound to 127.0.0.1 on a free port, with a fresh serving
+// certificate, etcd client certificate and admin client certificate that
+// live for hours (--recovery-ttl), in a 0700 directory under the state dir.
+// It never goes through the kubelet, never reconciles the kubernetes
+// Service endpoints, and is torn down on success, failure and interrupt —
+// and, after a crash, by the next kubecpr start (see Reap).
+package apiserver
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+// DirName is the recovery server's directory under the state dir.
+const DirName = "recovery-server"
+
+// Options for Start.
+type Options struct {
+	Binary   string        // kube-apiserver binary (host path)
+	TTL      time.Duration // credential lifetime (default 2h)
+	Port     int           // 0: 7443 when free, else any free port
+	Now      time.Time     // the certificates' clock
+	StateDir string        // host path
+	PKIDir   string        // node path of the cluster PKI
+	Timeout  time.Duration // until /readyz (default 2m)
+}
+
+// Server is a running recovery API server.
+type Server struct {
+	Dir        string
+	Port       int
+	Kubeconfig string // host path, 0600
+	PID        int
+	Expires    time.Time
+	cmd        *exec.Cmd
+	done       chan struct{}
+}
+
+func freePort(preferred int) (int, error) {
+	if preferred == 0 {
+		preferred = 7443
+	}
+	if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", preferred)); err == nil {
+		l.Close()
+		return preferred, nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+type issued struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+func issue(ca *pki.CA, cn string, orgs []string, usage x509.ExtKeyUsage, sans bool, now time.Time, ttl time.Duration) (issued, error) {
+	key, err := pki.NewECKey()
+	if err != nil {
+		return issued{}, err
+	}
+	serial, err := pki.NewSerial()
+	if err != nil {
+		return issued{}, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn, Organization: orgs},
+		NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(ttl), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{usage}, BasicConstraintsValid: true}
+	if sans {
+		tmpl.DNSNames = []string{"localhost"}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		return issued{}, fmt.Errorf("signing %s with the %s CA: %w", cn, ca.Name, err)
+	}
+	c, err := x509.ParseCertificate(der)
+	return issued{c, key}, err
+}
+
+func loadCA(n *node.Node, pkiDir, base, name string) (*pki.CA, error) {
+	cb, err := n.ReadFile(path.Join(pkiDir, base+".crt"))
+	if err != nil {
+		return nil, err
+	}
+	cert, err := pki.ParseCertificate(cb)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := n.ReadFile(path.Join(pkiDir, base+".key"))
+	if err != nil {
+		return nil, fmt.Errorf("the recovery server needs the %s CA key (%s): %w", name, path.Join(pkiDir, base+".key"), err)
+	}
+	key, err := pki.ParsePrivateKey(kb)
+	if err != nil {
+		return nil, err
+	}
+	return &pki.CA{Name: name, Cert: cert, Key: key}, nil
+}
+
+func writePair(dir, name string, is issued) (string, string, error) {
+	kp, err := pki.EncodeKey(is.key)
+	if err != nil {
+		return "", "", err
+	}
+	crt, key := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := atomicfile.WriteFile(key, kp, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
+		return "", "", err
+	}
+	return crt, key, atomicfile.WriteFile(crt, pki.EncodeCertificate(is.cert), atomicfile.Options{Mode: 0o644, ForceMode: true})
+}
+
+// Start launches the recovery server and waits until it is ready.
+func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) {
+	if o.TTL == 0 {
+		o.TTL = 2 * time.Hour
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.PKIDir == "" {
+		o.PKIDir = node.DefaultPKIDir
+	}
+	if o.Binary == "" {
+		return nil, errors.New("no kube-apiserver binary: pass --apiserver-binary PATH (the containerd image mode is not built yet)")
+	}
+	m, err := n.ReadManifest(path.Join(node.ManifestsDir, "kube-apiserver.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("the recovery server takes its flags from the kube-apiserver manifest: %w", err)
+	}
+	if err := Reap(o.StateDir); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(o.StateDir, DirName)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	ca, err := loadCA(n, o.PKIDir, "ca", "ca")
+	if err != nil {
+		return nil, err
+	}
+	etcdCA, err := loadCA(n, o.PKIDir, "etcd/ca", "etcd-ca")
+	if err != nil {
+		return nil, err
+	}
+	serving, err := issue(ca, "kubecpr-recovery-apiserver", nil, x509.ExtKeyUsageServerAuth, true, o.Now, o.TTL)
+	if err != nil {
+		return nil, err
+	}
+	etcdClient, err := issue(etcdCA, "kubecpr-recovery-etcd-client", nil, x509.ExtKeyUsageClientAuth, false, o.Now, o.TTL)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := issue(ca, "kubecpr-recovery-admin", []string{"system:masters"}, x509.ExtKeyUsageClientAuth, false, o.Now, o.TTL)
+	if err != nil {
+		return nil, err
+	}
+	servCrt, servKey, err := writePair(dir, "serving", serving)
+	if err != nil {
+		return nil, err
+	}
+	etcdCrt, etcdKey, err := writePair(dir, "etcd-client", etcdClient)
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort(o.Port)
+	if err != nil {
+		return nil, err
+	}
+	adminKey, _ := pki.EncodeKey(admin.key)
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["recovery"] = &clientcmdapi.Cluster{Server: fmt.Sprintf("https://127.0.0.1:%d", port), CertificateAuthorityData: pki.EncodeCertificate(ca.Cert)}
+	kc.AuthInfos["kubecpr-recovery-admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: pki.EncodeCertificate(admin.cert), ClientKeyData: adminKey}
+	kc.Contexts["recovery"] = &clientcmdapi.Context{Cluster: "recovery", AuthInfo: "kubecpr-recovery-admin"}
+	kc.CurrentContext = "recovery"
+	kcBytes, err := clientcmd.Write(*kc)
+	if err != nil {
+		return nil, err
+	}
+	kcPath := filepath.Join(dir, "kubeconfig")
+	if err := atomicfile.WriteFile(kcPath, kcBytes, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
+		return nil, err
+	}
+
+	override := map[string]string{
+		"secure-port": strconv.Itoa(port), "bind-address": "127.0.0.1", "advertise-address": "127.0.0.1",
+		"tls-cert-file": servCrt, "tls-private-key-file": servKey,
+		"etcd-certfile": etcdCrt, "etcd-keyfile": etcdKey,
+		// never rewrite the kubernetes Service endpoints to this loopback server
+		"endpoint-reconciler-type": "none",
+	}
+	args := []string{}
+	for _, a := range m.Command[1:] {
+		k, v, ok := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !ok || !strings.HasPrefix(a, "--") {
+			args = append(args, a)
+			continue
+		}
+		if nv, ok := override[k]; ok {
+			v = nv
+			delete(override, k)
+		} else if strings.HasPrefix(v, "/") && (strings.HasPrefix(v, "/etc/") || strings.HasPrefix(v, "/var/")) {
+			v = n.Path(v) // node paths, under --root
+		}
+		args = append(args, "--"+k+"="+v)
+	}
+	for k, v := range override {
+		args = append(args, "--"+k+"="+v)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "apiserver.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(o.Binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("starting %s: %w", o.Binary, err)
+	}
+	s = &Server{Dir: dir, Port: port, Kubeconfig: kcPath, PID: cmd.Process.Pid, Expires: o.Now.Add(o.TTL), cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); logf.Close(); close(s.done) }()
+	pidInfo := fmt.Sprintf("%d %d %s\n", s.PID, port, s.Expires.UTC().Format(time.RFC3339))
+	if err := atomicfile.WriteFile(filepath.Join(dir, "pid"), []byte(pidInfo), atomicfile.Options{Mode: 0o600}); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	if err := s.waitReady(ctx, o.Timeout); err != nil {
+		tail := s.LogTail(15)
+		s.Stop()
+		return nil, fmt.Errorf("the recovery API server did not become ready: %v\nlast lines of its log:\n%s", err, tail)
+	}
+	return s, nil
+}
+
+// Client returns a clientset with the recovery admin credentials.
+func (s *Server) Client() (*kubernetes.Clientset, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Timeout = 30 * time.Second
+	cfg.QPS, cfg.Burst = 200, 400
+	return kubernetes.NewForConfig(cfg)
+}
+
+func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
+	cs, err := s.Client()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return errors.New("the process exited")
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		b, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil && strings.TrimSpace(string(b)) == "ok" {
+			return nil
+		}
+		last = err
+		time.Sleep(300 * time.Millisecond)
+	}
+	return fmt.Errorf("timed out after %s (last: %v)", timeout, last)
+}
+
+// LogTail returns the last lines of the server's log.
+func (s *Server) LogTail(n int) string {
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "apiserver.log"))
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// Stop tears the server down: SIGTERM to its process group, SIGKILL after
+// 10 s, then its credentials are deleted. Idempotent.
+func (s *Server) Stop() error {
+	if s == nil {
+		return nil
+	}
+	select {
+	case <-s.done:
+	default:
+		_ = syscall.Kill(-s.PID, syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-s.PID, syscall.SIGKILL)
+			<-s.done
+		}
+	}
+	return os.RemoveAll(s.Dir)
+}
+
+// Reap tears down a recovery server left by a kubecpr that died (its pid
+// file is still there): the process group is killed if it is still the
+// recovery server, and the credentials are deleted.
+func Reap(stateDir string) error {
+	dir := filepath.Join(stateDir, DirName)
+	b, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(dir); err == nil {
+			return os.RemoveAll(dir)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var pid int
+	fmt.Sscan(string(b), &pid)
+	if pid > 0 && isRecoveryServer(pid, dir) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		for i := 0; i < 50 && alive(pid); i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return os.RemoveAll(dir)
+}
+
+func isRecoveryServer(pid int, dir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), dir)
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}
+
+// Running reports the recorded recovery server, if one is recorded.
+func Running(stateDir string) (pid, port int, expires string, ok bool) {
+	b, err := os.ReadFile(filepath.Join(stateDir, DirName, "pid"))
+	if err != nil {
+		return 0, 0, "", false
+	}
+	fmt.Sscan(string(b), &pid, &port, &expires)
+	return pid, port, expires, pid > 0 && alive(pid)
+}
