@@ -45,8 +45,9 @@ e2e: deps testbin
 demo: build
 	@hack/demo.sh
 
-bench: build
+bench: build testbin
 	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -run '^$$' -bench . -benchmem -count=1 ./cmd/kubecpr/ ./recovery/... ./backup/...
+	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -run '^$$' -bench BenchmarkApprove -benchtime 1x -count=2 ./test/e2e/
 
 clean:
 	rm -rf bin

@@ -27,13 +27,14 @@ import (
 
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/fixture"
+	"github.com/kubecpr/kubecpr/test/kubecprbin"
 )
 
 const tokenID, tokenSecret = "abcdef", "0123456789abcdef"
 
 // prepareBootstrap makes the cluster accept a bootstrap token for CSRs, as
 // kubeadm init does, and registers the Node object.
-func prepareBootstrap(ctx context.Context, t *testing.T, n *cluster.Node) {
+func prepareBootstrap(ctx context.Context, t testing.TB, n *cluster.Node) {
 	t.Helper()
 	cs := n.Client(t, "/etc/kubernetes/super-admin.conf")
 	_, err := cs.CoreV1().Secrets("kube-system").Create(ctx, &corev1.Secret{
@@ -254,4 +255,55 @@ func recoveryPort(out string) string {
 	}
 	rest := out[i+len("recovery API server on https://127.0.0.1:"):]
 	return strings.Fields(rest)[0]
+}
+
+// kill -9 of kubecpr while its recovery server runs: the server is left
+// running (the kernel does not kill a separate process group), and the
+// next kubecpr command tears it down: no process, no port, no credentials.
+func TestRecoveryServerReapedAfterKill(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	n := cluster.Kubeadm(t, cluster.Options{})
+	etcd := n.StartEtcd(t)
+	defer etcd.Stop()
+	stateDir := n.Path("/var/lib/kubecpr")
+	bin := filepath.Join(n.Bin, "kube-apiserver")
+	r := kubecprbin.Run(t, []string{"KUBECPR_CRASH_AT=csr-recovery-server-ready"}, "--root", n.Root, "run", "--from", "csr", "--apiserver-binary", bin)
+	if !r.Killed {
+		t.Fatalf("kubecpr was not killed: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	b, err := os.ReadFile(filepath.Join(stateDir, "recovery-server", "pid"))
+	if err != nil {
+		t.Fatalf("no recovery server recorded: %v", err)
+	}
+	var pid, port int
+	fmt.Sscan(string(b), &pid, &port)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+		t.Fatalf("the recovery server (pid %d) is not running after the kill", pid)
+	}
+	st := kubecprbin.Run(t, nil, "--root", n.Root, "recovery-server", "status")
+	if !strings.Contains(st.Stdout, fmt.Sprintf("pid %d", pid)) {
+		t.Errorf("status: %s", st.Stdout)
+	}
+	rb := kubecprbin.Run(t, nil, "--root", n.Root, "rollback")
+	if rb.Code != 0 || !strings.Contains(rb.Stdout, "tearing down the recovery API server") {
+		t.Fatalf("rollback: %d\n%s%s", rb.Code, rb.Stdout, rb.Stderr)
+	}
+	for i := 0; i < 50; i++ {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err != nil || strings.Fields(string(b))[2] == "Z" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Fields(string(b))[2] != "Z" {
+		t.Errorf("recovery server pid %d still running", pid)
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+		c.Close()
+		t.Errorf("port %d still listening", port)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "recovery-server")); !os.IsNotExist(err) {
+		t.Errorf("credentials left: %v", err)
+	}
+	_ = ctx
 }
