@@ -46,3 +46,8 @@ else
 fi
 set +e; "$kubecpr" --root "$root" --now "$now" check >/dev/null; rc=$?; set -e
 echo "check after rollback: exit code $rc (expired again, as before)"
+
+step "live stages (bounce, csr) on a generated node: what they would do"
+"$kubecpr" --root "$root" --now "$now" plan --from bounce --until csr
+echo "(the live stages act only on the real node, or with --cri-socket / --apiserver-binary;"
+echo " make test runs them against real containerd, etcd and kube-apiserver: test/e2e)"

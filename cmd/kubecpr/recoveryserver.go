@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -15,6 +16,53 @@ func recoveryServerCommand() *cli.Command {
 		Name:  "recovery-server",
 		Usage: "show or tear down kubecpr's temporary recovery API server",
 		Subcommands: []*cli.Command{
+			{
+				Name:  "start",
+				Usage: "start a recovery API server for manual kubectl work, and leave it running (stop it with `recovery-server stop`)",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "apiserver-binary", Required: true, Usage: "kube-apiserver binary of the cluster's version"},
+					&cli.DurationFlag{Name: "recovery-ttl", Value: 2 * time.Hour, Usage: "lifetime of its credentials"},
+				},
+				Action: func(c *cli.Context) error {
+					e, err := setup(c)
+					if err != nil {
+						return err
+					}
+					lock, err := journal.Acquire(e.stateDir(c), e.now)
+					if err != nil {
+						return err
+					}
+					defer lock.Release()
+					pkiDir := ""
+					if e.cluster != nil {
+						pkiDir = e.cluster.PKIDir
+					}
+					srv, err := apiserver.Start(c.Context, e.node, apiserver.Options{Binary: c.String("apiserver-binary"),
+						TTL: c.Duration("recovery-ttl"), Now: time.Now(), StateDir: e.stateDir(c), PKIDir: pkiDir})
+					if err != nil {
+						return withCode(ExitFailed, err)
+					}
+					fmt.Fprintf(e.out, "recovery API server: pid %d, https://127.0.0.1:%d, credentials valid until %s\n"+
+						"kubectl --kubeconfig %s get csr\nstop it with: kubecpr recovery-server stop\n",
+						srv.PID, srv.Port, srv.Expires.UTC().Format(time.RFC3339), srv.Kubeconfig)
+					return nil
+				},
+			},
+			{
+				Name:  "kubeconfig",
+				Usage: "print the path of the recovery server's kubeconfig (0600; its content is never printed)",
+				Action: func(c *cli.Context) error {
+					e, err := setup(c)
+					if err != nil {
+						return err
+					}
+					if _, _, _, ok := apiserver.Running(e.stateDir(c)); !ok {
+						return withCode(ExitFailed, fmt.Errorf("no recovery API server is running: kubecpr recovery-server start --apiserver-binary PATH"))
+					}
+					fmt.Fprintln(e.out, filepath.Join(e.stateDir(c), apiserver.DirName, "kubeconfig"))
+					return nil
+				},
+			},
 			{
 				Name:  "status",
 				Usage: "is a recovery server running, on which port, until when do its credentials last",

@@ -341,18 +341,20 @@ func ParkedManifests(n *node.Node) []string {
 }
 
 // LogTail returns the last lines of a component's container log, from the
-// kubelet's /var/log/pods layout under the node root.
+// kubelet's /var/log/pods layout under the node root: the newest log file
+// that has something in it (a container that was just recreated may not
+// have written yet).
 func LogTail(n *node.Node, comp string, lines int) string {
-	matches, _ := filepath.Glob(n.Path("/var/log/pods/kube-system_" + comp + "-*/" + comp + "/*.log"))
-	if len(matches) == 0 {
-		return ""
-	}
+	matches, _ := filepath.Glob(n.Path("/var/log/pods/*/" + comp + "/*.log"))
 	var newest string
 	var t time.Time
 	for _, m := range matches {
-		if st, err := os.Stat(m); err == nil && st.ModTime().After(t) {
+		if st, err := os.Stat(m); err == nil && st.Size() > 0 && st.ModTime().After(t) {
 			newest, t = m, st.ModTime()
 		}
+	}
+	if newest == "" {
+		return ""
 	}
 	b, err := os.ReadFile(newest)
 	if err != nil {

@@ -328,6 +328,9 @@ func (s *Server) Stop() error {
 			<-s.done
 		}
 	}
+	for i := 0; i < 50 && listening(s.Port); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
 	return os.RemoveAll(s.Dir)
 }
 
@@ -346,16 +349,30 @@ func Reap(stateDir string) error {
 	if err != nil {
 		return err
 	}
-	var pid int
-	fmt.Sscan(string(b), &pid)
+	var pid, port int
+	fmt.Sscan(string(b), &pid, &port)
 	if pid > 0 && isRecoveryServer(pid, dir) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
-		for i := 0; i < 50 && alive(pid); i++ {
+		// A killed multi-threaded process shows as a zombie before its last
+		// thread has closed its files: wait for the port too.
+		for i := 0; i < 100 && (alive(pid) || listening(port)); i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	return os.RemoveAll(dir)
+}
+
+func listening(port int) bool {
+	if port == 0 {
+		return false
+	}
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 func isRecoveryServer(pid int, dir string) bool {

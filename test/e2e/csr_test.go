@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/fixture"
@@ -305,5 +306,25 @@ func TestRecoveryServerReapedAfterKill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(stateDir, "recovery-server")); !os.IsNotExist(err) {
 		t.Errorf("credentials left: %v", err)
 	}
-	_ = ctx
+
+	// By hand: start one for kubectl work, use it, stop it.
+	st = kubecprbin.Run(t, nil, "--root", n.Root, "recovery-server", "start", "--apiserver-binary", bin, "--recovery-ttl", "1h")
+	if st.Code != 0 {
+		t.Fatalf("recovery-server start: %d\n%s%s", st.Code, st.Stdout, st.Stderr)
+	}
+	kc := strings.TrimSpace(kubecprbin.Run(t, nil, "--root", n.Root, "recovery-server", "kubeconfig").Stdout)
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	if _, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("kubectl-style use of the recovery server: %v", err)
+	}
+	if st := kubecprbin.Run(t, nil, "--root", n.Root, "recovery-server", "stop"); st.Code != 0 {
+		t.Fatalf("stop: %d %s", st.Code, st.Stderr)
+	}
+	if _, err := os.Stat(kc); !os.IsNotExist(err) {
+		t.Errorf("kubeconfig left after stop: %v", err)
+	}
 }
