@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
 )
 
@@ -146,4 +147,39 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// locked runs fn with the environment set up and the node lock held: the
+// shape of every command that changes the node outside the pipeline.
+func locked(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		e, err := setup(c)
+		if err != nil {
+			return err
+		}
+		lock, err := journal.Acquire(e.stateDir(c), time.Now())
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+		return fn(c, e)
+	}
+}
+
+// report writes a check/diagnose report and turns its status into the
+// exit code.
+func report(e *env, table func(io.Writer) error, v any, code int) error {
+	var err error
+	if e.format == "table" {
+		err = table(e.out)
+	} else {
+		err = emit(e.out, e.format, v)
+	}
+	if err != nil {
+		return withCode(ExitFailed, err)
+	}
+	if code != 0 {
+		return &silentExit{code: code}
+	}
+	return nil
 }

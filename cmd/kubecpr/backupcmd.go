@@ -9,7 +9,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kubecpr/kubecpr/backup"
-	"github.com/kubecpr/kubecpr/recovery/journal"
 )
 
 func backupCommand() *cli.Command {
@@ -85,20 +84,11 @@ func backupCommand() *cli.Command {
 					&cli.BoolFlag{Name: "prune", Usage: "also remove files created after the backup under the backed-up directories"},
 					&cli.BoolFlag{Name: "dry-run", Usage: "list what would change"},
 				},
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
+				Action: locked(func(c *cli.Context, e *env) error {
 					id, dir, err := dirOf(c, e)
 					if err != nil {
 						return err
 					}
-					lock, err := journal.Acquire(e.stateDir(c), e.now)
-					if err != nil {
-						return err
-					}
-					defer lock.Release()
 					if err := backup.Verify(dir); err != nil {
 						return withCode(ExitFailed, fmt.Errorf("backup %s does not verify, refusing to restore from it: %w", id, err))
 					}
@@ -111,7 +101,7 @@ func backupCommand() *cli.Command {
 					}
 					fmt.Fprintf(e.out, "backup %s: %d paths restored\n", id, len(changed))
 					return nil
-				},
+				}),
 			},
 		},
 	}

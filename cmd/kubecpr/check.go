@@ -24,18 +24,7 @@ func checkCommand() *cli.Command {
 				return err
 			}
 			rep := inv.Report()
-			if e.format == "table" {
-				err = rep.WriteTable(e.out)
-			} else {
-				err = emit(e.out, e.format, rep)
-			}
-			if err != nil {
-				return withCode(ExitFailed, err)
-			}
-			if code := inv.ExitCode(); code != 0 {
-				return &silentExit{code: code}
-			}
-			return nil
+			return report(e, rep.WriteTable, rep, inv.ExitCode())
 		},
 	}
 }

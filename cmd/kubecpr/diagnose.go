@@ -31,18 +31,7 @@ func diagnoseCommand() *cli.Command {
 			}
 			rep := diagnose.Diagnose(c.Context, e.node, inv, diagnose.Options{
 				Offline: c.Bool("offline"), KubeletLog: c.String("kubelet-log"), Timeout: c.Duration("timeout")})
-			if e.format == "table" {
-				err = rep.WriteText(e.out)
-			} else {
-				err = emit(e.out, e.format, rep)
-			}
-			if err != nil {
-				return withCode(ExitFailed, err)
-			}
-			if code := inv.ExitCode(); code != 0 {
-				return &silentExit{code: code}
-			}
-			return nil
+			return report(e, rep.WriteText, rep, inv.ExitCode())
 		},
 	}
 }

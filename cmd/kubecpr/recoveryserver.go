@@ -8,7 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
-	"github.com/kubecpr/kubecpr/recovery/journal"
 )
 
 func recoveryServerCommand() *cli.Command {
@@ -23,16 +22,7 @@ func recoveryServerCommand() *cli.Command {
 					&cli.StringFlag{Name: "apiserver-binary", Required: true, Usage: "kube-apiserver binary of the cluster's version"},
 					&cli.DurationFlag{Name: "recovery-ttl", Value: 2 * time.Hour, Usage: "lifetime of its credentials"},
 				},
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					lock, err := journal.Acquire(e.stateDir(c), e.now)
-					if err != nil {
-						return err
-					}
-					defer lock.Release()
+				Action: locked(func(c *cli.Context, e *env) error {
 					pkiDir := ""
 					if e.cluster != nil {
 						pkiDir = e.cluster.PKIDir
@@ -46,7 +36,7 @@ func recoveryServerCommand() *cli.Command {
 						"kubectl --kubeconfig %s get csr\nstop it with: kubecpr recovery-server stop\n",
 						srv.PID, srv.Port, srv.Expires.UTC().Format(time.RFC3339), srv.Kubeconfig)
 					return nil
-				},
+				}),
 			},
 			{
 				Name:  "kubeconfig",
@@ -84,22 +74,13 @@ func recoveryServerCommand() *cli.Command {
 			{
 				Name:  "stop",
 				Usage: "kill a recovery server and delete its credentials",
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					lock, err := journal.Acquire(e.stateDir(c), e.now)
-					if err != nil {
-						return err
-					}
-					defer lock.Release()
+				Action: locked(func(c *cli.Context, e *env) error {
 					if err := apiserver.Reap(e.stateDir(c)); err != nil {
 						return err
 					}
 					fmt.Fprintln(e.out, "no recovery API server is left")
 					return nil
-				},
+				}),
 			},
 		},
 	}
