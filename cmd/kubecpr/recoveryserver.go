@@ -23,6 +23,9 @@ func recoveryServerCommand() *cli.Command {
 					&cli.DurationFlag{Name: "recovery-ttl", Value: 2 * time.Hour, Usage: "lifetime of its credentials"},
 				},
 				Action: locked(func(c *cli.Context, e *env) error {
+					if err := apiserver.Reap(e.stateDir(c)); err != nil {
+						return err
+					}
 					pkiDir := ""
 					if e.cluster != nil {
 						pkiDir = e.cluster.PKIDir

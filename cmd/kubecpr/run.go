@@ -36,6 +36,8 @@ func liveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "kubelet-restart-command", Usage: "bounce: shell command that restarts the kubelet where systemd is not PID 1 (default: systemctl restart kubelet)"},
 		&cli.DurationFlag{Name: "component-timeout", Value: 5 * time.Minute, Usage: "bounce: how long each component may take to come back healthy"},
 		&cli.StringFlag{Name: "apiserver-binary", Usage: "csr: when the node's API server does not answer, run this kube-apiserver binary as a temporary recovery API server on 127.0.0.1"},
+		&cli.StringFlag{Name: "etcd-binary", Usage: "csr: when the node's etcd does not answer, run this etcd from its manifest for the duration of the stage"},
+		&cli.DurationFlag{Name: "bootstrap-token", Usage: "csr: create a bootstrap token valid this long and write /etc/kubernetes/bootstrap-kubelet.conf for a kubelet that must re-bootstrap"},
 		&cli.DurationFlag{Name: "recovery-ttl", Value: 2 * time.Hour, Usage: "csr: lifetime of the recovery server's credentials"},
 		&cli.DurationFlag{Name: "csr-wait", Usage: "csr: wait up to this long for the kubelet's client and serving CSRs (default: one pass over what is pending)"},
 		&cli.StringFlag{Name: "approve-node", Usage: "csr: approve only this node's CSRs"},
@@ -52,7 +54,7 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 	default:
 		return nil, withCode(ExitFailed, fmt.Errorf("--sign %q: want auto, always or never", sign))
 	}
-	csr.Configure(csr.Options{APIServerBinary: c.String("apiserver-binary"), RecoveryTTL: c.Duration("recovery-ttl"),
+	csr.Configure(csr.Options{APIServerBinary: c.String("apiserver-binary"), EtcdBinary: c.String("etcd-binary"), BootstrapToken: c.Duration("bootstrap-token"), RecoveryTTL: c.Duration("recovery-ttl"),
 		Wait: c.Duration("csr-wait"), ApproveNode: c.String("approve-node"), Sign: sign, StateDir: e.stateDir(c)})
 	socket := c.String("cri-socket")
 	if e.node.Root != "/" && socket == "" {

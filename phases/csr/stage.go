@@ -20,6 +20,8 @@ import (
 // Options of the csr stage (set from the CLI).
 type Options struct {
 	APIServerBinary string        // start the recovery server from this binary
+	EtcdBinary      string        // start etcd from its manifest when it is down
+	BootstrapToken  time.Duration // >0: create a bootstrap token of this lifetime and a bootstrap kubeconfig
 	RecoveryTTL     time.Duration // its credentials' lifetime
 	Wait            time.Duration // how long to wait for CSRs (0: one pass)
 	ApproveNode     string        // approve only this node
@@ -45,6 +47,7 @@ var Stage = pipeline.Stage{
 	Short: "approve (and if needed sign) the node CSRs that pass validation, through the node's API server or a temporary recovery API server",
 	Live:  true,
 	Plan:  Plan,
+	Undo:  Undo,
 }
 
 // Plan plans one action: one or more approval passes.
@@ -104,14 +107,31 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 	if err != nil && opts.Sign != SignNever {
 		return nil, err
 	}
+	server := ""
 	cs, ok := nodeAPI(ctx, d)
 	if ok {
+		server, _ = adminServer(d)
 		facts["api"] = "node"
 		fmt.Fprintln(d.Out(), "      the node's API server answers: approving through it")
 	} else {
 		if opts.APIServerBinary == "" {
 			return nil, errors.New("the node's API server does not answer and no recovery server can be started: pass --apiserver-binary PATH " +
 				"(a kube-apiserver binary of the cluster's version), or bring the API back with the bounce stage first")
+		}
+		if err := apiserver.Reap(opts.StateDir); err != nil {
+			return nil, err
+		}
+		etcd, err := apiserver.EnsureEtcd(ctx, d.Node(), opts.EtcdBinary, opts.StateDir, pkiDir)
+		if err != nil {
+			return nil, err
+		}
+		if etcd != nil {
+			fmt.Fprintf(d.Out(), "      the node's etcd did not answer: started it from its manifest for the duration (pid %d)\n", etcd.PID)
+			defer func() {
+				etcd.Stop()
+				fmt.Fprintln(d.Out(), "      etcd started by kubecpr stopped")
+			}()
+			facts["etcd"] = "started"
 		}
 		start := time.Now()
 		srv, err := apiserver.Start(ctx, d.Node(), apiserver.Options{Binary: opts.APIServerBinary, TTL: opts.RecoveryTTL,
@@ -129,6 +149,7 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 			srv.Port, srv.PID, time.Since(start).Round(time.Millisecond), srv.Expires.UTC().Format(time.RFC3339))
 		facts["api"] = "recovery"
 		facts["recovery_port"] = strconv.Itoa(srv.Port)
+		server = fmt.Sprintf("https://127.0.0.1:%d", srv.Port)
 		if cs, err = srv.Client(); err != nil {
 			return nil, err
 		}
@@ -136,6 +157,19 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 			opts.Ready(srv.Kubeconfig)
 		}
 		pipeline.CrashPoint("csr-recovery-server-ready")
+	}
+	if opts.BootstrapToken > 0 {
+		caPEM, err := d.Node().ReadFile(path.Join(pkiDir, "ca.crt"))
+		if err != nil {
+			return nil, err
+		}
+		bf, err := createBootstrapToken(ctx, d, cs, server, caPEM, opts.BootstrapToken)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range bf {
+			facts[k] = v
+		}
 	}
 	nodes := map[string]Node{}
 	if c := d.Cluster(); c != nil && c.NodeName != "" {
@@ -217,4 +251,16 @@ func loadCA(n *node.Node, pkiDir string) (*pki.CA, error) {
 		}
 	}
 	return ca, nil
+}
+
+func adminServer(d pipeline.Data) (string, error) {
+	cfg, err := clientcmd.LoadFromFile(d.Node().Path(node.KubernetesDir + "/admin.conf"))
+	if err != nil {
+		return "", err
+	}
+	ctx, ok := cfg.Contexts[cfg.CurrentContext]
+	if !ok {
+		return "", errors.New("admin.conf has no current context")
+	}
+	return cfg.Clusters[ctx.Cluster].Server, nil
 }

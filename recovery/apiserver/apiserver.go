@@ -155,16 +155,17 @@ func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) 
 	if err != nil {
 		return nil, fmt.Errorf("the recovery server takes its flags from the kube-apiserver manifest: %w", err)
 	}
-	if err := Reap(o.StateDir); err != nil {
-		return nil, err
-	}
+	// Callers Reap a previous server (and etcd) before starting: Start must
+	// not, or it would kill the etcd EnsureEtcd just started.
 	dir := filepath.Join(o.StateDir, DirName)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			os.RemoveAll(dir)
+			for _, f := range []string{"serving.crt", "serving.key", "etcd-client.crt", "etcd-client.key", "kubeconfig", "pid"} {
+				os.Remove(filepath.Join(dir, f))
+			}
 		}
 	}()
 	ca, err := loadCA(n, o.PKIDir, "ca", "ca")
@@ -331,6 +332,13 @@ func (s *Server) Stop() error {
 	for i := 0; i < 50 && listening(s.Port); i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The directory goes unless an etcd kubecpr started still records itself there.
+	for _, f := range []string{"serving.crt", "serving.key", "etcd-client.crt", "etcd-client.key", "kubeconfig", "pid", "apiserver.log"} {
+		os.Remove(filepath.Join(s.Dir, f))
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, "etcd-pid")); err == nil {
+		return nil
+	}
 	return os.RemoveAll(s.Dir)
 }
 
@@ -339,6 +347,18 @@ func (s *Server) Stop() error {
 // recovery server, and the credentials are deleted.
 func Reap(stateDir string) error {
 	dir := filepath.Join(stateDir, DirName)
+	if b, err := os.ReadFile(filepath.Join(dir, "etcd-pid")); err == nil {
+		var epid int
+		fmt.Sscan(string(b), &epid)
+		if epid > 0 && hasEnv(epid, etcdMarker+"="+stateDir) {
+			_ = syscall.Kill(-epid, syscall.SIGTERM)
+			for i := 0; i < 100 && alive(epid); i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+			_ = syscall.Kill(-epid, syscall.SIGKILL)
+		}
+		os.Remove(filepath.Join(dir, "etcd-pid"))
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "pid"))
 	if errors.Is(err, os.ErrNotExist) {
 		if _, err := os.Stat(dir); err == nil {
@@ -373,6 +393,20 @@ func listening(port int) bool {
 	}
 	c.Close()
 	return true
+}
+
+// hasEnv reports whether pid's environment holds kv.
+func hasEnv(pid int, kv string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return false
+	}
+	for _, e := range strings.Split(string(b), "\x00") {
+		if e == kv {
+			return true
+		}
+	}
+	return false
 }
 
 func isRecoveryServer(pid int, dir string) bool {

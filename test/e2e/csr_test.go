@@ -10,8 +10,10 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/fixture"
@@ -138,7 +141,8 @@ func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
 	if r := kubecpr(t, n, "run", "--until", "kubeconfigs"); r.code != 0 {
 		t.Fatalf("renewal: %d\n%s", r.code, r.stderr)
 	}
-	etcd = n.StartEtcd(t) // on its renewed certificates; the node's apiserver stays down
+	// etcd and the apiserver stay down: kubecpr brings etcd up for the
+	// duration and its own recovery API server.
 
 	stateDir := n.Path("/var/lib/kubecpr")
 	ca, _ := os.ReadFile(n.Path("/etc/kubernetes/pki/ca.crt"))
@@ -151,12 +155,13 @@ func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// wait for the recovery server
-		var port int
-		for port == 0 {
-			b, _ := os.ReadFile(filepath.Join(stateDir, "recovery-server", "pid"))
-			var pid int
-			fmt.Sscan(string(b), &pid, &port)
+		// wait for the bootstrap kubeconfig kubecpr writes, as the kubelet would
+		var bcfg *clientcmdapi.Config
+		for bcfg == nil {
+			if c, err := clientcmd.LoadFromFile(n.Path("/etc/kubernetes/bootstrap-kubelet.conf")); err == nil {
+				bcfg = c
+				break
+			}
 			select {
 			case <-ctx.Done():
 				kerr = ctx.Err()
@@ -164,11 +169,16 @@ func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
-		if c, err := cluster.ServedCertificate(port); err == nil {
-			servedTTL = time.Until(c.NotAfter)
+		bctx := bcfg.Contexts[bcfg.CurrentContext]
+		k.server = bcfg.Clusters[bctx.Cluster].Server
+		token := bcfg.AuthInfos[bctx.AuthInfo].Token
+		if u, err := url.Parse(k.server); err == nil {
+			p, _ := strconv.Atoi(u.Port())
+			if c, err := cluster.ServedCertificate(p); err == nil {
+				servedTTL = time.Until(c.NotAfter)
+			}
 		}
-		k.server = fmt.Sprintf("https://127.0.0.1:%d", port)
-		boot := k.client(tokenID+"."+tokenSecret, nil)
+		boot := k.client(token, nil)
 		// a hostile request first: another node's name
 		evil, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		hctx, hcancel := context.WithTimeout(ctx, 60*time.Second)
@@ -189,7 +199,8 @@ func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
 	}()
 
 	bin := filepath.Join(n.Bin, "kube-apiserver")
-	r := kubecpr(t, n, "run", "--from", "csr", "--apiserver-binary", bin, "--csr-wait", "2m")
+	r := kubecpr(t, n, "run", "--from", "csr", "--apiserver-binary", bin, "--etcd-binary", filepath.Join(n.Bin, "etcd"),
+		"--bootstrap-token", "1h", "--csr-wait", "2m")
 	wg.Wait()
 	if r.code != 0 {
 		t.Fatalf("kubecpr run --from csr: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
@@ -198,7 +209,8 @@ func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
 		t.Fatalf("simulated kubelet: %v\n%s", kerr, r.stdout)
 	}
 	t.Logf("kubecpr output:\n%s", r.stdout)
-	for _, want := range []string{"recovery API server on https://127.0.0.1:", "approved csr-client", "approved csr-serving",
+	for _, want := range []string{"started it from its manifest", "etcd started by kubecpr stopped", "bootstrap-kubelet.conf (0600): bootstrap token",
+		"recovery API server on https://127.0.0.1:", "approved csr-client", "approved csr-serving",
 		"refused csr-hostile", "not a node of this cluster", "signed csr-client", "recovery API server stopped"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("output lacks %q", want)
@@ -231,7 +243,11 @@ func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
 			t.Errorf("something still listens on the recovery port %s", port)
 		}
 	}
+	if strings.Contains(r.stdout+r.stderr, tokenSecretFrom(t, n)) {
+		t.Error("the bootstrap token secret was printed")
+	}
 	// ...and the client certificate works against the node's real apiserver.
+	etcd = n.StartEtcd(t)
 	api = n.StartAPIServer(t)
 	if err := n.WaitReady(ctx, t, "/etc/kubernetes/admin.conf", api); err != nil {
 		t.Fatal(err)
@@ -327,4 +343,18 @@ func TestRecoveryServerReapedAfterKill(t *testing.T) {
 	if _, err := os.Stat(kc); !os.IsNotExist(err) {
 		t.Errorf("kubeconfig left after stop: %v", err)
 	}
+}
+
+func tokenSecretFrom(t *testing.T, n *cluster.Node) string {
+	c, err := clientcmd.LoadFromFile(n.Path("/etc/kubernetes/bootstrap-kubelet.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range c.AuthInfos {
+		if _, secret, ok := strings.Cut(ai.Token, "."); ok {
+			return secret
+		}
+	}
+	t.Fatal("no token in the bootstrap kubeconfig")
+	return ""
 }
