@@ -19,7 +19,8 @@ func recoveryServerCommand() *cli.Command {
 				Name:  "start",
 				Usage: "start a recovery API server for manual kubectl work, and leave it running (stop it with `recovery-server stop`)",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "apiserver-binary", Required: true, Usage: "kube-apiserver binary of the cluster's version"},
+					&cli.StringFlag{Name: "apiserver-binary", Usage: "kube-apiserver binary of the cluster's version (default: run the kube-apiserver manifest's image in containerd)"},
+					&cli.StringFlag{Name: "cri-socket", Value: "/run/containerd/containerd.sock", Usage: "containerd socket, when no binary is given"},
 					&cli.DurationFlag{Name: "recovery-ttl", Value: 2 * time.Hour, Usage: "lifetime of its credentials"},
 				},
 				Action: locked(func(c *cli.Context, e *env) error {
@@ -30,7 +31,11 @@ func recoveryServerCommand() *cli.Command {
 					if e.cluster != nil {
 						pkiDir = e.cluster.PKIDir
 					}
-					srv, err := apiserver.Start(c.Context, e.node, apiserver.Options{Binary: c.String("apiserver-binary"),
+					socket := ""
+					if c.String("apiserver-binary") == "" {
+						socket = c.String("cri-socket")
+					}
+					srv, err := apiserver.Start(c.Context, e.node, apiserver.Options{Binary: c.String("apiserver-binary"), CRISocket: socket,
 						TTL: c.Duration("recovery-ttl"), Now: time.Now(), StateDir: e.stateDir(c), PKIDir: pkiDir})
 					if err != nil {
 						return withCode(ExitFailed, err)

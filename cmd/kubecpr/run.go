@@ -54,21 +54,27 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 	default:
 		return nil, withCode(ExitFailed, fmt.Errorf("--sign %q: want auto, always or never", sign))
 	}
-	csr.Configure(csr.Options{APIServerBinary: c.String("apiserver-binary"), EtcdBinary: c.String("etcd-binary"), BootstrapToken: c.Duration("bootstrap-token"), RecoveryTTL: c.Duration("recovery-ttl"),
-		Wait: c.Duration("csr-wait"), ApproveNode: c.String("approve-node"), Sign: sign, StateDir: e.stateDir(c)})
 	socket := c.String("cri-socket")
-	if e.node.Root != "/" && socket == "" {
-		return nil, nil // a copy of a node: never touch the host's processes
-	}
-	method := c.String("restart-method")
-	if method != "containerd" && method != "manifests" {
-		return nil, withCode(ExitFailed, fmt.Errorf("--restart-method %q: want containerd or manifests", method))
-	}
+	isLive := e.node.Root == "/" || socket != ""
 	if socket == "" && e.cluster != nil && e.cluster.CRISocket != "" {
 		socket = e.cluster.CRISocket
 	}
 	if socket == "" {
 		socket = "/run/containerd/containerd.sock"
+	}
+	csrSocket := ""
+	if isLive {
+		csrSocket = socket
+	}
+	csr.Configure(csr.Options{APIServerBinary: c.String("apiserver-binary"), EtcdBinary: c.String("etcd-binary"), BootstrapToken: c.Duration("bootstrap-token"),
+		CRISocket: csrSocket, RecoveryTTL: c.Duration("recovery-ttl"),
+		Wait: c.Duration("csr-wait"), ApproveNode: c.String("approve-node"), Sign: sign, StateDir: e.stateDir(c)})
+	if !isLive {
+		return nil, nil // a copy of a node: never touch the host's processes
+	}
+	method := c.String("restart-method")
+	if method != "containerd" && method != "manifests" {
+		return nil, withCode(ExitFailed, fmt.Errorf("--restart-method %q: want containerd or manifests", method))
 	}
 	var svc service.Manager
 	switch {

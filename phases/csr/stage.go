@@ -21,6 +21,7 @@ import (
 type Options struct {
 	APIServerBinary string        // start the recovery server from this binary
 	EtcdBinary      string        // start etcd from its manifest when it is down
+	CRISocket       string        // containerd mode of the recovery server (live node) when no binary is given
 	BootstrapToken  time.Duration // >0: create a bootstrap token of this lifetime and a bootstrap kubeconfig
 	RecoveryTTL     time.Duration // its credentials' lifetime
 	Wait            time.Duration // how long to wait for CSRs (0: one pass)
@@ -114,9 +115,9 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 		facts["api"] = "node"
 		fmt.Fprintln(d.Out(), "      the node's API server answers: approving through it")
 	} else {
-		if opts.APIServerBinary == "" {
+		if opts.APIServerBinary == "" && opts.CRISocket == "" {
 			return nil, errors.New("the node's API server does not answer and no recovery server can be started: pass --apiserver-binary PATH " +
-				"(a kube-apiserver binary of the cluster's version), or bring the API back with the bounce stage first")
+				"(a kube-apiserver binary of the cluster's version) or --cri-socket, or bring the API back with the bounce stage first")
 		}
 		if err := apiserver.Reap(opts.StateDir); err != nil {
 			return nil, err
@@ -134,7 +135,7 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 			facts["etcd"] = "started"
 		}
 		start := time.Now()
-		srv, err := apiserver.Start(ctx, d.Node(), apiserver.Options{Binary: opts.APIServerBinary, TTL: opts.RecoveryTTL,
+		srv, err := apiserver.Start(ctx, d.Node(), apiserver.Options{Binary: opts.APIServerBinary, CRISocket: opts.CRISocket, TTL: opts.RecoveryTTL,
 			Now: time.Now(), StateDir: opts.StateDir, PKIDir: pkiDir})
 		if err != nil {
 			return nil, err

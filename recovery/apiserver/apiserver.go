@@ -33,6 +33,7 @@ import (
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
+	"github.com/kubecpr/kubecpr/recovery/runtime"
 )
 
 // DirName is the recovery server's directory under the state dir.
@@ -40,13 +41,16 @@ const DirName = "recovery-server"
 
 // Options for Start.
 type Options struct {
-	Binary   string        // kube-apiserver binary (host path)
-	TTL      time.Duration // credential lifetime (default 2h)
-	Port     int           // 0: 7443 when free, else any free port
-	Now      time.Time     // the certificates' clock
-	StateDir string        // host path
-	PKIDir   string        // node path of the cluster PKI
-	Timeout  time.Duration // until /readyz (default 2m)
+	Binary string // kube-apiserver binary (host path); empty: containerd mode
+	// CRISocket runs the server in containerd from the image of the
+	// kube-apiserver manifest when Binary is empty.
+	CRISocket string
+	TTL       time.Duration // credential lifetime (default 2h)
+	Port      int           // 0: 7443 when free, else any free port
+	Now       time.Time     // the certificates' clock
+	StateDir  string        // host path
+	PKIDir    string        // node path of the cluster PKI
+	Timeout   time.Duration // until /readyz (default 2m)
 }
 
 // Server is a running recovery API server.
@@ -58,6 +62,7 @@ type Server struct {
 	Expires    time.Time
 	cmd        *exec.Cmd
 	done       chan struct{}
+	rt         *runtime.Containerd // containerd mode
 }
 
 func freePort(preferred int) (int, error) {
@@ -148,8 +153,8 @@ func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) 
 	if o.PKIDir == "" {
 		o.PKIDir = node.DefaultPKIDir
 	}
-	if o.Binary == "" {
-		return nil, errors.New("no kube-apiserver binary: pass --apiserver-binary PATH (the containerd image mode is not built yet)")
+	if o.Binary == "" && o.CRISocket == "" {
+		return nil, errors.New("no way to run a recovery API server: pass --apiserver-binary PATH, or --cri-socket to run the kube-apiserver image in containerd")
 	}
 	m, err := n.ReadManifest(path.Join(node.ManifestsDir, "kube-apiserver.yaml"))
 	if err != nil {
@@ -232,8 +237,8 @@ func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) 
 		if nv, ok := override[k]; ok {
 			v = nv
 			delete(override, k)
-		} else if strings.HasPrefix(v, "/") && (strings.HasPrefix(v, "/etc/") || strings.HasPrefix(v, "/var/")) {
-			v = n.Path(v) // node paths, under --root
+		} else if o.Binary != "" && strings.HasPrefix(v, "/") && (strings.HasPrefix(v, "/etc/") || strings.HasPrefix(v, "/var/")) {
+			v = n.Path(v) // node paths, under --root (a container sees them mounted at their node paths)
 		}
 		args = append(args, "--"+k+"="+v)
 	}
@@ -243,6 +248,10 @@ func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) 
 	logf, err := os.OpenFile(filepath.Join(dir, "apiserver.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
+	}
+	if o.Binary == "" {
+		logf.Close()
+		return startContainer(ctx, n, o, m.Image, args, dir, port, kcPath)
 	}
 	cmd := exec.Command(o.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -285,6 +294,9 @@ func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
+		if s.rt != nil && !s.rt.Running(ctx, ContainerID) {
+			return errors.New("the container exited")
+		}
 		select {
 		case <-s.done:
 			return errors.New("the process exited")
@@ -317,6 +329,14 @@ func (s *Server) LogTail(n int) string {
 func (s *Server) Stop() error {
 	if s == nil {
 		return nil
+	}
+	if s.rt != nil {
+		ctx := context.Background()
+		_ = s.rt.Stop(ctx, ContainerID, 10*time.Second)
+		_ = s.rt.Remove(ctx, ContainerID)
+		_ = s.rt.Close()
+		s.rt = nil
+		close(s.done)
 	}
 	select {
 	case <-s.done:
@@ -370,8 +390,15 @@ func Reap(stateDir string) error {
 		return err
 	}
 	var pid, port int
-	fmt.Sscan(string(b), &pid, &port)
-	if pid > 0 && isRecoveryServer(pid, dir) {
+	var expires, socket string
+	fmt.Sscan(string(b), &pid, &port, &expires, &socket)
+	if socket != "" {
+		if rt, err := runtime.NewContainerd(socket, 10*time.Second); err == nil {
+			_ = rt.Stop(context.Background(), ContainerID, time.Second)
+			_ = rt.Remove(context.Background(), ContainerID)
+			rt.Close()
+		}
+	} else if pid > 0 && isRecoveryServer(pid, dir) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		// A killed multi-threaded process shows as a zombie before its last
@@ -431,4 +458,41 @@ func Running(stateDir string) (pid, port int, expires string, ok bool) {
 	}
 	fmt.Sscan(string(b), &pid, &port, &expires)
 	return pid, port, expires, pid > 0 && alive(pid)
+}
+
+// ContainerID is the recovery server's container in containerd mode.
+const ContainerID = "kubecpr-recovery-apiserver"
+
+// startContainer runs the recovery server from the kube-apiserver
+// manifest's image in containerd (namespace k8s.io), host network, the
+// node's /etc/kubernetes mounted read-only at its node path, its own
+// credentials read-only at their host path, and kubecpr's labels — not the
+// kubelet's, so the kubelet leaves it alone.
+func startContainer(ctx context.Context, n *node.Node, o Options, image string, args []string, dir string, port int, kcPath string) (*Server, error) {
+	rt, err := runtime.NewContainerd(o.CRISocket, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	_ = rt.Stop(ctx, ContainerID, time.Second)
+	_ = rt.Remove(ctx, ContainerID)
+	pid, err := rt.Run(ctx, runtime.RunSpec{ID: ContainerID, Image: image, Args: append([]string{"kube-apiserver"}, args...),
+		Labels:  map[string]string{"io.kubecpr.role": "recovery-apiserver", "io.kubecpr.expires": o.Now.Add(o.TTL).UTC().Format(time.RFC3339)},
+		Mounts:  []runtime.Mount{{Source: n.Path(node.KubernetesDir), Destination: node.KubernetesDir, ReadOnly: true}, {Source: dir, Destination: dir, ReadOnly: true}},
+		LogPath: filepath.Join(dir, "apiserver.log")})
+	if err != nil {
+		rt.Close()
+		return nil, err
+	}
+	s := &Server{Dir: dir, Port: port, Kubeconfig: kcPath, PID: pid, Expires: o.Now.Add(o.TTL), done: make(chan struct{}), rt: rt}
+	info := fmt.Sprintf("%d %d %s %s\n", pid, port, s.Expires.UTC().Format(time.RFC3339), strings.TrimPrefix(o.CRISocket, "unix://"))
+	if err := atomicfile.WriteFile(filepath.Join(dir, "pid"), []byte(info), atomicfile.Options{Mode: 0o600}); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	if err := s.waitReady(ctx, o.Timeout); err != nil {
+		tail := s.LogTail(15)
+		s.Stop()
+		return nil, fmt.Errorf("the recovery API server container did not become ready: %v\nlast lines of its log:\n%s", err, tail)
+	}
+	return s, nil
 }

@@ -13,6 +13,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/kubecpr/kubecpr/recovery/runtime"
 	"github.com/kubecpr/kubecpr/test/cluster"
@@ -279,4 +283,46 @@ func TestBounceComponentDoesNotComeBack(t *testing.T) {
 		}
 	}
 	_ = fmt.Sprint
+}
+
+// The recovery API server in containerd mode: the kube-apiserver image of
+// the node's manifest, host network, kubecpr's labels (not the kubelet's,
+// so the kubelet leaves it alone); usable with its kubeconfig; gone after stop.
+func TestRecoveryServerInContainerd(t *testing.T) {
+	t.Parallel()
+	cn := startContainerNode(t)
+	r := cn.kubecpr(t, nil, "recovery-server", "start", "--cri-socket", cn.d.Socket, "--recovery-ttl", "30m")
+	if r.code != 0 {
+		t.Fatalf("start: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	c := cn.d.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), runtime.Namespace)
+	ctr, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver")
+	if err != nil {
+		t.Fatalf("no recovery container: %v", err)
+	}
+	info, _ := ctr.Info(ctx)
+	if info.Labels["io.kubecpr.role"] != "recovery-apiserver" || info.Labels[runtime.LabelPodNamespace] != "" {
+		t.Errorf("labels %v", info.Labels)
+	}
+	if info.Image != imageName(t, cn.Node, "kube-apiserver") {
+		t.Errorf("image %s", info.Image)
+	}
+	kc := strings.TrimSpace(cn.kubecpr(t, nil, "recovery-server", "kubeconfig").stdout)
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{}); err != nil {
+		t.Errorf("using the recovery server: %v", err)
+	}
+	if r := cn.kubecpr(t, nil, "recovery-server", "stop"); r.code != 0 {
+		t.Fatalf("stop: %d %s", r.code, r.stderr)
+	}
+	if _, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver"); err == nil {
+		t.Error("the recovery container is still there after stop")
+	}
+	if _, err := os.Stat(kc); !os.IsNotExist(err) {
+		t.Errorf("credentials left: %v", err)
+	}
 }
