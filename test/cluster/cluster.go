@@ -1,49 +1,50 @@
-// Package cluster makes kubecpr's tests meet the real programs: real kubeadm
-// lays out a control-plane node under a temporary root, and real etcd and
-// kube-apiserver (and kube-controller-manager) run as processes from the
-// flags in the generated static pod manifests, on loopback ports chosen
-// free. kubeadm refuses a loopback advertise address, so it is given
-// 10.255.0.1, an address that is never contacted: every server URL in the
-// kubeconfigs and every listen/advertise address in the manifests is then
-// rewritten to 127.0.0.1 (the address stays only inside certificate SANs).
 package cluster
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
+	"math/rand"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
-	"gopkg.in/yaml.v3"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 )
 
 // Versions the harness is pinned to (hack/testbin/build.sh builds them).
 const (
 	KubernetesVersion = "v1.33.13"
 	EtcdVersion       = "v3.5.21"
-	// NeverContacted is the advertise address kubeadm is given.
+	// NeverContacted is the advertise address kubeadm is given (it refuses
+	// a loopback one). Nothing ever connects to it: after the layout it
+	// remains only inside certificate SANs.
 	NeverContacted = "10.255.0.1"
+	// ConfigInRoot is where the kubeadm config is while kubeadm runs
+	// (kubeadm chroots into the root, so the file must be inside it). It is
+	// removed after every run, so the node tree holds no copy of it.
+	ConfigInRoot = "/tmp/kubeadm.yaml"
+	// ServiceSubnet is the node's service network (never routed anywhere:
+	// there is no kube-proxy).
+	ServiceSubnet = "10.96.0.0/12"
 )
 
+// binaries are the programs the harness runs.
+var binaries = []string{"kubeadm", "kube-apiserver", "kube-controller-manager", "etcd", "etcdctl"}
+
 // Binaries returns the directory with kubeadm, kube-apiserver,
-// kube-controller-manager, etcd and etcdctl. It fails the test (never
+// kube-controller-manager, etcd and etcdctl: $KUBECPR_TESTBIN_DIR, else the
+// default cache path of hack/testbin/build.sh. It fails the test (never
 // skips) when one is missing.
 func Binaries(t testing.TB) string {
 	t.Helper()
@@ -56,9 +57,11 @@ func Binaries(t testing.TB) string {
 		}
 		dir = filepath.Join(cache, "k8s-"+KubernetesVersion+"-etcd-"+EtcdVersion, "bin")
 	}
-	for _, b := range []string{"kubeadm", "kube-apiserver", "kube-controller-manager", "etcd", "etcdctl"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			t.Fatalf("test binary %s missing in %s: run `make testbin` (builds them from their Go modules)", b, dir)
+	for _, b := range binaries {
+		st, err := os.Stat(filepath.Join(dir, b))
+		if err != nil || st.IsDir() || st.Mode().Perm()&0o111 == 0 {
+			t.Fatalf("test binary %s missing in %s: run `make testbin` (hack/testbin/build.sh builds kubeadm, kube-apiserver, kube-controller-manager %s and etcd, etcdctl %s from their Go modules)",
+				b, dir, KubernetesVersion, EtcdVersion)
 		}
 	}
 	return dir
@@ -66,18 +69,45 @@ func Binaries(t testing.TB) string {
 
 // Options for a node.
 type Options struct {
-	NodeName string // default "cp-1"
+	// NodeName is nodeRegistration.name (default "cp-1").
+	NodeName string
+	// KubernetesVersion is always written into the kubeadm config (default
+	// v1.33.13, the binaries' version): without it kubeadm would ask the
+	// internet for "stable". It must be an exact version, never a label.
+	KubernetesVersion string
+	// ExternalCA makes the node an external-CA node as kubeadm knows it:
+	// after the layout ca.key is moved out of the tree (to
+	// Node.ExternalCAKey); ca.crt and every leaf stay. Expire and ClusterCA
+	// still use the key from where it is kept.
+	ExternalCA bool
+	// KubeletConfig also runs `kubeadm init phase kubelet-start`, which
+	// writes /var/lib/kubelet/config.yaml and kubeadm-flags.env. Inside the
+	// chroot it finds no init system, so it starts nothing (and it runs in
+	// an empty network namespace like every kubeadm run).
+	KubeletConfig bool
 }
 
-// Node is a kubeadm-made node under Root.
+// Node is a kubeadm-made control-plane node under Root. Every node path
+// (/etc/kubernetes/..., /var/lib/etcd, /var/lib/kubelet/...) lives under Root.
 type Node struct {
-	Root                                                         string
-	Name                                                         string
-	Bin                                                          string
+	Root string
+	Name string
+	Bin  string
+	// KubernetesVersion is the version written into the kubeadm config.
+	KubernetesVersion string
+	// Free loopback ports chosen by the harness (all distinct).
 	APIServerPort, EtcdClientPort, EtcdPeerPort, EtcdMetricsPort int
 	ControllerManagerPort, SchedulerPort                         int
-	ConfigPath                                                   string // kubeadm config, host path
-	configInRoot                                                 string // same, as seen from inside the root
+	// ConfigPath is the kubeadm config on the host, outside the root. It is
+	// copied to ConfigInRoot for each kubeadm run and removed afterwards.
+	ConfigPath string
+	// ExternalCAKey is where ca.key is kept, outside the tree, on an
+	// ExternalCA node ("" otherwise).
+	ExternalCAKey string
+
+	kubeadmMu sync.Mutex
+	procMu    sync.Mutex
+	procs     map[string]*Proc // newest process started per component
 }
 
 // Path maps a node path under Root.
@@ -85,15 +115,80 @@ func (n *Node) Path(nodePath string) string {
 	return filepath.Join(n.Root, filepath.FromSlash(filepath.Clean("/"+nodePath)))
 }
 
-// FreePort returns a free TCP port on 127.0.0.1.
+// FreePort returns a free TCP port on 127.0.0.1, reserved for the test
+// (see freePorts).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// Ports are taken below the kernel's ephemeral range (read from
+// /proc/sys/net/ipv4/ip_local_port_range), so no outgoing connection —
+// and the tests make many on loopback — can sit on a node's port while
+// its process is stopped or restarting. Each port is reserved until the
+// test ends by holding the abstract unix socket "@kubecpr-test-port-<port>"
+// (exclusive machine-wide, released by the kernel when the test process
+// ends, no file left), which parallel test binaries using this harness
+// respect; a port is only taken if it can be bound right now.
+const portLo = 20000
+
+var (
+	portMu    sync.Mutex
+	portRand  = rand.New(rand.NewSource(time.Now().UnixNano() ^ int64(os.Getpid())<<20))
+	portsHeld = map[int]bool{}
+)
+
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil {
+				return lo
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return 32768
+}
+
+// freePorts returns k distinct free loopback ports, reserved until the
+// test's cleanup.
+func freePorts(t testing.TB, k int) []int {
+	t.Helper()
+	hi := ephemeralLow() - 1
+	if hi-portLo < 1000 {
+		t.Fatalf("ephemeral port range starts at %d: no room below it for test ports", hi+1)
+	}
+	portMu.Lock()
+	defer portMu.Unlock()
+	var ports []int
+	for tries := 0; len(ports) < k; tries++ {
+		if tries > 10000 {
+			t.Fatalf("no free loopback port in %d-%d", portLo, hi)
+		}
+		p := portLo + portRand.Intn(hi-portLo+1)
+		if portsHeld[p] {
+			continue
+		}
+		lock, err := net.Listen("unix", fmt.Sprintf("@kubecpr-test-port-%d", p))
+		if err != nil {
+			continue // another test process holds it
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			lock.Close()
+			continue
+		}
+		l.Close()
+		portsHeld[p] = true
+		ports = append(ports, p)
+		t.Cleanup(func() {
+			portMu.Lock()
+			delete(portsHeld, p)
+			portMu.Unlock()
+			lock.Close() // releases the reservation
+		})
+	}
+	return ports
 }
 
 const kubeadmConfig = `apiVersion: kubeadm.k8s.io/v1beta4
@@ -112,13 +207,19 @@ controlPlaneEndpoint: 127.0.0.1:%[3]d
 apiServer:
   certSANs: [127.0.0.1, localhost]
 networking:
-  serviceSubnet: 10.96.0.0/12
+  serviceSubnet: %[5]s
   dnsDomain: cluster.local
 `
 
-// Kubeadm lays out a control-plane node with real kubeadm (certs,
-// kubeconfigs, control-plane manifests, local etcd manifest) and rewrites
-// every address a client or server would use to loopback.
+var exactVersion = regexp.MustCompile(`^v\d+\.\d+\.\d+$`)
+
+// Kubeadm lays out a control-plane node with real kubeadm — `kubeadm init
+// phase certs all`, `kubeconfig all`, `control-plane all`, `etcd local`
+// (and `kubelet-start` with Options.KubeletConfig), chrooted into a new
+// t.TempDir() with --rootfs and run in an empty network namespace — then
+// rewrites every address and port a client or server would use to
+// 127.0.0.1 and free ports. It fails the test if a non-loopback address
+// remains anywhere but inside certificates.
 func Kubeadm(t testing.TB, o Options) *Node {
 	t.Helper()
 	return kubeadmAt(t, t.TempDir(), o)
@@ -129,416 +230,434 @@ func kubeadmAt(t testing.TB, root string, o Options) *Node {
 	if o.NodeName == "" {
 		o.NodeName = "cp-1"
 	}
-	n := &Node{Root: root, Name: o.NodeName, Bin: Binaries(t),
-		APIServerPort: FreePort(t), EtcdClientPort: FreePort(t), EtcdPeerPort: FreePort(t), EtcdMetricsPort: FreePort(t),
-		ControllerManagerPort: FreePort(t), SchedulerPort: FreePort(t)}
-	n.configInRoot = "/tmp/kubeadm.yaml"
-	n.ConfigPath = n.Path(n.configInRoot)
-	os.MkdirAll(filepath.Dir(n.ConfigPath), 0o755)
-	cfg := fmt.Sprintf(kubeadmConfig, o.NodeName, NeverContacted, n.APIServerPort, KubernetesVersion)
+	if o.KubernetesVersion == "" {
+		o.KubernetesVersion = KubernetesVersion
+	}
+	if !exactVersion.MatchString(o.KubernetesVersion) {
+		t.Fatalf("KubernetesVersion %q: want an exact version like %s (a label would make kubeadm ask the internet)", o.KubernetesVersion, KubernetesVersion)
+	}
+	ports := freePorts(t, 6)
+	n := &Node{Root: root, Name: o.NodeName, Bin: Binaries(t), KubernetesVersion: o.KubernetesVersion,
+		APIServerPort: ports[0], EtcdClientPort: ports[1], EtcdPeerPort: ports[2], EtcdMetricsPort: ports[3],
+		ControllerManagerPort: ports[4], SchedulerPort: ports[5]}
+	n.ConfigPath = filepath.Join(t.TempDir(), "kubeadm.yaml")
+	cfg := fmt.Sprintf(kubeadmConfig, o.NodeName, NeverContacted, n.APIServerPort, o.KubernetesVersion, ServiceSubnet)
 	if err := os.WriteFile(n.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, phase := range [][]string{{"certs", "all"}, {"kubeconfig", "all"}, {"control-plane", "all"}, {"etcd", "local"}} {
+	start := time.Now()
+	phases := [][]string{{"certs", "all"}, {"kubeconfig", "all"}}
+	if o.KubeletConfig {
+		phases = append(phases, []string{"kubelet-start"})
+	}
+	phases = append(phases, []string{"control-plane", "all"}, []string{"etcd", "local"})
+	for _, phase := range phases {
 		args := append([]string{"init", "phase"}, phase...)
-		if out, err := n.Kubeadm(t, append(args, "--config", n.configInRoot)...); err != nil {
-			t.Fatalf("kubeadm %v: %v\n%s", args, err, out)
+		if out, err := n.Kubeadm(t, args...); err != nil {
+			t.Fatalf("kubeadm %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	n.rewriteToLoopback(t)
+	if err := n.rewriteToLoopback(); err != nil {
+		t.Fatalf("rewriting the kubeadm node to loopback: %v", err)
+	}
+	if leaks, err := NonLoopback(n.Root); err != nil || len(leaks) > 0 {
+		t.Fatalf("non-loopback addresses left after rewriting (err %v):\n%s", err, strings.Join(leaks, "\n"))
+	}
+	if o.ExternalCA {
+		n.ExternalCAKey = filepath.Join(t.TempDir(), "ca.key")
+		if err := os.Rename(n.Path("/etc/kubernetes/pki/ca.key"), n.ExternalCAKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("cluster: kubeadm laid out node %s in %s (apiserver 127.0.0.1:%d, etcd 127.0.0.1:%d)",
+		n.Name, time.Since(start).Round(time.Millisecond), n.APIServerPort, n.EtcdClientPort)
 	return n
 }
 
-// Kubeadm runs real kubeadm chrooted into the node root.
+// Kubeadm runs the real kubeadm on this node: always with --rootfs Root
+// (kubeadm chroots, so /etc/kubernetes/pki, the kubeconfig dir and the
+// manifests are the node's), with --config ConfigInRoot when the command
+// accepts --config and none is given (so it never falls back to asking a
+// cluster or the internet for its configuration), in a new, empty network
+// namespace: whatever a command tries, no packet leaves (a command that
+// needs the network fails instead). Returns the combined output.
 func (n *Node) Kubeadm(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	args = append(args, "--rootfs", n.Root)
-	cmd := exec.Command(filepath.Join(n.Bin, "kubeadm"), args...)
+	n.kubeadmMu.Lock()
+	defer n.kubeadmMu.Unlock()
+	kubeadm := filepath.Join(n.Bin, "kubeadm")
+	if !hasFlag(args, "--rootfs") {
+		args = append(args, "--rootfs", n.Root)
+	}
+	if !hasFlag(args, "--config") && acceptsFlag(kubeadm, args, "config") {
+		args = append(args, "--config", ConfigInRoot)
+	}
+	cfg, err := os.ReadFile(n.ConfigPath)
+	if err != nil {
+		return "", err
+	}
+	tmpDir := n.Path(filepath.Dir(ConfigInRoot))
+	_, statErr := os.Stat(tmpDir)
+	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(n.Path(ConfigInRoot), cfg, 0o600); err != nil {
+		return "", err
+	}
+	defer func() {
+		os.Remove(n.Path(ConfigInRoot))
+		if os.IsNotExist(statErr) {
+			os.Remove(tmpDir) // only if empty
+		}
+	}()
+	cmd := exec.Command(kubeadm, args...)
 	cmd.Dir = "/"
+	cmd.Env = childEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
-func (n *Node) rewriteToLoopback(t testing.TB) {
-	t.Helper()
-	ports := map[string]string{
-		":2379": fmt.Sprintf(":%d", n.EtcdClientPort),
-		":2380": fmt.Sprintf(":%d", n.EtcdPeerPort),
-		":2381": fmt.Sprintf(":%d", n.EtcdMetricsPort),
+func hasFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || strings.HasPrefix(a, flag+"=") {
+			return true
+		}
 	}
-	files, _ := filepath.Glob(n.Path("/etc/kubernetes/*.conf"))
-	manifests, _ := filepath.Glob(n.Path("/etc/kubernetes/manifests/*.yaml"))
-	for _, f := range append(files, manifests...) {
-		b, err := os.ReadFile(f)
+	return false
+}
+
+var (
+	helpMu    sync.Mutex
+	helpCache = map[string]string{}
+)
+
+// acceptsFlag reports whether the kubeadm command named by the leading
+// non-flag args lists --flag in its help.
+func acceptsFlag(kubeadm string, args []string, flag string) bool {
+	var sub []string
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			break
+		}
+		sub = append(sub, a)
+	}
+	key := strings.Join(sub, " ")
+	helpMu.Lock()
+	defer helpMu.Unlock()
+	help, ok := helpCache[key]
+	if !ok {
+		cmd := exec.Command(kubeadm, append(sub, "--help")...)
+		cmd.Env = childEnv()
+		out, _ := cmd.CombinedOutput()
+		help = string(out)
+		helpCache[key] = help
+	}
+	return strings.Contains(help, "--"+flag+" string")
+}
+
+// childEnv is the environment of every child: no proxy variables (gRPC and
+// Go's HTTP client honour them), loopback exempt anyway.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch strings.ToLower(k) {
+		case "http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "NO_PROXY=127.0.0.1,localhost", "no_proxy=127.0.0.1,localhost")
+}
+
+// rewriteToLoopback points every kubeconfig at the apiserver on
+// 127.0.0.1:APIServerPort and makes every listen/advertise address, URL,
+// probe and kubeadm annotation in the manifests 127.0.0.1 with the node's
+// ports. The manifests are edited as text (kubeadm's bytes are otherwise
+// kept) and then checked parsed.
+func (n *Node) rewriteToLoopback() error {
+	confs, _ := filepath.Glob(n.Path("/etc/kubernetes/*.conf"))
+	for _, f := range confs {
+		if err := editFile(f, func(s string) string { return strings.ReplaceAll(s, NeverContacted, "127.0.0.1") }); err != nil {
+			return err
+		}
+		cfg, err := clientcmd.LoadFromFile(f)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		s := strings.ReplaceAll(string(b), NeverContacted, "127.0.0.1")
-		if strings.HasSuffix(f, ".yaml") {
-			for from, to := range ports {
-				s = strings.ReplaceAll(s, from, to)
+		want := fmt.Sprintf("https://127.0.0.1:%d", n.APIServerPort)
+		for name, c := range cfg.Clusters {
+			if c.Server != want {
+				return fmt.Errorf("%s: cluster %s server %s, want %s", filepath.Base(f), name, c.Server, want)
 			}
-			// the controller-manager and scheduler serve on fixed default
-			// ports: give each node its own, so tests can run in parallel
-			for comp, port := range map[string]int{"kube-controller-manager": n.ControllerManagerPort, "kube-scheduler": n.SchedulerPort} {
-				s = strings.Replace(s, "    - "+comp+"\n", fmt.Sprintf("    - %s\n    - --secure-port=%d\n", comp, port), 1)
-			}
-			s = strings.ReplaceAll(s, "port: 10257", fmt.Sprintf("port: %d", n.ControllerManagerPort))
-			s = strings.ReplaceAll(s, "port: 10259", fmt.Sprintf("port: %d", n.SchedulerPort))
-		}
-		st, _ := os.Stat(f)
-		if err := os.WriteFile(f, []byte(s), st.Mode().Perm()); err != nil {
-			t.Fatal(err)
 		}
 	}
-	if leaks := n.NonLoopbackAddresses(t); len(leaks) > 0 {
-		t.Fatalf("non-loopback addresses left after rewriting: %v", leaks)
+	if f := n.Path("/var/lib/kubelet/config.yaml"); exists(f) {
+		if err := editFile(f, func(s string) string { return strings.ReplaceAll(s, NeverContacted, "127.0.0.1") }); err != nil {
+			return err
+		}
 	}
-}
-
-var ipInURL = regexp.MustCompile(`(?:https?://|address[=:] ?|host: )(\d+\.\d+\.\d+\.\d+)`)
-
-// NonLoopbackAddresses lists every IPv4 address a client or server would use
-// (in URLs, address flags, probe hosts) that is not loopback, in the node's
-// kubeconfigs and manifests.
-func (n *Node) NonLoopbackAddresses(t testing.TB) []string {
-	t.Helper()
-	var out []string
-	files, _ := filepath.Glob(n.Path("/etc/kubernetes/*.conf"))
 	manifests, _ := filepath.Glob(n.Path("/etc/kubernetes/manifests/*.yaml"))
-	for _, f := range append(files, manifests...) {
-		b, _ := os.ReadFile(f)
-		for _, m := range ipInURL.FindAllStringSubmatch(string(b), -1) {
-			if ip := net.ParseIP(m[1]); ip == nil || !ip.IsLoopback() {
-				out = append(out, filepath.Base(f)+": "+m[0])
-			}
+	for _, f := range manifests {
+		comp := strings.TrimSuffix(filepath.Base(f), ".yaml")
+		if err := editFile(f, func(s string) string { return n.rewriteManifest(comp, s) }); err != nil {
+			return err
+		}
+		if err := n.checkManifest(comp); err != nil {
+			return err
 		}
 	}
-	return out
+	return nil
 }
 
-// Proc is a running control-plane process.
-type Proc struct {
-	Name    string
-	Cmd     *exec.Cmd
-	LogPath string
-	done    chan struct{}
-}
+var (
+	loopbackURLPort = regexp.MustCompile(`://127\.0\.0\.1:(\d+)\b`)
+	probePort       = regexp.MustCompile(`^(\s+port: )(\d+)$`)
+	urlListFlag     = regexp.MustCompile(`^(\s*- --(?:listen-client-urls|listen-peer-urls|advertise-client-urls|initial-advertise-peer-urls|etcd-servers)=)(.*)$`)
+)
 
-// Stop terminates the process group: SIGTERM, then SIGKILL after 10 s.
-// Idempotent.
-func (p *Proc) Stop() {
-	if p == nil || p.Cmd.Process == nil {
-		return
+func (n *Node) rewriteManifest(comp, s string) string {
+	s = strings.ReplaceAll(s, NeverContacted, "127.0.0.1")
+	urlPorts := map[string]int{"2379": n.EtcdClientPort, "2380": n.EtcdPeerPort, "2381": n.EtcdMetricsPort}
+	s = loopbackURLPort.ReplaceAllStringFunc(s, func(m string) string {
+		port := loopbackURLPort.FindStringSubmatch(m)[1]
+		if p, ok := urlPorts[port]; ok {
+			return fmt.Sprintf("://127.0.0.1:%d", p)
+		}
+		return m
+	})
+	probePorts := map[string]int{"2381": n.EtcdMetricsPort, "10257": n.ControllerManagerPort, "10259": n.SchedulerPort}
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if m := probePort.FindStringSubmatch(l); m != nil {
+			if p, ok := probePorts[m[2]]; ok {
+				lines[i] = m[1] + strconv.Itoa(p)
+			}
+		}
+		// https://127.0.0.1:P,https://10.255.0.1:P became the same URL twice
+		if m := urlListFlag.FindStringSubmatch(l); m != nil {
+			var uniq []string
+			for _, u := range strings.Split(m[2], ",") {
+				if !contains(uniq, u) {
+					uniq = append(uniq, u)
+				}
+			}
+			lines[i] = m[1] + strings.Join(uniq, ",")
+		}
 	}
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-}
-
-// Exited reports whether the process has ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// LogTail returns the last n lines of the process log.
-func (p *Proc) LogTail(n int) string {
-	b, _ := os.ReadFile(p.LogPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	switch comp {
+	case "kube-apiserver":
+		// kubeadm sets no --bind-address (0.0.0.0): listen on loopback only
+		lines = setFlag(lines, comp, "bind-address", "127.0.0.1")
+	case "kube-controller-manager":
+		// default 10257 is fixed: one port per node, so tests run in parallel
+		lines = setFlag(lines, comp, "secure-port", strconv.Itoa(n.ControllerManagerPort))
+	case "kube-scheduler":
+		lines = setFlag(lines, comp, "secure-port", strconv.Itoa(n.SchedulerPort))
 	}
 	return strings.Join(lines, "\n")
 }
 
-// Manifest reads the command line of a static pod manifest.
-func (n *Node) Manifest(t testing.TB, name string) []string {
-	t.Helper()
-	b, err := os.ReadFile(n.Path("/etc/kubernetes/manifests/" + name + ".yaml"))
+// setFlag sets --flag=value in the command of a kubeadm manifest, in
+// kubeadm's sorted order if it is new.
+func setFlag(lines []string, comp, flag, value string) []string {
+	cmdAt := -1
+	for i, l := range lines {
+		if strings.TrimSpace(l) == "- "+comp {
+			cmdAt = i
+			break
+		}
+	}
+	if cmdAt < 0 {
+		return lines
+	}
+	indent := lines[cmdAt][:strings.Index(lines[cmdAt], "- ")]
+	newLine := indent + "- --" + flag + "=" + value
+	insertAt := cmdAt + 1
+	for i := cmdAt + 1; i < len(lines) && strings.HasPrefix(lines[i], indent+"- --"); i++ {
+		name, _, _ := strings.Cut(strings.TrimPrefix(lines[i], indent+"- --"), "=")
+		if name == flag {
+			lines[i] = newLine
+			return lines
+		}
+		if name < flag {
+			insertAt = i + 1
+		}
+	}
+	return append(lines[:insertAt], append([]string{newLine}, lines[insertAt:]...)...)
+}
+
+// checkManifest verifies, on the parsed pod, what the rewrite promises.
+func (n *Node) checkManifest(comp string) error {
+	pod, err := n.Pod(comp)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	var pod struct {
-		Spec struct {
-			Containers []struct {
-				Command []string `yaml:"command"`
-				Args    []string `yaml:"args"`
-			} `yaml:"containers"`
-		} `yaml:"spec"`
+	flags := map[string]string{}
+	for _, a := range pod.Spec.Containers[0].Command[1:] {
+		k, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		flags[k] = v
 	}
-	if err := yaml.Unmarshal(b, &pod); err != nil {
+	want := map[string]map[string]string{
+		"etcd": {
+			"listen-client-urls":          fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort),
+			"advertise-client-urls":       fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort),
+			"listen-peer-urls":            fmt.Sprintf("https://127.0.0.1:%d", n.EtcdPeerPort),
+			"initial-advertise-peer-urls": fmt.Sprintf("https://127.0.0.1:%d", n.EtcdPeerPort),
+			"initial-cluster":             fmt.Sprintf("%s=https://127.0.0.1:%d", n.Name, n.EtcdPeerPort),
+			"listen-metrics-urls":         fmt.Sprintf("http://127.0.0.1:%d", n.EtcdMetricsPort),
+		},
+		"kube-apiserver": {
+			"advertise-address": "127.0.0.1",
+			"bind-address":      "127.0.0.1",
+			"secure-port":       strconv.Itoa(n.APIServerPort),
+			"etcd-servers":      fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort),
+		},
+		"kube-controller-manager": {"bind-address": "127.0.0.1", "secure-port": strconv.Itoa(n.ControllerManagerPort)},
+		"kube-scheduler":          {"bind-address": "127.0.0.1", "secure-port": strconv.Itoa(n.SchedulerPort)},
+	}[comp]
+	for k, v := range want {
+		if flags[k] != v {
+			return fmt.Errorf("%s: --%s=%q after rewriting, want %q", comp, k, flags[k], v)
+		}
+	}
+	c := pod.Spec.Containers[0]
+	for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+		if p != nil && p.HTTPGet != nil && p.HTTPGet.Host != "127.0.0.1" {
+			return fmt.Errorf("%s: probe host %q", comp, p.HTTPGet.Host)
+		}
+	}
+	return nil
+}
+
+// Pod parses a static pod manifest of the node (component: etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler).
+func (n *Node) Pod(comp string) (*corev1.Pod, error) {
+	b, err := os.ReadFile(n.Path("/etc/kubernetes/manifests/" + comp + ".yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(b, &pod); err != nil {
+		return nil, fmt.Errorf("%s manifest: %w", comp, err)
+	}
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.Containers[0].Command) == 0 {
+		return nil, fmt.Errorf("%s manifest: want one container with a command", comp)
+	}
+	return &pod, nil
+}
+
+// Manifest returns the command line (command + args) of a static pod
+// manifest.
+func (n *Node) Manifest(t testing.TB, comp string) []string {
+	t.Helper()
+	pod, err := n.Pod(comp)
+	if err != nil {
 		t.Fatal(err)
 	}
 	c := pod.Spec.Containers[0]
 	return append(append([]string{}, c.Command...), c.Args...)
 }
 
-// start runs a manifest's command as a process with node paths under Root.
-func (n *Node) start(t testing.TB, name string, extra ...string) *Proc {
+// NonLoopbackAddresses lists every non-loopback IPv4 address left in the
+// node's text files (see NonLoopback). Empty on a node made by Kubeadm.
+func (n *Node) NonLoopbackAddresses(t testing.TB) []string {
 	t.Helper()
-	argv := n.Manifest(t, name)
-	for i, a := range argv[1:] {
-		for _, prefix := range []string{"/etc/kubernetes/", "/var/lib/etcd"} {
-			if k, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(v, prefix) {
-				argv[i+1] = k + "=" + n.Path(v)
+	leaks, err := NonLoopback(n.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaks
+}
+
+var ipv4 = regexp.MustCompile(`\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}`)
+
+// NonLoopback scans every text file of a node tree (kubeconfigs,
+// manifests, kubelet files, anything else) for IPv4 addresses that are not
+// loopback and reports them as "path:line: text". Not reported: network
+// prefixes (an address followed by /len, e.g. --service-cluster-ip-range),
+// addresses in the service subnet (clusterDNS: nothing routes there),
+// PEM files and embedded base64 (certificate SANs may and do hold the
+// advertise address), binary files, and the harness's own directories:
+// /var/log (process logs) and /var/lib/etcd (etcd's data).
+func NonLoopback(root string) ([]string, error) {
+	_, services, _ := net.ParseCIDR(ServiceSubnet)
+	var out []string
+	err := filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if info.IsDir() {
+			if rel == filepath.Join("var", "log") || rel == filepath.Join("var", "lib", "etcd") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.IndexByte(b, 0) >= 0 || !utf8.Valid(b) || bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN")) {
+			return nil
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			for _, loc := range ipv4.FindAllStringIndex(line, -1) {
+				before, after := byte(' '), byte(' ')
+				if loc[0] > 0 {
+					before = line[loc[0]-1]
+				}
+				if loc[1] < len(line) {
+					after = line[loc[1]]
+				}
+				if isDigit(before) || before == '.' || isDigit(after) || after == '.' || after == '/' {
+					continue // part of a longer token, or a prefix
+				}
+				ip := net.ParseIP(line[loc[0]:loc[1]])
+				if ip == nil || ip.IsLoopback() || services.Contains(ip) {
+					continue
+				}
+				out = append(out, fmt.Sprintf("/%s:%d: %s", filepath.ToSlash(rel), i+1, strings.TrimSpace(line)))
 			}
 		}
+		return nil
+	})
+	return out, err
+}
+
+func isDigit(b byte) bool { return b >= '0' && b <= '9' }
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
 	}
-	argv = append(argv, extra...)
-	logPath := n.Path("/var/log/" + name + ".log")
-	os.MkdirAll(filepath.Dir(logPath), 0o755)
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	return false
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// editFile rewrites a file in place keeping its mode.
+func editFile(f string, edit func(string) string) error {
+	b, err := os.ReadFile(f)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	cmd := exec.Command(filepath.Join(n.Bin, argv[0]), argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	p := &Proc{Name: name, Cmd: cmd, LogPath: logPath, done: make(chan struct{})}
-	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
-	t.Cleanup(p.Stop)
-	return p
-}
-
-// StartEtcd runs etcd from its manifest and waits for /health on the
-// metrics port.
-func (n *Node) StartEtcd(t testing.TB) *Proc {
-	t.Helper()
-	os.MkdirAll(n.Path("/var/lib/etcd"), 0o700)
-	p := n.start(t, "etcd")
-	url := fmt.Sprintf("http://127.0.0.1:%d/health", n.EtcdMetricsPort)
-	if err := waitFor(60*time.Second, p, func() bool {
-		resp, err := http.Get(url)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	}); err != nil {
-		t.Fatalf("etcd did not become healthy: %v\n%s", err, p.LogTail(20))
-	}
-	return p
-}
-
-// StartAPIServer runs kube-apiserver from its manifest and waits until its
-// port accepts connections (not for readiness: an expired node never gets
-// ready; use WaitReady for that).
-func (n *Node) StartAPIServer(t testing.TB) *Proc {
-	t.Helper()
-	p := n.start(t, "kube-apiserver")
-	addr := fmt.Sprintf("127.0.0.1:%d", n.APIServerPort)
-	if err := waitFor(60*time.Second, p, func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	}); err != nil {
-		t.Fatalf("kube-apiserver did not listen: %v\n%s", err, p.LogTail(30))
-	}
-	return p
-}
-
-// StartControllerManager runs kube-controller-manager from its manifest.
-func (n *Node) StartControllerManager(t testing.TB) *Proc {
-	t.Helper()
-	return n.start(t, "kube-controller-manager", "--secure-port=0")
-}
-
-func waitFor(timeout time.Duration, p *Proc, ok func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if p.Exited() {
-			return fmt.Errorf("%s exited", p.Name)
-		}
-		if ok() {
-			return nil
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return fmt.Errorf("timed out after %s", timeout)
-}
-
-// Client returns a client-go clientset for a kubeconfig (node path).
-func (n *Node) Client(t testing.TB, kubeconfig string) *kubernetes.Clientset {
-	t.Helper()
-	cfg, err := clientcmd.BuildConfigFromFlags("", n.Path(kubeconfig))
+	st, err := os.Stat(f)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	cfg.Timeout = 5 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
-}
-
-// WaitReady polls /readyz with the kubeconfig until it answers ok.
-func (n *Node) WaitReady(ctx context.Context, t testing.TB, kubeconfig string, p *Proc) error {
-	cs := n.Client(t, kubeconfig)
-	var last error
-	for {
-		b, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		if err == nil && bytes.Equal(bytes.TrimSpace(b), []byte("ok")) {
-			return nil
-		}
-		last = err
-		if p != nil && p.Exited() {
-			return fmt.Errorf("%s exited: %v", p.Name, last)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not ready: %v (last error %v)", ctx.Err(), last)
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
-}
-
-// ListNamespaces lists namespace names with a kubeconfig.
-func (n *Node) ListNamespaces(ctx context.Context, t testing.TB, kubeconfig string) ([]string, error) {
-	list, err := n.Client(t, kubeconfig).CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, ns := range list.Items {
-		out = append(out, ns.Name)
-	}
-	return out, nil
-}
-
-// ServedCertificate returns the leaf certificate served on a loopback port.
-func ServedCertificate(port int) (*x509.Certificate, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp",
-		fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	return conn.ConnectionState().PeerCertificates[0], nil
-}
-
-// GrantClusterAdmins creates the ClusterRoleBinding that `kubeadm init`
-// creates (kubeadm:cluster-admins → cluster-admin), with super-admin.conf,
-// so admin.conf has its real rights. Idempotent.
-func (n *Node) GrantClusterAdmins(ctx context.Context, t testing.TB) error {
-	cs := n.Client(t, "/etc/kubernetes/super-admin.conf")
-	crb := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:cluster-admins"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
-		Subjects:   []rbacv1.Subject{{Kind: "Group", Name: "kubeadm:cluster-admins", APIGroup: "rbac.authorization.k8s.io"}},
-	}
-	_, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
+	s := edit(string(b))
+	if s == string(b) {
 		return nil
 	}
-	return err
-}
-
-// KubeletBootstrapped converts kubeadm's kubelet.conf (client certificate
-// embedded, as `kubeadm init phase kubeconfig` writes it) into the layout of
-// a node whose kubelet has rotated its certificate: the cert and key in
-// /var/lib/kubelet/pki/kubelet-client-<time>.pem, kubelet-client-current.pem
-// linking to it, and kubelet.conf pointing at that file (what kubeadm's
-// kubelet-finalize phase does).
-func (n *Node) KubeletBootstrapped(t testing.TB) {
-	t.Helper()
-	kc := n.Path("/etc/kubernetes/kubelet.conf")
-	cfg, err := clientcmd.LoadFromFile(kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := cfg.Contexts[cfg.CurrentContext]
-	ai := cfg.AuthInfos[ctx.AuthInfo]
-	dated := "/var/lib/kubelet/pki/kubelet-client-" + time.Now().UTC().Format("2006-01-02-15-04-05") + ".pem"
-	if err := os.MkdirAll(n.Path("/var/lib/kubelet/pki"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(n.Path(dated), append(append([]byte{}, ai.ClientCertificateData...), ai.ClientKeyData...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(dated, n.Path("/var/lib/kubelet/pki/kubelet-client-current.pem")); err != nil {
-		t.Fatal(err)
-	}
-	ai.ClientCertificateData, ai.ClientKeyData = nil, nil
-	ai.ClientCertificate = "/var/lib/kubelet/pki/kubelet-client-current.pem"
-	ai.ClientKey = "/var/lib/kubelet/pki/kubelet-client-current.pem"
-	if err := clientcmd.WriteToFile(*cfg, kc); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// KubeletClient is a client-go clientset with the kubelet's credential:
-// kubelet.conf's server and CA, and its client certificate (embedded, or
-// the file it points at, resolved under Root like the node would).
-func (n *Node) KubeletClient(t testing.TB) *kubernetes.Clientset {
-	t.Helper()
-	cfg, err := clientcmd.LoadFromFile(n.Path("/etc/kubernetes/kubelet.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := cfg.Contexts[cfg.CurrentContext]
-	cl, ai := cfg.Clusters[ctx.Cluster], cfg.AuthInfos[ctx.AuthInfo]
-	certPEM, keyPEM := ai.ClientCertificateData, ai.ClientKeyData
-	if len(certPEM) == 0 {
-		p := ai.ClientCertificate
-		if target, err := os.Readlink(n.Path(p)); err == nil {
-			p = target
-		}
-		if certPEM, err = os.ReadFile(n.Path(p)); err != nil {
-			t.Fatal(err)
-		}
-		keyPEM = certPEM
-	}
-	rc := &rest.Config{Host: cl.Server, Timeout: 5 * time.Second,
-		TLSClientConfig: rest.TLSClientConfig{CAData: cl.CertificateAuthorityData, CertData: certPEM, KeyData: keyPEM}}
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
-}
-
-// KubeadmJoin lays out a second control-plane node of the same cluster:
-// the CAs and service-account key of first are copied in before real
-// kubeadm generates the node's own leaves, as `kubeadm join
-// --control-plane` does with the certificates it downloads.
-func KubeadmJoin(t testing.TB, first *Node, o Options) *Node {
-	t.Helper()
-	root := t.TempDir()
-	for _, f := range []string{"ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key", "sa.key", "sa.pub"} {
-		b, err := os.ReadFile(first.Path("/etc/kubernetes/pki/" + f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := filepath.Join(root, "etc/kubernetes/pki", f)
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		mode := os.FileMode(0o644)
-		if strings.HasSuffix(f, ".key") {
-			mode = 0o600
-		}
-		if err := os.WriteFile(dst, b, mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return kubeadmAt(t, root, o)
+	return os.WriteFile(f, []byte(s), st.Mode().Perm())
 }

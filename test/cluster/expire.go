@@ -1,0 +1,91 @@
+package cluster
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/kubecpr/kubecpr/test/fixture"
+)
+
+// ClusterCA returns the cluster CA (ca.crt and its key) of the node; on an
+// ExternalCA node the key comes from where it is kept outside the tree.
+func (n *Node) ClusterCA(t testing.TB) *fixture.CA {
+	t.Helper()
+	crt, err := fixture.ReadCert(n.Path("/etc/kubernetes/pki/ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := n.Path("/etc/kubernetes/pki/ca.key")
+	if n.ExternalCAKey != "" {
+		keyFile = n.ExternalCAKey
+	}
+	key, err := readSigner(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture.CA{Cert: crt, Key: key}
+}
+
+// Resign re-signs leaves of the node into the window w with the node's own
+// CAs (fixture.ResignWithCA: pki leaves, kubeconfig-embedded client
+// certificates, the kubelet's current pem; same subjects, SANs, usages and
+// keys). only (nil: all) filters by node path.
+func (n *Node) Resign(t testing.TB, w fixture.Window, only func(nodePath string) bool) {
+	t.Helper()
+	var ca *fixture.CA
+	if n.ExternalCAKey != "" {
+		ca = n.ClusterCA(t)
+	}
+	if err := fixture.ResignWithCA(n.Root, w, only, ca); err != nil {
+		t.Fatalf("re-signing the node's leaves: %v", err)
+	}
+}
+
+// Expire re-signs every leaf of the node so that it expired ago: valid
+// from ago+1y before now until ago before now (a year-long certificate
+// that ran out, as on a node nobody upgraded). The CAs are left alone.
+func (n *Node) Expire(t testing.TB, ago time.Duration) {
+	t.Helper()
+	if ago <= 0 {
+		t.Fatalf("Expire(%s): want a positive duration", ago)
+	}
+	now := time.Now()
+	n.Resign(t, fixture.Window{NotBefore: now.Add(-ago).AddDate(-1, 0, 0), NotAfter: now.Add(-ago)}, nil)
+}
+
+// readSigner reads the first private key of a PEM file (PKCS#1, SEC 1 or
+// PKCS#8, as kubeadm writes them).
+func readSigner(file string) (crypto.Signer, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("%s: no private key", file)
+		}
+		switch blk.Type {
+		case "RSA PRIVATE KEY":
+			return x509.ParsePKCS1PrivateKey(blk.Bytes)
+		case "EC PRIVATE KEY":
+			return x509.ParseECPrivateKey(blk.Bytes)
+		case "PRIVATE KEY":
+			k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+			if err != nil {
+				return nil, err
+			}
+			s, ok := k.(crypto.Signer)
+			if !ok {
+				return nil, fmt.Errorf("%s: %T is not a signer", file, k)
+			}
+			return s, nil
+		}
+	}
+}
