@@ -40,10 +40,10 @@ const (
 )
 
 // binaries are the programs the harness runs.
-var binaries = []string{"kubeadm", "kube-apiserver", "kube-controller-manager", "etcd", "etcdctl"}
+var binaries = []string{"kubeadm", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "etcdctl"}
 
 // Binaries returns the directory with kubeadm, kube-apiserver,
-// kube-controller-manager, etcd and etcdctl: $KUBECPR_TESTBIN_DIR, else the
+// kube-controller-manager, kube-scheduler, etcd and etcdctl: $KUBECPR_TESTBIN_DIR, else the
 // default cache path of hack/testbin/build.sh. It fails the test (never
 // skips) when one is missing.
 func Binaries(t testing.TB) string {
@@ -60,7 +60,7 @@ func Binaries(t testing.TB) string {
 	for _, b := range binaries {
 		st, err := os.Stat(filepath.Join(dir, b))
 		if err != nil || st.IsDir() || st.Mode().Perm()&0o111 == 0 {
-			t.Fatalf("test binary %s missing in %s: run `make testbin` (hack/testbin/build.sh builds kubeadm, kube-apiserver, kube-controller-manager %s and etcd, etcdctl %s from their Go modules)",
+			t.Fatalf("test binary %s missing in %s: run `make testbin` (hack/testbin/build.sh builds kubeadm, kube-apiserver, kube-controller-manager, kube-scheduler %s and etcd, etcdctl %s from their Go modules)",
 				b, dir, KubernetesVersion, EtcdVersion)
 		}
 	}

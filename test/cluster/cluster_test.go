@@ -395,12 +395,13 @@ func TestExternalCANode(t *testing.T) {
 	}
 }
 
-// kube-controller-manager runs from its manifest against the node's
-// apiserver (controller-manager.conf rewritten to loopback): it gets
-// healthy on its own port, takes the leader lease, and its controllers
-// act (the service-account controller creates default/default).
-func TestControllerManagerRuns(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+// kube-controller-manager and kube-scheduler run from their manifests
+// against the node's apiserver (controller-manager.conf and scheduler.conf
+// rewritten to loopback): each gets healthy on its own port and takes its
+// leader lease, and the controllers act (the service-account controller
+// creates default/default).
+func TestControllerManagerAndSchedulerRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	n := Kubeadm(t, Options{NodeName: "cp-kcm"})
 	n.StartEtcd(t)
@@ -409,12 +410,17 @@ func TestControllerManagerRuns(t *testing.T) {
 		t.Fatalf("%v\n%s", err, api.LogTail(30))
 	}
 	kcm := n.StartControllerManager(t)
+	sched := n.StartScheduler(t)
 	cs := n.Client(t, "/etc/kubernetes/super-admin.conf")
-	var holder string
+	holders := map[string]string{}
 	for ctx.Err() == nil {
-		lease, err := cs.CoordinationV1().Leases("kube-system").Get(ctx, "kube-controller-manager", metav1.GetOptions{})
-		if err == nil && lease.Spec.HolderIdentity != nil {
-			holder = *lease.Spec.HolderIdentity
+		for _, name := range []string{"kube-controller-manager", "kube-scheduler"} {
+			lease, err := cs.CoordinationV1().Leases("kube-system").Get(ctx, name, metav1.GetOptions{})
+			if err == nil && lease.Spec.HolderIdentity != nil {
+				holders[name] = *lease.Spec.HolderIdentity
+			}
+		}
+		if len(holders) == 2 {
 			if _, err := cs.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{}); err == nil {
 				break
 			}
@@ -422,9 +428,9 @@ func TestControllerManagerRuns(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	if ctx.Err() != nil {
-		t.Fatalf("kube-controller-manager: no lease holder (%q) or default service account\n%s", holder, kcm.LogTail(20))
+		t.Fatalf("lease holders %v, or no default service account\nkube-controller-manager:\n%s\nkube-scheduler:\n%s", holders, kcm.LogTail(20), sched.LogTail(20))
 	}
-	t.Logf("kube-controller-manager leads (%s), default/default exists %s after start", holder, time.Since(kcm.Started).Round(time.Millisecond))
+	t.Logf("leaders %v; default/default exists %s after the controller manager started", holders, time.Since(kcm.Started).Round(time.Millisecond))
 }
 
 // The scanner behind the loopback promise catches what it must and only

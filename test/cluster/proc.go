@@ -236,6 +236,19 @@ func (n *Node) StartControllerManager(t testing.TB) *Proc {
 	return p
 }
 
+// StartScheduler runs kube-scheduler from its manifest (its own secure
+// port, see Node.SchedulerPort) and waits, up to 30 s, for the manifest's
+// probe (GET /healthz over HTTPS on 127.0.0.1). Start the apiserver first.
+func (n *Node) StartScheduler(t testing.TB) *Proc {
+	t.Helper()
+	p := n.start(t, "kube-scheduler")
+	if err := n.waitProbe(p, 30*time.Second); err != nil {
+		t.Fatalf("kube-scheduler did not become healthy: %v\n%s", err, p.LogTail(30))
+	}
+	t.Logf("cluster: kube-scheduler healthy in %s", time.Since(p.Started).Round(time.Millisecond))
+	return p
+}
+
 // waitProbe polls the HTTP probe of p's manifest (readiness, else startup,
 // else liveness) the way the kubelet would: 127.0.0.1, TLS unverified.
 func (n *Node) waitProbe(p *Proc, timeout time.Duration) error {

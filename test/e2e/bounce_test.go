@@ -52,13 +52,11 @@ func imageName(t *testing.T, n *cluster.Node, comp string) string {
 func startContainerNode(t *testing.T) *containerNode {
 	t.Helper()
 	n := cluster.Kubeadm(t, cluster.Options{})
-	// The scheduler is not among the test binaries: its manifest goes.
-	os.Remove(n.Path("/etc/kubernetes/manifests/kube-scheduler.yaml"))
 	d := ctrd.Start(t)
 	var imgs []ociimage.Image
-	for _, c := range []struct{ comp, bin string }{{"etcd", "etcd"}, {"kube-apiserver", "kube-apiserver"}, {"kube-controller-manager", "kube-controller-manager"}} {
-		imgs = append(imgs, ociimage.Image{Name: imageName(t, n, c.comp), Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
-			Files: []ociimage.File{{Path: "/usr/local/bin/" + c.bin, Mode: 0o755, SourcePath: filepath.Join(n.Bin, c.bin)}}})
+	for _, comp := range components { // each image holds the binary of the same name
+		imgs = append(imgs, ociimage.Image{Name: imageName(t, n, comp), Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+			Files: []ociimage.File{{Path: "/usr/local/bin/" + comp, Mode: 0o755, SourcePath: filepath.Join(n.Bin, comp)}}})
 	}
 	tarPath := filepath.Join(t.TempDir(), "images.tar")
 	if err := ociimage.WriteFile(tarPath, imgs...); err != nil {
@@ -148,9 +146,41 @@ func (cn *containerNode) assertServesNewCerts(t *testing.T) {
 	if parked, _ := os.ReadDir(cn.Path("/etc/kubernetes/manifests.kubecpr-out")); len(parked) > 0 {
 		t.Errorf("manifests left outside the static pod directory: %v", parked)
 	}
-	for _, m := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+	for _, m := range components {
 		if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
 			t.Errorf("manifest %s: %v", m, err)
+		}
+	}
+	cn.assertLeadersActive(ctx, t)
+}
+
+// components are the four static pods of a kubeadm control plane.
+var components = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+// assertLeadersActive proves kube-controller-manager and kube-scheduler are
+// back and talk to the apiserver with their new client certificates: each
+// renews its leader lease now (a client on an expired certificate gets 401
+// and cannot). Leases renew every 2 s; a renewal within 10 s counts.
+func (cn *containerNode) assertLeadersActive(ctx context.Context, t *testing.T) {
+	t.Helper()
+	cs := cn.Client(t, "/etc/kubernetes/admin.conf")
+	last := map[string]string{}
+	for _, name := range []string{"kube-controller-manager", "kube-scheduler"} {
+		for {
+			lease, err := cs.CoordinationV1().Leases("kube-system").Get(ctx, name, metav1.GetOptions{})
+			if err == nil && lease.Spec.RenewTime != nil && time.Since(lease.Spec.RenewTime.Time) < 10*time.Second {
+				break
+			}
+			if err != nil {
+				last[name] = err.Error()
+			} else if lease.Spec.RenewTime != nil {
+				last[name] = "renewed " + lease.Spec.RenewTime.Time.Format(time.RFC3339)
+			}
+			if ctx.Err() != nil {
+				t.Errorf("%s does not renew its lease (%s): not back on its new certificate", name, last[name])
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
 }
@@ -194,7 +224,7 @@ func TestBounceThroughContainerd(t *testing.T) {
 	for _, a := range rs.Actions {
 		seen[a.Action] = a.State + " " + a.Duration
 	}
-	for _, a := range []string{"bounce/kubelet", "bounce/etcd", "bounce/kube-apiserver", "bounce/kube-controller-manager"} {
+	for _, a := range []string{"bounce/kubelet", "bounce/etcd", "bounce/kube-apiserver", "bounce/kube-controller-manager", "bounce/kube-scheduler"} {
 		if !strings.HasPrefix(seen[a], "done ") || len(seen[a]) < 7 {
 			t.Errorf("status: %s = %q", a, seen[a])
 		}
@@ -236,7 +266,7 @@ func TestBounceKilledThenRollbackOrResume(t *testing.T) {
 			if d := diffMaps(expired, snapshot(t, cn.Root)); d != "" {
 				t.Fatalf("rollback not byte-identical:\n%s", d)
 			}
-			for _, m := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+			for _, m := range components {
 				if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
 					t.Errorf("after rollback, manifest %s: %v", m, err)
 				}
