@@ -89,6 +89,7 @@ disabled_plugins = [%[3]s]
     path = %[5]q
   [plugins."io.containerd.grpc.v1.cri"]
     restrict_oom_score_adj = true
+    sandbox_image = %[10]q
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
     [plugins."io.containerd.grpc.v1.cri".cni]
@@ -121,10 +122,85 @@ func lookPath(name, path string) (string, error) {
 	return "", exec.ErrNotFound
 }
 
+// Options for StartWith.
+type Options struct {
+	// SandboxImage is the CRI plugin's sandbox_image (default
+	// DefaultSandboxImage). No registry is reachable: import it before a
+	// kubelet asks for a pod.
+	SandboxImage string
+	// Binds are bind mounts made in a private mount namespace that the
+	// daemon (and its shims and containers) runs in: what a kubelet passes
+	// as a hostPath is then resolved there. Each Target is created on the
+	// host when missing (an empty directory, or an empty file for a file
+	// Source). Enter the namespace with Daemon.MountNamespace.
+	Binds []Bind
+	// Overlays are host directories (e.g. /etc, /usr, /var) given, in the
+	// namespace, a writable overlay layer under the daemon's Dir: what is
+	// created there (a mount point, a kubelet's DirectoryOrCreate hostPath)
+	// never reaches the host, and is gone with the daemon. Made before the
+	// Binds, so a Target under one needs no directory on the host.
+	Overlays []string
+}
+
+// Bind mounts Source at Target.
+type Bind struct{ Source, Target string }
+
+// DefaultSandboxImage is the pause image the CRI plugin is configured with.
+const DefaultSandboxImage = "registry.k8s.io/pause:3.10"
+
 // Start runs containerd for the test and stops it (with every task, shim,
 // mount and cgroup it made) in cleanup.
 func Start(t testing.TB) *Daemon {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// MountNamespace is the daemon's mount namespace ("/proc/PID/ns/mnt"): the
+// host's unless Options.Binds made a private one.
+func (d *Daemon) MountNamespace() string {
+	return fmt.Sprintf("/proc/%d/ns/mnt", d.Cmd.Process.Pid)
+}
+
+// bindScript is the shell run by unshare: make each target, bind-mount,
+// then exec containerd (same pid, so MountNamespace names the namespace).
+func bindScript(dir string, overlays []string, binds []Bind) (string, error) {
+	var b strings.Builder
+	b.WriteString("set -e\n")
+	for i, o := range overlays {
+		up, work := filepath.Join(dir, "overlay", strconv.Itoa(i), "upper"), filepath.Join(dir, "overlay", strconv.Itoa(i), "work")
+		if err := os.MkdirAll(up, 0o755); err != nil {
+			return "", err
+		}
+		if err := os.MkdirAll(work, 0o755); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "mount -t overlay overlay -o %s %s\n",
+			shellQuote("lowerdir="+o+",upperdir="+up+",workdir="+work), shellQuote(o))
+	}
+	for _, m := range binds {
+		st, err := os.Stat(m.Source)
+		if err != nil {
+			return "", fmt.Errorf("bind source: %w", err)
+		}
+		if st.IsDir() {
+			fmt.Fprintf(&b, "mkdir -p %s\n", shellQuote(m.Target))
+		} else {
+			fmt.Fprintf(&b, "[ -e %[1]s ] || { mkdir -p \"$(dirname %[1]s)\"; : > %[1]s; }\n", shellQuote(m.Target))
+		}
+		fmt.Fprintf(&b, "mount --bind %s %s\n", shellQuote(m.Source), shellQuote(m.Target))
+	}
+	b.WriteString("exec \"$@\"\n")
+	return b.String(), nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Daemon {
+	t.Helper()
+	if o.SandboxImage == "" {
+		o.SandboxImage = DefaultSandboxImage
+	}
 	if os.Geteuid() != 0 {
 		t.Fatal("ctrd: a real containerd needs root (mounts, cgroups, runc): run the tests as root, as CI does")
 	}
@@ -154,7 +230,7 @@ func Start(t testing.TB) *Daemon {
 	}
 	cfg := fmt.Sprintf(configTemplate, d.Root, d.State, strings.Join(quoted, ", "), d.Socket,
 		filepath.Join(dir, "opt"), filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d"),
-		d.Snapshotter, d.runcRoot())
+		d.Snapshotter, d.runcRoot(), o.SandboxImage)
 	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +240,15 @@ func Start(t testing.TB) *Daemon {
 	}
 	start := time.Now()
 	d.Cmd = exec.Command(bin, "--config", d.ConfigPath)
+	if len(o.Binds) > 0 || len(o.Overlays) > 0 {
+		script, err := bindScript(dir, o.Overlays, o.Binds)
+		if err != nil {
+			logf.Close()
+			close(d.done)
+			t.Fatalf("ctrd: %v", err)
+		}
+		d.Cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", bin, "--config", d.ConfigPath)
+	}
 	d.Cmd.Env = append(os.Environ(), "PATH="+path)
 	d.Cmd.Stdout, d.Cmd.Stderr = logf, logf
 	d.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

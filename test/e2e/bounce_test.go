@@ -158,26 +158,32 @@ func (cn *containerNode) assertServesNewCerts(t *testing.T) {
 var components = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
 
 // assertLeadersActive proves kube-controller-manager and kube-scheduler are
-// back and talk to the apiserver with their new client certificates: each
-// renews its leader lease now (a client on an expired certificate gets 401
-// and cannot). Leases renew every 2 s; a renewal within 10 s counts.
+// back and talk to the apiserver with their new client certificates.
 func (cn *containerNode) assertLeadersActive(ctx context.Context, t *testing.T) {
 	t.Helper()
-	cs := cn.Client(t, "/etc/kubernetes/admin.conf")
-	last := map[string]string{}
-	for _, name := range []string{"kube-controller-manager", "kube-scheduler"} {
+	assertLeasesRenewed(ctx, t, cn.Client(t, "/etc/kubernetes/admin.conf"), "kube-system", "kube-controller-manager", "kube-scheduler")
+}
+
+// assertLeasesRenewed waits until each named Lease was renewed within the
+// last 10 s: its holder authenticates to the apiserver now (a client on
+// an expired certificate gets 401 and cannot). Leader leases renew every
+// 2 s, node leases every 10 s / 4.
+func assertLeasesRenewed(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns string, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		last := "not found"
 		for {
-			lease, err := cs.CoordinationV1().Leases("kube-system").Get(ctx, name, metav1.GetOptions{})
+			lease, err := cs.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
 			if err == nil && lease.Spec.RenewTime != nil && time.Since(lease.Spec.RenewTime.Time) < 10*time.Second {
 				break
 			}
 			if err != nil {
-				last[name] = err.Error()
+				last = err.Error()
 			} else if lease.Spec.RenewTime != nil {
-				last[name] = "renewed " + lease.Spec.RenewTime.Time.Format(time.RFC3339)
+				last = "last renewed " + lease.Spec.RenewTime.Time.Format(time.RFC3339)
 			}
 			if ctx.Err() != nil {
-				t.Errorf("%s does not renew its lease (%s): not back on its new certificate", name, last[name])
+				t.Errorf("lease %s/%s is not renewed (%s): its holder is not back on a valid certificate", ns, name, last)
 				break
 			}
 			time.Sleep(500 * time.Millisecond)
