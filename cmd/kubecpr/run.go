@@ -35,6 +35,7 @@ func liveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cri-socket", Usage: "bounce: containerd socket (default: the kubelet config's containerRuntimeEndpoint, else /run/containerd/containerd.sock); setting it also allows bouncing a node served from --root"},
 		&cli.StringFlag{Name: "kubelet-restart-command", Usage: "bounce: shell command that restarts the kubelet where systemd is not PID 1 (default: systemctl restart kubelet)"},
 		&cli.DurationFlag{Name: "component-timeout", Value: 5 * time.Minute, Usage: "bounce: how long each component may take to come back healthy"},
+		&cli.DurationFlag{Name: "manifest-wait", Value: 20 * time.Second, Usage: "bounce, manifests method: how long to wait for the kubelet to stop a component whose manifest was moved out before stopping its container through the runtime (a kubelet that cannot reach the API server keeps static pods running)"},
 		&cli.StringFlag{Name: "apiserver-binary", Usage: "csr: when the node's API server does not answer, run this kube-apiserver binary as a temporary recovery API server on 127.0.0.1"},
 		&cli.StringFlag{Name: "etcd-binary", Usage: "csr: when the node's etcd does not answer, run this etcd from its manifest for the duration of the stage"},
 		&cli.DurationFlag{Name: "bootstrap-token", Usage: "csr: create a bootstrap token valid this long and write /etc/kubernetes/bootstrap-kubelet.conf for a kubelet that must re-bootstrap"},
@@ -101,7 +102,7 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 			return rt, rtErr
 		},
 		Services: svc, RestartMethod: method, ComponentTimeout: c.Duration("component-timeout"),
-		RestartDaemonSets: c.StringSlice("restart-daemonset"),
+		ManifestWait: c.Duration("manifest-wait"), RestartDaemonSets: c.StringSlice("restart-daemonset"),
 	}, nil
 }
 

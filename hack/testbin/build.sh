@@ -44,7 +44,7 @@ build_etcd() {
 
 build_etcd etcd go.etcd.io/etcd/server/v3
 build_etcd etcdctl go.etcd.io/etcd/etcdctl/v3
-for c in ${KUBECPR_TESTBIN_K8S:-kubeadm kube-apiserver kube-controller-manager kube-scheduler}; do
+for c in ${KUBECPR_TESTBIN_K8S:-kubeadm kube-apiserver kube-controller-manager kube-scheduler kubelet}; do
 	build_k8s "$c"
 done
 echo "$bin"

@@ -200,8 +200,12 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 	facts["old_container"] = oldID
 	switch live.RestartMethod {
 	case "manifests":
-		if err := cycleManifest(cctx, d, rt, comp, oldID); err != nil {
+		forced, err := cycleManifest(cctx, d, rt, comp, oldID, live)
+		if err != nil {
 			return fail(err)
+		}
+		if forced {
+			facts["stopped_through_runtime"] = "true"
 		}
 	default:
 		if rt == nil {
@@ -268,18 +272,30 @@ func waitNewContainer(ctx context.Context, rt runtime.Runtime, comp, oldID strin
 // cycleManifest moves the manifest out, waits until the container is gone,
 // and moves it back. Each move is a durable rename; an interrupted cycle is
 // repaired by putBack on resume or rollback.
-func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, comp, oldID string) error {
+//
+// A kubelet that cannot reach the API server — just restarted, on expired
+// credentials, or with the apiserver itself down — does not remove a
+// static pod whose manifest went away ("skipping delete because sources
+// aren't ready yet"). After live.ManifestWait the container is stopped
+// through the runtime instead (forced is then true): the kubelet, which
+// still wants the pod, starts it again on the new files.
+func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, comp, oldID string, live *pipeline.Live) (forced bool, err error) {
 	n := d.Node()
 	in := n.Path(path.Join(manifestsDir(d), comp+".yaml"))
 	out := n.Path(path.Join(HoldingDir, comp+".yaml"))
 	if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
-		return err
+		return false, err
 	}
 	if err := atomicfile.Rename(in, out); err != nil {
-		return fmt.Errorf("moving %s out: %w", in, err)
+		return false, fmt.Errorf("moving %s out: %w", in, err)
 	}
 	pipeline.CrashPoint("bounce-manifest-out-" + comp)
 	if rt != nil && oldID != "" {
+		wait := live.ManifestWait
+		if wait == 0 {
+			wait = 20 * time.Second
+		}
+		deadline := time.Now().Add(wait)
 		for {
 			cs, err := rt.ControlPlane(ctx)
 			if err == nil {
@@ -287,19 +303,32 @@ func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, com
 					break
 				}
 			}
+			if !forced && time.Now().After(deadline) {
+				fmt.Fprintf(d.Out(), "      the kubelet has not stopped %s %s after its manifest was moved out (a kubelet that cannot reach the API server keeps static pods: \"sources aren't ready\"); stopping container %.12s through the runtime\n", comp, wait, oldID)
+				grace := live.Grace
+				if grace == 0 {
+					grace = 30 * time.Second
+				}
+				if err := rt.Stop(ctx, oldID, grace); err != nil {
+					_ = atomicfile.Rename(out, in)
+					return true, fmt.Errorf("stopping %s through the runtime after the kubelet kept it: %w", comp, err)
+				}
+				forced = true
+				continue
+			}
 			select {
 			case <-ctx.Done():
 				_ = atomicfile.Rename(out, in)
-				return fmt.Errorf("the kubelet did not stop %s after its manifest was removed: %w", comp, ctx.Err())
+				return forced, fmt.Errorf("the kubelet did not stop %s after its manifest was removed: %w", comp, ctx.Err())
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
 	}
 	if err := atomicfile.Rename(out, in); err != nil {
-		return fmt.Errorf("moving %s back: %w", in, err)
+		return forced, fmt.Errorf("moving %s back: %w", in, err)
 	}
 	removeHoldingDir(n)
-	return nil
+	return forced, nil
 }
 
 // removeHoldingDir removes the holding directory once it is empty.

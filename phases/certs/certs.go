@@ -136,7 +136,10 @@ func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) 
 		validity = 365 * 24 * time.Hour
 	}
 	keyNote := "key kept"
-	if o.RotateKeys || it.Kind == inventory.KindKubeletClient {
+	switch {
+	case it.Kind == inventory.KindKubeletClient:
+		keyNote = "new ECDSA P-256 key, as the kubelet makes" // whatever the old one was
+	case o.RotateKeys:
 		keyNote = "new " + pki.KeyDescription(it.Cert.PublicKey) + " key"
 	}
 	until := d.Now().Add(validity).UTC()

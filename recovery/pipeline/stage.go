@@ -62,6 +62,13 @@ type Live struct {
 	ComponentTimeout time.Duration
 	// Grace is the SIGTERM grace period before SIGKILL.
 	Grace time.Duration
+	// ManifestWait is how long the manifests method waits for the kubelet
+	// to stop a component whose manifest it moved out before stopping the
+	// container through the runtime itself (default 20 s, the kubelet's
+	// default fileCheckFrequency). A kubelet that cannot reach the API
+	// server never removes a static pod ("skipping delete because sources
+	// aren't ready yet").
+	ManifestWait time.Duration
 	// RestartDaemonSets are NAMESPACE/NAME DaemonSets to roll once the API
 	// server is back (workloads holding their own client certificates).
 	RestartDaemonSets []string

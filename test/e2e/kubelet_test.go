@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/kubecpr/kubecpr/test/kubecprbin"
 	realkubelet "github.com/kubecpr/kubecpr/test/kubelet"
 	"github.com/kubecpr/kubecpr/test/ociimage"
+	"github.com/kubecpr/kubecpr/test/treesnap"
 )
 
 // kubeletNode is a kubeadm node whose control plane the real kubelet runs
@@ -130,9 +134,10 @@ func (kn *kubeletNode) expire(t *testing.T) {
 // new certificates are served on the wire. The kubelet itself is back on
 // its renewed credential: it renews its node lease again.
 func TestRealKubeletRecovery(t *testing.T) {
+	t.Parallel()
 	kn := startKubeletNode(t)
 	cs := kn.Client(t, "/etc/kubernetes/admin.conf")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	// the kubelet made the mirror pods: it is the real one, talking to the API
 	for _, comp := range components {
@@ -150,18 +155,49 @@ func TestRealKubeletRecovery(t *testing.T) {
 	}
 
 	kn.expire(t)
-	time.Sleep(3 * time.Second)
+	// The real symptoms: the API refuses clients, and the kubelet's own log
+	// says its client certificate expired. (What it says of the apiserver
+	// depends on timing: `x509: certificate has expired` while the expired
+	// apiserver serves, `connection refused` while it restarts, as it does
+	// when it cannot reach etcd on an expired client certificate.)
+	symptoms := []string{"Current certificate is expired"}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		last, seen := kn.k.LastStartLog(), 0
+		for _, s := range symptoms {
+			if strings.Contains(last, s) {
+				seen++
+			}
+		}
+		if seen == len(symptoms) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the kubelet on expired files does not log %q:\n%s", symptoms, kn.k.LogTail(40))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	if _, err := kn.ListNamespaces(ctx, t, "/etc/kubernetes/admin.conf"); err == nil {
 		t.Fatal("the expired control plane still answers")
-	} else {
-		t.Logf("symptom: %v", err)
 	}
-	t.Logf("kubelet on expired files:\n%s", kn.k.LogTail(30))
+	// kubecpr diagnose reads those lines from the real kubelet's log.
+	logFile := filepath.Join(t.TempDir(), "kubelet.log")
+	if err := os.WriteFile(logFile, []byte(kn.k.LastStartLog()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dg := kubecprbin.Run(t, nil, "--root", kn.Root, "-o", "json", "diagnose", "--offline", "--kubelet-log", logFile)
+	if dg.Code != 2 {
+		t.Errorf("diagnose: exit %d, want 2\n%s", dg.Code, dg.Stderr)
+	}
+	for _, id := range []string{"kubelet-kubelet-rotation-expired", "certs-expired"} {
+		if !strings.Contains(dg.Stdout, `"`+id+`"`) {
+			t.Errorf("diagnose on the real kubelet's log lacks symptom %s:\n%s", id, dg.Stdout)
+		}
+	}
 
 	start := time.Now()
 	starts := kn.k.Starts()
-	r := kubecprbin.Run(t, nil, "--root", kn.Root, "run", "--cri-socket", kn.d.Socket, "--restart-method", "containerd",
-		"--kubelet-restart-command", kn.k.RestartCommand(), "--component-timeout", "3m")
+	r := kubecprbin.Run(t, nil, append([]string{"--root", kn.Root, "run"}, kn.liveArgs("containerd")...)...)
 	if r.Code != 0 {
 		t.Fatalf("run: exit %d\n%s\n%s\nkubelet:\n%s", r.Code, r.Stdout, r.Stderr, kn.k.LogTail(60))
 	}
@@ -169,7 +205,26 @@ func TestRealKubeletRecovery(t *testing.T) {
 	if kn.k.Starts() <= starts {
 		t.Error("kubecpr did not restart the kubelet")
 	}
-	cs = kn.Client(t, "/etc/kubernetes/admin.conf")
+	if !strings.Contains(r.Stdout, "renew kubelet-client-current.pem") || !strings.Contains(r.Stdout, "new ECDSA P-256 key") {
+		t.Errorf("the run does not report the kubelet client renewal with its new key:\n%s", r.Stdout)
+	}
+	kn.assertRecovered(ctx, t)
+}
+
+func (kn *kubeletNode) liveArgs(method string) []string {
+	return []string{"--cri-socket", kn.d.Socket, "--restart-method", method,
+		"--kubelet-restart-command", kn.k.RestartCommand(), "--component-timeout", "3m", "--manifest-wait", "5s"}
+}
+
+// assertRecovered: client-go works with the new admin.conf; the apiserver
+// and etcd serve the certificates on disk; all four manifests are in
+// place; the controller manager, the scheduler and the kubelet renew their
+// leases (each authenticates with its new certificate); the kubelet's
+// client certificate is an ECDSA P-256 system:node:<name> chained to the
+// CA, and the running kubelet's certificate manager took it.
+func (kn *kubeletNode) assertRecovered(ctx context.Context, t *testing.T) {
+	t.Helper()
+	cs := kn.Client(t, "/etc/kubernetes/admin.conf")
 	if _, err := kn.ListNamespaces(ctx, t, "/etc/kubernetes/admin.conf"); err != nil {
 		t.Fatalf("client-go with the new admin.conf: %v", err)
 	}
@@ -186,6 +241,150 @@ func TestRealKubeletRecovery(t *testing.T) {
 			t.Errorf("port %d serves serial %s (until %s), disk %s has %s", c.port, served.SerialNumber, served.NotAfter, c.file, disk.SerialNumber)
 		}
 	}
+	for _, m := range components {
+		if _, err := os.Stat(kn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
+			t.Errorf("manifest %s: %v", m, err)
+		}
+	}
 	assertLeasesRenewed(ctx, t, cs, "kube-system", "kube-controller-manager", "kube-scheduler")
 	assertLeasesRenewed(ctx, t, cs, "kube-node-lease", kn.Name)
+
+	kc, err := fixture.ReadCert(kn.kubeletClientPEM(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := fixture.ReadCert(kn.Path("/etc/kubernetes/pki/ca.crt"))
+	if _, ok := kc.PublicKey.(*ecdsa.PublicKey); !ok || kc.Subject.CommonName != "system:node:"+kn.Name ||
+		len(kc.Subject.Organization) != 1 || kc.Subject.Organization[0] != "system:nodes" || kc.CheckSignatureFrom(ca) != nil || !time.Now().Before(kc.NotAfter) {
+		t.Errorf("kubelet client certificate: key %T, subject %s, until %s, chains to ca: %v", kc.PublicKey, kc.Subject, kc.NotAfter, kc.CheckSignatureFrom(ca))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		last := kn.k.LastStartLog()
+		if strings.Contains(last, "Waiting for next certificate rotation") && !strings.Contains(last, "Current certificate is expired") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted kubelet did not take its renewed certificate:\n%s", kn.k.LogTail(40))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// kubeletClientPEM resolves kubelet-client-current.pem under Root (the
+// kubelet links it with an absolute node path).
+func (kn *kubeletNode) kubeletClientPEM(t *testing.T) string {
+	p := kn.Path("/var/lib/kubelet/pki/kubelet-client-current.pem")
+	if target, err := os.Readlink(p); err == nil {
+		if filepath.IsAbs(target) {
+			return kn.Path(target)
+		}
+		return filepath.Join(filepath.Dir(p), target)
+	}
+	return p
+}
+
+// ownedSnapshot hashes what kubecpr may touch: /etc/kubernetes, the
+// kubelet's pki and config.yaml. (The rest of /var/lib/kubelet — pod
+// directories, checkpoints, plugin sockets — is the running kubelet's.)
+func (kn *kubeletNode) ownedSnapshot(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, top := range []string{"etc/kubernetes", "var/lib/kubelet/pki"} {
+		for k, v := range treesnap.Take(t, filepath.Join(kn.Root, top)) {
+			out[filepath.Join(top, k)] = v
+		}
+	}
+	b, err := os.ReadFile(kn.Path("/var/lib/kubelet/config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["var/lib/kubelet/config.yaml"] = string(b)
+	return out
+}
+
+// afterKubeletRewrite is ownedSnapshot, taking into account what the real
+// kubelet itself writes once rollback restarted it: finding its restored
+// client certificate expired, it stores the one embedded in kubelet.conf
+// again as a new kubelet-client-<time>.pem and re-points
+// kubelet-client-current.pem (it did the same when the node was expired,
+// which is where the `want` link points). Such a new file is accepted
+// only when its bytes equal those of the file `want` links to, and the
+// link then counts as pointing there; everything else must be
+// byte-identical.
+func (kn *kubeletNode) afterKubeletRewrite(t *testing.T, want map[string]string) map[string]string {
+	t.Helper()
+	got := kn.ownedSnapshot(t)
+	const dir, link = "var/lib/kubelet/pki/", "var/lib/kubelet/pki/kubelet-client-current.pem"
+	wantTarget := ""
+	if i := strings.Index(want[link], "-> /"); i >= 0 {
+		wantTarget = strings.TrimPrefix(strings.TrimSpace(want[link][i+3:]), "/")
+	}
+	if wantTarget == "" || want[wantTarget] == "" {
+		return got
+	}
+	contentOf := func(desc string) string { // "mode uid:gid sha" → "sha"
+		f := strings.Fields(desc)
+		return f[len(f)-1]
+	}
+	for p, desc := range got {
+		if _, old := want[p]; old || !strings.HasPrefix(p, dir+"kubelet-client-") || p == link {
+			continue
+		}
+		if contentOf(desc) == contentOf(want[wantTarget]) && strings.HasSuffix(got[link], "-> /"+p) {
+			t.Logf("the restarted kubelet re-wrote its restored credential as %s (same bytes as %s)", p, wantTarget)
+			delete(got, p)
+			got[link] = want[link]
+		}
+	}
+	return got
+}
+
+// kill -9 in the middle of the bounce with the manifests method — the
+// kubelet has stopped the apiserver because its manifest is parked — then
+// rollback: every file byte-identical, every manifest back, the real
+// kubelet runs etcd on the old certificate again. Then a run killed at the
+// same point, and resume: all four healthy on the new certificates.
+func TestRealKubeletKilledMidBounce(t *testing.T) {
+	t.Parallel()
+	kn := startKubeletNode(t)
+	kn.expire(t)
+	expired := kn.ownedSnapshot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const crashAt = "bounce-manifest-out-kube-apiserver"
+	killedRun := func() {
+		t.Helper()
+		r := kubecprbin.Run(t, []string{"KUBECPR_CRASH_AT=" + crashAt}, append([]string{"--root", kn.Root, "run"}, kn.liveArgs("manifests")...)...)
+		if !r.Killed {
+			t.Fatalf("run was not killed at %s: exit %d\n%s%s", crashAt, r.Code, r.Stdout, r.Stderr)
+		}
+		if _, err := os.Stat(kn.Path("/etc/kubernetes/manifests.kubecpr-out/kube-apiserver.yaml")); err != nil {
+			t.Fatalf("the kill did not leave the manifest parked: %v", err)
+		}
+	}
+
+	killedRun()
+	r := kubecprbin.Run(t, nil, append([]string{"--root", kn.Root, "rollback"}, kn.liveArgs("manifests")...)...)
+	if r.Code != 0 {
+		t.Fatalf("rollback: exit %d\n%s\n%s\nkubelet:\n%s", r.Code, r.Stdout, r.Stderr, kn.k.LogTail(40))
+	}
+	if d := diffMaps(expired, kn.afterKubeletRewrite(t, expired)); d != "" {
+		t.Fatalf("rollback not byte-identical:\n%s", d)
+	}
+	served, err := cluster.ServedCertificate(kn.EtcdClientPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, _ := fixture.ReadCert(kn.Path("/etc/kubernetes/pki/etcd/server.crt"))
+	if served.SerialNumber.Cmp(disk.SerialNumber) != 0 || time.Now().Before(served.NotAfter) {
+		t.Errorf("after rollback etcd serves %s (until %s), disk has %s", served.SerialNumber, served.NotAfter, disk.SerialNumber)
+	}
+
+	killedRun()
+	r = kubecprbin.Run(t, nil, append([]string{"--root", kn.Root, "resume"}, kn.liveArgs("manifests")...)...)
+	if r.Code != 0 {
+		t.Fatalf("resume: exit %d\n%s\n%s\nkubelet:\n%s", r.Code, r.Stdout, r.Stderr, kn.k.LogTail(40))
+	}
+	kn.assertRecovered(ctx, t)
 }

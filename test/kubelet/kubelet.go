@@ -296,6 +296,15 @@ func (k *Kubelet) Log() string {
 	return string(b)
 }
 
+// LastStartLog is what the running (newest) kubelet has written.
+func (k *Kubelet) LastStartLog() string {
+	l := k.Log()
+	if i := strings.LastIndex(l, "=== kubelet start "); i >= 0 {
+		return l[i:]
+	}
+	return l
+}
+
 // LogTail is the last n lines of the log.
 func (k *Kubelet) LogTail(n int) string {
 	lines := strings.Split(strings.TrimRight(k.Log(), "\n"), "\n")
