@@ -49,5 +49,23 @@ echo "check after rollback: exit code $rc (expired again, as before)"
 
 step "live stages (bounce, csr) on a generated node: what they would do"
 "$kubecpr" --root "$root" --now "$now" plan --from bounce --until csr
-echo "(the live stages act only on the real node, or with --cri-socket / --apiserver-binary;"
-echo " make test runs them against real containerd, etcd and kube-apiserver: test/e2e)"
+echo "(the live stages act only on the real node, or with --cri-socket / --apiserver-binary)"
+
+# The whole pipeline, live stages included, on a real kubeadm node: needs
+# root, containerd/runc and the test binaries that `make test` builds.
+bindir=${KUBECPR_TESTBIN_DIR:-${KUBECPR_TESTBIN:-$HOME/.cache/kubecpr/testbin}/k8s-v1.33.13-etcd-v3.5.21/bin}
+missing=""
+[ "$(id -u)" = 0 ] || missing="$missing root"
+for b in containerd runc; do PATH=$PATH:/usr/sbin:/sbin command -v $b >/dev/null || missing="$missing $b"; done
+for b in kubeadm kubelet kube-apiserver kube-controller-manager kube-scheduler etcd; do [ -x "$bindir/$b" ] || missing="$missing $b"; done
+if [ -z "$missing" ]; then
+	step "live: a real kubeadm node whose control plane the real kubelet runs in real containerd, expired, recovered end to end"
+	echo "(test/e2e TestRealKubeletRecovery; kubelet log lines left out)"
+	KUBECPR_TESTBIN_DIR=$bindir go test -count=1 -run 'TestRealKubeletRecovery$' -v ./test/e2e 2>&1 |
+		grep -v -E '^ +[IEW][0-9]{4} |^=== (RUN|PAUSE|CONT)' | sed 's/^    kubelet_test.go:[0-9]*: //'
+	[ "${PIPESTATUS[0]}" = 0 ] || { echo "demo: the live recovery failed" >&2; exit 1; }
+else
+	echo
+	echo "skipped the live recovery (bounce through containerd with the real kubelet, csr):"
+	echo "missing:$missing. Run as root after \`make test\` (it installs containerd and builds the binaries)."
+fi

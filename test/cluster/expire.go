@@ -1,11 +1,6 @@
 package cluster
 
 import (
-	"crypto"
-	"crypto/x509"
-	"encoding/pem"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -24,7 +19,7 @@ func (n *Node) ClusterCA(t testing.TB) *fixture.CA {
 	if n.ExternalCAKey != "" {
 		keyFile = n.ExternalCAKey
 	}
-	key, err := readSigner(keyFile)
+	key, err := fixture.ReadKey(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,36 +51,4 @@ func (n *Node) Expire(t testing.TB, ago time.Duration) {
 	}
 	now := time.Now()
 	n.Resign(t, fixture.Window{NotBefore: now.Add(-ago).AddDate(-1, 0, 0), NotAfter: now.Add(-ago)}, nil)
-}
-
-// readSigner reads the first private key of a PEM file (PKCS#1, SEC 1 or
-// PKCS#8, as kubeadm writes them).
-func readSigner(file string) (crypto.Signer, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return nil, fmt.Errorf("%s: no private key", file)
-		}
-		switch blk.Type {
-		case "RSA PRIVATE KEY":
-			return x509.ParsePKCS1PrivateKey(blk.Bytes)
-		case "EC PRIVATE KEY":
-			return x509.ParseECPrivateKey(blk.Bytes)
-		case "PRIVATE KEY":
-			k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-			if err != nil {
-				return nil, err
-			}
-			s, ok := k.(crypto.Signer)
-			if !ok {
-				return nil, fmt.Errorf("%s: %T is not a signer", file, k)
-			}
-			return s, nil
-		}
-	}
 }

@@ -228,12 +228,7 @@ func (n *Node) StartAPIServer(t testing.TB) *Proc {
 // Start the apiserver first.
 func (n *Node) StartControllerManager(t testing.TB) *Proc {
 	t.Helper()
-	p := n.start(t, "kube-controller-manager")
-	if err := n.waitProbe(p, 30*time.Second); err != nil {
-		t.Fatalf("kube-controller-manager did not become healthy: %v\n%s", err, p.LogTail(30))
-	}
-	t.Logf("cluster: kube-controller-manager healthy in %s", time.Since(p.Started).Round(time.Millisecond))
-	return p
+	return n.startProbed(t, "kube-controller-manager")
 }
 
 // StartScheduler runs kube-scheduler from its manifest (its own secure
@@ -241,11 +236,16 @@ func (n *Node) StartControllerManager(t testing.TB) *Proc {
 // probe (GET /healthz over HTTPS on 127.0.0.1). Start the apiserver first.
 func (n *Node) StartScheduler(t testing.TB) *Proc {
 	t.Helper()
-	p := n.start(t, "kube-scheduler")
+	return n.startProbed(t, "kube-scheduler")
+}
+
+func (n *Node) startProbed(t testing.TB, comp string) *Proc {
+	t.Helper()
+	p := n.start(t, comp)
 	if err := n.waitProbe(p, 30*time.Second); err != nil {
-		t.Fatalf("kube-scheduler did not become healthy: %v\n%s", err, p.LogTail(30))
+		t.Fatalf("%s did not become healthy: %v\n%s", comp, err, p.LogTail(30))
 	}
-	t.Logf("cluster: kube-scheduler healthy in %s", time.Since(p.Started).Round(time.Millisecond))
+	t.Logf("cluster: %s healthy in %s", comp, time.Since(p.Started).Round(time.Millisecond))
 	return p
 }
 

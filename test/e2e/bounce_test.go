@@ -49,20 +49,33 @@ func imageName(t *testing.T, n *cluster.Node, comp string) string {
 	return ""
 }
 
-func startContainerNode(t *testing.T) *containerNode {
-	t.Helper()
-	n := cluster.Kubeadm(t, cluster.Options{})
-	d := ctrd.Start(t)
+// controlPlaneImages are the images of the four static pods, named as in
+// their manifests, each holding the test binary of the same name.
+func controlPlaneImages(t *testing.T, n *cluster.Node) []ociimage.Image {
 	var imgs []ociimage.Image
-	for _, comp := range components { // each image holds the binary of the same name
+	for _, comp := range components {
 		imgs = append(imgs, ociimage.Image{Name: imageName(t, n, comp), Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
 			Files: []ociimage.File{{Path: "/usr/local/bin/" + comp, Mode: 0o755, SourcePath: filepath.Join(n.Bin, comp)}}})
 	}
+	return imgs
+}
+
+// importImages writes the images into one tarball and imports it into
+// the kubelet's namespace.
+func importImages(t *testing.T, d *ctrd.Daemon, imgs ...ociimage.Image) {
+	t.Helper()
 	tarPath := filepath.Join(t.TempDir(), "images.tar")
 	if err := ociimage.WriteFile(tarPath, imgs...); err != nil {
 		t.Fatal(err)
 	}
 	d.Import(t, runtime.Namespace, tarPath)
+}
+
+func startContainerNode(t *testing.T) *containerNode {
+	t.Helper()
+	n := cluster.Kubeadm(t, cluster.Options{})
+	d := ctrd.Start(t)
+	importImages(t, d, controlPlaneImages(t, n)...)
 	sp := staticpods.Start(t, n.Root, n.Name, d.Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -122,36 +135,46 @@ func (cn *containerNode) liveArgs(method string) []string {
 }
 
 // assertServesNewCerts checks on the wire that the apiserver and etcd serve
-// the certificates on disk, and client-go works with the new admin.conf.
+// the certificates on disk, client-go works with the new admin.conf, all
+// four manifests are in place and the controller manager and scheduler are
+// back on their new certificates.
 func (cn *containerNode) assertServesNewCerts(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := cn.ListNamespaces(ctx, t, "/etc/kubernetes/admin.conf"); err != nil {
+	assertServesDiskCerts(ctx, t, cn.Node)
+	if parked, _ := os.ReadDir(cn.Path("/etc/kubernetes/manifests.kubecpr-out")); len(parked) > 0 {
+		t.Errorf("manifests left outside the static pod directory: %v", parked)
+	}
+	cn.assertLeadersActive(ctx, t)
+}
+
+// assertServesDiskCerts: client-go lists namespaces with the new
+// admin.conf; the apiserver and etcd serve, on the wire, the certificates
+// now on disk, and those are valid; every static pod manifest is in place.
+func assertServesDiskCerts(ctx context.Context, t *testing.T, n *cluster.Node) {
+	t.Helper()
+	if _, err := n.ListNamespaces(ctx, t, "/etc/kubernetes/admin.conf"); err != nil {
 		t.Fatalf("client-go with the new admin.conf: %v", err)
 	}
 	for _, c := range []struct {
 		port int
 		file string
-	}{{cn.APIServerPort, "/etc/kubernetes/pki/apiserver.crt"}, {cn.EtcdClientPort, "/etc/kubernetes/pki/etcd/server.crt"}} {
+	}{{n.APIServerPort, "/etc/kubernetes/pki/apiserver.crt"}, {n.EtcdClientPort, "/etc/kubernetes/pki/etcd/server.crt"}} {
 		served, err := cluster.ServedCertificate(c.port)
 		if err != nil {
 			t.Fatal(err)
 		}
-		disk, _ := fixture.ReadCert(cn.Path(c.file))
+		disk, _ := fixture.ReadCert(n.Path(c.file))
 		if served.SerialNumber.Cmp(disk.SerialNumber) != 0 || !time.Now().Before(served.NotAfter) {
 			t.Errorf("port %d serves serial %s (until %s), disk %s has %s", c.port, served.SerialNumber, served.NotAfter, c.file, disk.SerialNumber)
 		}
 	}
-	if parked, _ := os.ReadDir(cn.Path("/etc/kubernetes/manifests.kubecpr-out")); len(parked) > 0 {
-		t.Errorf("manifests left outside the static pod directory: %v", parked)
-	}
 	for _, m := range components {
-		if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
+		if _, err := os.Stat(n.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
 			t.Errorf("manifest %s: %v", m, err)
 		}
 	}
-	cn.assertLeadersActive(ctx, t)
 }
 
 // components are the four static pods of a kubeadm control plane.
