@@ -403,6 +403,15 @@ func TestExternalCANode(t *testing.T) {
 func TestControllerManagerAndSchedulerRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	const flexDir = "/usr/libexec/kubernetes"
+	if _, err := os.Stat(flexDir); os.IsNotExist(err) {
+		// the controller manager makes its flex volume dir: under Root only
+		defer func() {
+			if _, err := os.Stat(flexDir); err == nil {
+				t.Errorf("%s was created on the host", flexDir)
+			}
+		}()
+	}
 	n := Kubeadm(t, Options{NodeName: "cp-kcm"})
 	n.StartEtcd(t)
 	api := n.StartAPIServer(t)

@@ -226,9 +226,15 @@ func (n *Node) StartAPIServer(t testing.TB) *Proc {
 // (its own secure port, see Node.ControllerManagerPort) and waits, up to
 // 30 s, for the manifest's probe (GET /healthz over HTTPS on 127.0.0.1).
 // Start the apiserver first.
+//
+// kube-controller-manager creates its flex volume directory when missing
+// (default /usr/libexec/kubernetes/kubelet-plugins/volume/exec, the
+// manifest's hostPath): the harness points it under Root so the host is
+// left alone.
 func (n *Node) StartControllerManager(t testing.TB) *Proc {
 	t.Helper()
-	return n.startProbed(t, "kube-controller-manager")
+	return n.startProbed(t, "kube-controller-manager",
+		"--flex-volume-plugin-dir="+n.Path("/usr/libexec/kubernetes/kubelet-plugins/volume/exec"))
 }
 
 // StartScheduler runs kube-scheduler from its manifest (its own secure
@@ -239,9 +245,9 @@ func (n *Node) StartScheduler(t testing.TB) *Proc {
 	return n.startProbed(t, "kube-scheduler")
 }
 
-func (n *Node) startProbed(t testing.TB, comp string) *Proc {
+func (n *Node) startProbed(t testing.TB, comp string, extra ...string) *Proc {
 	t.Helper()
-	p := n.start(t, comp)
+	p := n.start(t, comp, extra...)
 	if err := n.waitProbe(p, 30*time.Second); err != nil {
 		t.Fatalf("%s did not become healthy: %v\n%s", comp, err, p.LogTail(30))
 	}
