@@ -173,8 +173,9 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	facts := map[string]string{"method": live.RestartMethod}
+	oldLogs := logFiles(d.Node(), comp)
 	fail := func(err error) (map[string]string, error) {
-		return nil, &ComponentError{Component: comp, Err: err, Logs: LogTail(d.Node(), comp, 15)}
+		return nil, &ComponentError{Component: comp, Err: err, Logs: LogTailSince(d.Node(), comp, 15, oldLogs)}
 	}
 	// A manifest parked by an interrupted run goes back first.
 	if err := putBack(d, comp); err != nil {
@@ -374,18 +375,45 @@ func ParkedManifests(n *node.Node) []string {
 // that has something in it (a container that was just recreated may not
 // have written yet).
 func LogTail(n *node.Node, comp string, lines int) string {
+	return LogTailSince(n, comp, lines, nil)
+}
+
+// logFiles are the component's container logs on disk now.
+func logFiles(n *node.Node, comp string) map[string]bool {
 	matches, _ := filepath.Glob(n.Path("/var/log/pods/*/" + comp + "/*.log"))
-	var newest string
-	var t time.Time
+	out := map[string]bool{}
 	for _, m := range matches {
-		if st, err := os.Stat(m); err == nil && st.Size() > 0 && st.ModTime().After(t) {
-			newest, t = m, st.ModTime()
-		}
+		out[m] = true
 	}
-	if newest == "" {
+	return out
+}
+
+// LogTailSince is LogTail preferring the containers started after `old`
+// was taken: when a new container fails at once (a bad flag), the old one
+// may still be logging its graceful shutdown, and its lines would hide the
+// cause. Without a new non-empty log, the most recently written one.
+func LogTailSince(n *node.Node, comp string, lines int, old map[string]bool) string {
+	newest := func(fresh bool) string {
+		var best string
+		var t time.Time
+		for m := range logFiles(n, comp) {
+			if fresh && old[m] {
+				continue
+			}
+			if st, err := os.Stat(m); err == nil && st.Size() > 0 && st.ModTime().After(t) {
+				best, t = m, st.ModTime()
+			}
+		}
+		return best
+	}
+	file := newest(true)
+	if file == "" {
+		file = newest(false)
+	}
+	if file == "" {
 		return ""
 	}
-	b, err := os.ReadFile(newest)
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return ""
 	}

@@ -1,0 +1,157 @@
+package bounce
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
+	"github.com/kubecpr/kubecpr/recovery/runtime"
+)
+
+// data is the part of pipeline.Data that cycleManifest uses.
+type data struct {
+	pipeline.Data
+	n   *node.Node
+	out bytes.Buffer
+}
+
+func (d *data) Node() *node.Node       { return d.n }
+func (d *data) Cluster() *node.Cluster { return nil }
+func (d *data) Out() io.Writer         { return &d.out }
+func (d *data) manifest(comp string) string {
+	return d.n.Path("/etc/kubernetes/manifests/" + comp + ".yaml")
+}
+
+// kubelet plays the two kubelets the manifests method meets: one that
+// stops a static pod when its manifest goes away, and one that cannot
+// reach the API server and keeps it ("sources aren't ready").
+type kubelet struct {
+	d        *data
+	honours  bool
+	mu       sync.Mutex
+	stopped  bool
+	stops    int
+	sawGrace time.Duration
+}
+
+func (k *kubelet) ControlPlane(context.Context) ([]runtime.Container, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, err := os.Stat(k.d.manifest("kube-apiserver")); k.honours && os.IsNotExist(err) {
+		k.stopped = true
+	}
+	return []runtime.Container{{ID: "old", Name: "kube-apiserver", Running: !k.stopped}}, nil
+}
+
+func (k *kubelet) Stop(_ context.Context, id string, grace time.Duration) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.stopped, k.sawGrace = true, grace
+	k.stops++
+	return nil
+}
+
+func (k *kubelet) Remove(context.Context, string) error { return nil }
+func (k *kubelet) Close() error                         { return nil }
+
+func newData(t *testing.T) *data {
+	root := t.TempDir()
+	n, err := node.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &data{n: n}
+	if err := os.MkdirAll(filepath.Dir(d.manifest("x")), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.manifest("kube-apiserver"), []byte("kind: Pod\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestCycleManifestKubeletStopsThePod(t *testing.T) {
+	d := newData(t)
+	k := &kubelet{d: d, honours: true}
+	forced, err := cycleManifest(context.Background(), d, k, "kube-apiserver", "old", &pipeline.Live{ManifestWait: time.Minute})
+	if err != nil || forced || k.stops != 0 {
+		t.Fatalf("forced=%v err=%v stops=%d: the kubelet stopped it, kubecpr must not", forced, err, k.stops)
+	}
+	assertBackInPlace(t, d)
+}
+
+func TestCycleManifestKubeletKeepsThePod(t *testing.T) {
+	d := newData(t)
+	k := &kubelet{d: d}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	forced, err := cycleManifest(ctx, d, k, "kube-apiserver", "old", &pipeline.Live{ManifestWait: 300 * time.Millisecond, Grace: 7 * time.Second})
+	if err != nil || !forced || k.stops != 1 || k.sawGrace != 7*time.Second {
+		t.Fatalf("forced=%v err=%v stops=%d grace=%s: want one stop through the runtime with the grace", forced, err, k.stops, k.sawGrace)
+	}
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Errorf("stopped after %s, before --manifest-wait", waited)
+	}
+	if !strings.Contains(d.out.String(), "sources aren't ready") || !strings.Contains(d.out.String(), "through the runtime") {
+		t.Errorf("no explanation in the output:\n%s", d.out.String())
+	}
+	assertBackInPlace(t, d)
+}
+
+// A deadline that ends before the kubelet (or kubecpr) stops the pod puts
+// the manifest back and says which component.
+func TestCycleManifestTimeoutPutsTheManifestBack(t *testing.T) {
+	d := newData(t)
+	k := &kubelet{d: d}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := cycleManifest(ctx, d, k, "kube-apiserver", "old", &pipeline.Live{ManifestWait: time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "did not stop kube-apiserver") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(d.manifest("kube-apiserver")); err != nil {
+		t.Fatalf("manifest not put back: %v", err)
+	}
+}
+
+func assertBackInPlace(t *testing.T, d *data) {
+	t.Helper()
+	if b, err := os.ReadFile(d.manifest("kube-apiserver")); err != nil || string(b) != "kind: Pod\n" {
+		t.Errorf("manifest not back as it was: %q %v", b, err)
+	}
+	if _, err := os.Stat(d.n.Path(HoldingDir)); !os.IsNotExist(err) {
+		t.Errorf("holding directory left: %v", err)
+	}
+}
+
+// The container that failed at once is the one whose log is shown, even
+// while the old one is still writing its graceful shutdown.
+func TestLogTailSincePrefersNewContainers(t *testing.T) {
+	d := newData(t)
+	dir := d.n.Path("/var/log/pods/kube-system_kube-apiserver-cp-1_uid/kube-apiserver")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	oldLog, newLog := filepath.Join(dir, "0.log"), filepath.Join(dir, "1.log")
+	os.WriteFile(oldLog, []byte("serving\n"), 0o644)
+	before := logFiles(d.n, "kube-apiserver")
+	os.WriteFile(newLog, []byte("Error: unknown flag: --no-such-flag\n"), 0o644)
+	os.WriteFile(oldLog, []byte("serving\nshutting down: connection refused\n"), 0o644) // written last
+	later := time.Now().Add(time.Second)
+	os.Chtimes(oldLog, later, later)
+	if got := LogTailSince(d.n, "kube-apiserver", 5, before); !strings.Contains(got, "unknown flag") {
+		t.Errorf("LogTailSince = %q, want the new container's log", got)
+	}
+	if got := LogTail(d.n, "kube-apiserver", 5); !strings.Contains(got, "shutting down") {
+		t.Errorf("LogTail = %q, want the most recently written log", got)
+	}
+}
