@@ -142,7 +142,7 @@ func TestSecretsRefused(t *testing.T) {
 	before, _ := os.ReadFile(p)
 	j, _ := Open(p)
 	defer j.Close()
-	for _, v := range []string{"-----BEGIN EC PRIVATE" + " KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----", "RSA PRIVATE KEY"} {
+	for _, v := range []string{"-----BEGIN EC PRIVATE" + " KEY-----\nMHcCAQEE\n-----END EC PRIVATE" + " KEY-----", "RSA PRIVATE KEY"} {
 		if _, err := j.Append(Record{Kind: KindIntent, Data: map[string]string{"x": v}}); !errors.Is(err, ErrSecret) {
 			t.Errorf("err = %v, want ErrSecret", err)
 		}

