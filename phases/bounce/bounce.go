@@ -213,11 +213,7 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 			return nil, errors.New("no container runtime configured")
 		}
 		if oldID != "" {
-			grace := live.Grace
-			if grace == 0 {
-				grace = 30 * time.Second
-			}
-			if err := rt.Stop(cctx, oldID, grace); err != nil {
+			if err := rt.Stop(cctx, oldID, stopGrace(live, timeout)); err != nil {
 				return fail(err)
 			}
 			pipeline.CrashPoint("bounce-stopped-" + comp)
@@ -245,6 +241,21 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 	facts["duration"] = d2.String()
 	fmt.Fprintf(d.Out(), "      %s healthy on the new files after %s%s\n", comp, d2, servedNote(serial))
 	return facts, nil
+}
+
+// stopGrace is the SIGTERM grace before SIGKILL: live.Grace (default 30 s,
+// the kubelet's default terminationGracePeriodSeconds), but never more than
+// half the component's timeout, so that a container slow to shut down
+// leaves time for its replacement to start and be checked.
+func stopGrace(live *pipeline.Live, timeout time.Duration) time.Duration {
+	grace := live.Grace
+	if grace == 0 {
+		grace = 30 * time.Second
+	}
+	if timeout > 0 && grace > timeout/2 {
+		grace = timeout / 2
+	}
+	return grace
 }
 
 func servedNote(serial string) string {
@@ -306,11 +317,7 @@ func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, com
 			}
 			if !forced && time.Now().After(deadline) {
 				fmt.Fprintf(d.Out(), "      the kubelet has not stopped %s %s after its manifest was moved out (a kubelet that cannot reach the API server keeps static pods: \"sources aren't ready\"); stopping container %.12s through the runtime\n", comp, wait, oldID)
-				grace := live.Grace
-				if grace == 0 {
-					grace = 30 * time.Second
-				}
-				if err := rt.Stop(ctx, oldID, grace); err != nil {
+				if err := rt.Stop(ctx, oldID, stopGrace(live, live.ComponentTimeout)); err != nil {
 					_ = atomicfile.Rename(out, in)
 					return true, fmt.Errorf("stopping %s through the runtime after the kubelet kept it: %w", comp, err)
 				}

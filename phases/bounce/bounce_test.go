@@ -155,3 +155,18 @@ func TestLogTailSincePrefersNewContainers(t *testing.T) {
 		t.Errorf("LogTail = %q, want the most recently written log", got)
 	}
 }
+
+func TestStopGraceLeavesRoomForTheReplacement(t *testing.T) {
+	for _, tc := range []struct {
+		grace, timeout, want time.Duration
+	}{
+		{0, 5 * time.Minute, 30 * time.Second},
+		{0, 25 * time.Second, 12500 * time.Millisecond},
+		{5 * time.Second, 25 * time.Second, 5 * time.Second},
+		{0, 0, 30 * time.Second},
+	} {
+		if got := stopGrace(&pipeline.Live{Grace: tc.grace}, tc.timeout); got != tc.want {
+			t.Errorf("stopGrace(%s, %s) = %s, want %s", tc.grace, tc.timeout, got, tc.want)
+		}
+	}
+}

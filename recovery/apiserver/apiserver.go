@@ -338,17 +338,7 @@ func (s *Server) Stop() error {
 		s.rt = nil
 		close(s.done)
 	}
-	select {
-	case <-s.done:
-	default:
-		_ = syscall.Kill(-s.PID, syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-s.PID, syscall.SIGKILL)
-			<-s.done
-		}
-	}
+	stopGroup(s.PID, s.done, 10*time.Second)
 	for i := 0; i < 50 && listening(s.Port); i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -360,6 +350,23 @@ func (s *Server) Stop() error {
 		return nil
 	}
 	return os.RemoveAll(s.Dir)
+}
+
+// stopGroup ends a child's process group: SIGTERM, SIGKILL after grace,
+// and returns once done (closed when the child was waited for) is closed.
+func stopGroup(pid int, done <-chan struct{}, grace time.Duration) {
+	select {
+	case <-done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+	}
 }
 
 // Reap tears down a recovery server left by a kubecpr that died (its pid

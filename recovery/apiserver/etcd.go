@@ -148,17 +148,7 @@ func (e *Etcd) Stop() {
 	if e == nil {
 		return
 	}
-	select {
-	case <-e.done:
-	default:
-		_ = syscall.Kill(-e.PID, syscall.SIGTERM)
-		select {
-		case <-e.done:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-e.PID, syscall.SIGKILL)
-			<-e.done
-		}
-	}
+	stopGroup(e.PID, e.done, 15*time.Second)
 	os.Remove(filepath.Join(e.dir, "etcd-pid"))
 	if _, err := os.Stat(filepath.Join(e.dir, "pid")); os.IsNotExist(err) {
 		os.RemoveAll(e.dir) // the recovery server is gone too: no credentials left

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,8 +25,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"gopkg.in/yaml.v3"
 
+	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
 )
 
@@ -48,34 +49,25 @@ type manifest struct {
 	command     []string
 }
 
-func readManifests(dir string) (map[string]manifest, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+// readManifests reads the static pod manifests under root with kubecpr's
+// own manifest reader (name, image, command and args of the first
+// container, as the kubelet would run them).
+func readManifests(root string) (map[string]manifest, error) {
+	n, err := node.New(root)
+	if err != nil {
+		return nil, err
+	}
+	files, err := filepath.Glob(n.Path(path.Join(node.ManifestsDir, "*.yaml")))
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]manifest{}
 	for _, f := range files {
-		b, err := os.ReadFile(f)
+		m, err := n.ReadManifest(path.Join(node.ManifestsDir, filepath.Base(f)))
 		if err != nil {
-			continue // being moved
+			continue // being moved, or not a pod
 		}
-		var pod struct {
-			Metadata struct {
-				Name string `yaml:"name"`
-			} `yaml:"metadata"`
-			Spec struct {
-				Containers []struct {
-					Image   string   `yaml:"image"`
-					Command []string `yaml:"command"`
-					Args    []string `yaml:"args"`
-				} `yaml:"containers"`
-			} `yaml:"spec"`
-		}
-		if yaml.Unmarshal(b, &pod) != nil || len(pod.Spec.Containers) == 0 {
-			continue
-		}
-		c := pod.Spec.Containers[0]
-		out[pod.Metadata.Name] = manifest{name: pod.Metadata.Name, image: c.Image, command: append(append([]string{}, c.Command...), c.Args...)}
+		out[m.Name] = manifest{name: m.Name, image: m.Image, command: m.Command}
 	}
 	return out, nil
 }
@@ -118,7 +110,7 @@ func (r *Runner) loop(ctx context.Context) {
 }
 
 func (r *Runner) sync(ctx context.Context) error {
-	want, err := readManifests(filepath.Join(r.Root, "etc/kubernetes/manifests"))
+	want, err := readManifests(r.Root)
 	if err != nil {
 		return err
 	}
