@@ -416,3 +416,45 @@ func prune(root string, m *Manifest, inScope func(string) bool, only []string, b
 	sort.Strings(removed)
 	return removed, errors.Join(errs...)
 }
+
+// Differences lists the node paths whose content differs from the backup
+// in dir: type, mode, owner (as root), symlink target or bytes. Times are
+// not compared (a process may rewrite a file with the same bytes). It is
+// how a rollback proves its result instead of trusting its journal.
+func Differences(root, dir string) ([]string, error) {
+	m, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range m.Entries {
+		_, host, err := resolve(root, e.Path, e.Type == TypeDir)
+		if err != nil {
+			out = append(out, e.Path+" (unresolvable: "+err.Error()+")")
+			continue
+		}
+		info, err := os.Lstat(host)
+		if err != nil {
+			out = append(out, e.Path+" (missing)")
+			continue
+		}
+		got := entryOf(e.Path, info)
+		switch {
+		case got.Type != e.Type:
+			out = append(out, fmt.Sprintf("%s (%s, was %s)", e.Path, got.Type, e.Type))
+		case got.Mode != e.Mode:
+			out = append(out, fmt.Sprintf("%s (mode %v, was %v)", e.Path, got.Mode, e.Mode))
+		case os.Geteuid() == 0 && (got.UID != e.UID || got.GID != e.GID):
+			out = append(out, fmt.Sprintf("%s (owner %d:%d, was %d:%d)", e.Path, got.UID, got.GID, e.UID, e.GID))
+		case e.Type == TypeSymlink:
+			if link, err := os.Readlink(host); err != nil || link != e.Link {
+				out = append(out, fmt.Sprintf("%s (-> %s, was -> %s)", e.Path, link, e.Link))
+			}
+		case e.Type == TypeFile:
+			if sum, n, err := hashFile(host); err != nil || sum != e.SHA256 || n != e.Size {
+				out = append(out, e.Path+" (content differs)")
+			}
+		}
+	}
+	return out, nil
+}

@@ -21,7 +21,7 @@ import (
 var version = "dev"
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "kubecpr",
 		Usage:   "bring a Kubernetes control-plane node back when its certificates have expired",
 		Version: version,
@@ -53,6 +53,8 @@ func newApp() *cli.App {
 		Writer:         os.Stdout,
 		ErrWriter:      os.Stderr,
 	}
+	refuseStrayArgs(app.Commands)
+	return app
 }
 
 // env is what every command works on.

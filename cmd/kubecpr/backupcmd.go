@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kubecpr/kubecpr/backup"
+	"github.com/kubecpr/kubecpr/recovery/pipeline"
 )
 
 func backupCommand() *cli.Command {
@@ -99,7 +100,18 @@ func backupCommand() *cli.Command {
 					if err != nil {
 						return withCode(ExitStageFailed, err)
 					}
+					if c.Bool("dry-run") {
+						fmt.Fprintf(e.out, "backup %s: %d paths would be restored (dry run: nothing changed)\n", id, len(changed))
+						return nil
+					}
 					fmt.Fprintf(e.out, "backup %s: %d paths restored\n", id, len(changed))
+					closed, err := pipeline.CloseRestored(e.stateDir(c), id)
+					if err != nil {
+						return withCode(ExitJournal, fmt.Errorf("the node is restored, but closing run %s failed: %w", id, err))
+					}
+					if closed {
+						fmt.Fprintf(e.out, "run %s is closed (restored from its backup); kubecpr can start a new run\n", id)
+					}
 					return nil
 				}),
 			},

@@ -73,6 +73,18 @@ func TestCrashAtEveryJournalRecord(t *testing.T) {
 
 			// crash → resume → same end state as the clean run → rollback → original bytes
 			root := crash()
+			if _, err := os.Stat(filepath.Join(root, "var/lib/kubecpr/current")); os.IsNotExist(err) {
+				// Killed after the run-start record, before the run became
+				// current: nothing was changed and there is nothing to resume.
+				if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
+					t.Fatalf("killed before the run became current, yet the node changed:\n%s", diff)
+				}
+				if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 || !strings.Contains(r.stdout, "nothing to resume") {
+					t.Fatalf("resume: exit %d, want 'nothing to resume'\n%s%s", r.code, r.stdout, r.stderr)
+				}
+				exercised++
+				return
+			}
 			if r := kubecpr(t, nil, rootArgs(root, "resume", "--update-user-kubeconfigs")...); r.code != 0 {
 				t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 			}

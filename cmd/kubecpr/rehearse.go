@@ -3,10 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -33,20 +34,14 @@ func rehearseCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			sandbox := c.String("sandbox")
-			if sandbox == "" {
-				if sandbox, err = os.MkdirTemp("", "kubecpr-rehearsal-"); err != nil {
-					return err
-				}
+			sandbox, cleanup, err := prepareSandbox(c.String("sandbox"), e.node.Root, c.Bool("keep"))
+			if err != nil {
+				return err
 			}
-			if !c.Bool("keep") {
-				defer os.RemoveAll(sandbox)
-			}
+			defer cleanup()
 			sources := append([]string{node.KubernetesDir, node.KubeletPKIDir, node.KubeletConfig}, e.node.UserKubeconfigs()...)
-			for _, s := range sources {
-				if err := copyTree(e.node.Path(s), filepath.Join(sandbox, filepath.FromSlash(s))); err != nil {
-					return withCode(ExitFailed, fmt.Errorf("copying %s into the sandbox: %w", s, err))
-				}
+			if err := copyNodeFiles(e.node, sandbox, sources); err != nil {
+				return withCode(ExitFailed, err)
 			}
 			sn, err := node.New(sandbox)
 			if err != nil {
@@ -86,53 +81,143 @@ func earliestLeafExpiry(inv *inventory.Inventory) time.Time {
 	return t
 }
 
-// copyTree copies a file, symlink or directory tree, keeping modes and
-// symlink targets verbatim. A missing source is skipped.
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+// prepareSandbox makes sure the sandbox holds nothing but what the
+// rehearsal will put there, and returns how to clean up: kubecpr removes
+// only what it created. A directory given with --sandbox must be empty (or
+// not exist yet) and must not overlap the node.
+func prepareSandbox(dir, root string, keep bool) (string, func(), error) {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "kubecpr-rehearsal-")
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && p == src {
-				return nil
+			return "", nil, withCode(ExitFailed, fmt.Errorf("creating a sandbox: %w", err))
+		}
+		if keep {
+			return d, func() {}, nil
+		}
+		return d, func() { _ = os.RemoveAll(d) }, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, withCode(ExitFailed, fmt.Errorf("--sandbox %s: %w", dir, err))
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	realRoot := root
+	if r, err := filepath.EvalSymlinks(root); err == nil {
+		realRoot = r
+	}
+	if inside(abs, realRoot) && realRoot != "/" || inside(realRoot, abs) {
+		return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s overlaps the node root %s: choose a directory outside it (or leave --sandbox out for a temporary one)", dir, root))
+	}
+	for _, s := range []string{node.KubernetesDir, node.KubeletDir, node.DefaultState} {
+		if realRoot == "/" && inside(abs, s) {
+			return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s is inside the node's %s: choose a directory outside it", dir, s))
+		}
+	}
+	ents, err := os.ReadDir(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return "", nil, withCode(ExitFailed, fmt.Errorf("--sandbox %s: %w", dir, err))
+		}
+		if keep {
+			return abs, func() {}, nil
+		}
+		return abs, func() { _ = os.RemoveAll(abs) }, nil
+	case err != nil:
+		return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s: %w", dir, err))
+	case len(ents) > 0:
+		return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s is not empty (%d entries, e.g. %s): kubecpr only rehearses in an empty or new directory, and never deletes what it did not create", dir, len(ents), ents[0].Name()))
+	}
+	// An empty directory of the operator's: keep it, remove what was added.
+	if keep {
+		return abs, func() {}, nil
+	}
+	return abs, func() {
+		added, _ := os.ReadDir(abs)
+		for _, a := range added {
+			_ = os.RemoveAll(filepath.Join(abs, a.Name()))
+		}
+	}, nil
+}
+
+func inside(p, base string) bool {
+	return p == base || strings.HasPrefix(p, strings.TrimSuffix(base, "/")+"/")
+}
+
+// copyNodeFiles copies node paths (trees, files, symlinks) from n into the
+// same node paths under sandbox. Symlinks are copied verbatim and what they
+// point to (inside the node's root) is copied too, so that the sandbox
+// resolves them as the node does: /etc/kubernetes/pki -> /srv/pki brings
+// /srv/pki along. Nothing outside the node's root is read.
+func copyNodeFiles(n *node.Node, sandbox string, sources []string) error {
+	done := map[string]bool{}
+	queue := append([]string(nil), sources...)
+	for len(queue) > 0 {
+		np := path.Clean("/" + queue[0])
+		queue = queue[1:]
+		if done[np] {
+			continue
+		}
+		done[np] = true
+		// The parents of np as the node resolves them: a linked parent
+		// is copied as a link, and its target queued.
+		for dir := path.Dir(np); dir != "/"; dir = path.Dir(dir) {
+			if _, err := n.ReadLink(dir); err == nil {
+				if err := copyEntry(n, sandbox, dir, &queue); err != nil {
+					return err
+				}
 			}
+		}
+		src := n.Path(np)
+		err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) && p == src {
+					return nil
+				}
+				return err
+			}
+			rel, _ := filepath.Rel(src, p)
+			return copyEntry(n, sandbox, path.Join(np, filepath.ToSlash(rel)), &queue)
+		})
+		if err != nil {
+			return fmt.Errorf("copying %s into the sandbox: %w", np, err)
+		}
+	}
+	return nil
+}
+
+// copyEntry copies one node path (not following it) into the sandbox.
+func copyEntry(n *node.Node, sandbox, np string, queue *[]string) error {
+	host := n.Path(np)
+	out := filepath.Join(sandbox, filepath.FromSlash(np))
+	info, err := os.Lstat(host)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(out); err == nil {
+		return nil // already copied (a link target reached twice)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	switch {
+	case info.Mode()&fs.ModeSymlink != 0:
+		t, err := os.Readlink(host)
+		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(src, p)
-		out := filepath.Join(dst, rel)
-		info, err := os.Lstat(p)
+		*queue = append(*queue, n.Resolve(np, false))
+		return os.Symlink(t, out)
+	case info.IsDir():
+		return os.MkdirAll(out, info.Mode().Perm())
+	case info.Mode().IsRegular():
+		b, err := node.ReadRegular(host, np)
 		if err != nil {
 			return err
 		}
-		switch {
-		case info.Mode()&fs.ModeSymlink != 0:
-			t, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-				return err
-			}
-			return os.Symlink(t, out)
-		case info.IsDir():
-			return os.MkdirAll(out, info.Mode().Perm())
-		case info.Mode().IsRegular():
-			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-				return err
-			}
-			in, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer in.Close()
-			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, info.Mode().Perm())
-			if err != nil {
-				return err
-			}
-			if _, err := io.Copy(f, in); err != nil {
-				f.Close()
-				return err
-			}
-			return f.Close()
-		}
-		return nil
-	})
+		return os.WriteFile(out, b, info.Mode().Perm())
+	}
+	return nil // devices, FIFOs and sockets are not credentials
 }

@@ -245,6 +245,12 @@ func doRun(c *cli.Context, dryRun bool) error {
 }
 
 func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Selection, dryRun, newRun bool) error {
+	// An open run continues with its own recorded options.
+	if _, continuing, err := continueOpenRun(c, e, newRun); err != nil {
+		return err
+	} else if continuing {
+		opts = options(c)
+	}
 	opts.DryRun = dryRun
 	// An unknown layout is not a node to recover: say so before planning.
 	if _, err := e.inventory(); err != nil {
@@ -278,6 +284,7 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		return err
 	}
 	defer release()
+	r.Selection, r.Recorded = selString(sel), recordOptions(c)
 	if _, err := r.Prepare(newRun); err != nil {
 		return err
 	}
@@ -368,19 +375,20 @@ func rollbackCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			id, _, recs, err := pipeline.CurrentRun(e.stateDir(c))
-			if err != nil {
-				return err
-			}
-			if id == "" || pipeline.RunStatus(recs) == "rolled-back" {
-				fmt.Fprintln(e.out, "nothing to roll back: the last run was already rolled back (`kubecpr backup restore RUN-ID` restores any backup)")
-				return nil
-			}
+			// The lock first: the run's state is read under it.
 			r, release, err := openRunner(c, e, pipeline.Options{})
 			if err != nil {
 				return err
 			}
 			defer release()
+			id, _, recs, err := pipeline.CurrentRun(e.stateDir(c))
+			if err != nil {
+				return err
+			}
+			if st := pipeline.RunStatus(recs); id == "" || st == "rolled-back" || st == "restored" {
+				fmt.Fprintln(e.out, "nothing to roll back: the last run was already rolled back or restored (`kubecpr backup restore RUN-ID` restores any backup)")
+				return nil
+			}
 			if err := r.OpenRun(id); err != nil {
 				return err
 			}

@@ -368,7 +368,7 @@ func putBack(d pipeline.Data, comp string) error {
 
 // ParkedManifests lists manifests left in the holding directory.
 func ParkedManifests(n *node.Node) []string {
-	ents, _ := os.ReadDir(n.Path(HoldingDir))
+	ents, _ := os.ReadDir(n.HostPath(HoldingDir))
 	var out []string
 	for _, e := range ents {
 		out = append(out, path.Join(HoldingDir, e.Name()))
@@ -387,7 +387,7 @@ func LogTail(n *node.Node, comp string, lines int) string {
 
 // logFiles are the component's container logs on disk now.
 func logFiles(n *node.Node, comp string) map[string]bool {
-	matches, _ := filepath.Glob(n.Path("/var/log/pods/*/" + comp + "/*.log"))
+	matches, _ := filepath.Glob(filepath.Join(n.HostPath("/var/log/pods"), "*", comp, "*.log"))
 	out := map[string]bool{}
 	for _, m := range matches {
 		out[m] = true

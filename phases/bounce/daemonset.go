@@ -9,7 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
@@ -24,9 +23,9 @@ func restartDaemonSet(ctx context.Context, d pipeline.Data, nsName string) (map[
 	if !ok || ns == "" || name == "" {
 		return nil, fmt.Errorf("--restart-daemonset %q: want NAMESPACE/NAME", nsName)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", d.Node().Path(node.KubernetesDir+"/admin.conf"))
+	cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
 	if err != nil {
-		return nil, fmt.Errorf("admin.conf: %w", err)
+		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
 	cs, err := kubernetes.NewForConfig(cfg)

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -89,14 +87,12 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 			port = "6443"
 		}
 		e := endpoint{addr: net.JoinHostPort("127.0.0.1", port), healthz: "/readyz", caFile: f["client-ca-file"], served: f["tls-cert-file"]}
-		cfg, err := clientcmd.LoadFromFile(d.Node().Path(node.KubernetesDir + "/admin.conf"))
+		k, err := d.Node().Kubeconfig(node.KubernetesDir + "/admin.conf")
 		if err != nil {
-			return e, fmt.Errorf("admin.conf: %w", err)
+			return e, err
 		}
-		if ctx, ok := cfg.Contexts[cfg.CurrentContext]; ok {
-			if ai, ok := cfg.AuthInfos[ctx.AuthInfo]; ok {
-				e.certPEM, e.keyPEM = ai.ClientCertificateData, ai.ClientKeyData
-			}
+		if k.User != nil {
+			e.certPEM, e.keyPEM = k.User.ClientCertificateData, k.User.ClientKeyData
 		}
 		return e, nil
 	case "kube-controller-manager":

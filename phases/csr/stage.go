@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/node"
@@ -81,7 +80,7 @@ func orAuto(m SignMode) SignMode {
 
 // nodeAPI returns a client for the node's own API server when it answers.
 func nodeAPI(ctx context.Context, d pipeline.Data) (kubernetes.Interface, bool) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", d.Node().Path(node.KubernetesDir+"/admin.conf"))
+	cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
 	if err != nil {
 		return nil, false
 	}
@@ -255,13 +254,12 @@ func loadCA(n *node.Node, pkiDir string) (*pki.CA, error) {
 }
 
 func adminServer(d pipeline.Data) (string, error) {
-	cfg, err := clientcmd.LoadFromFile(d.Node().Path(node.KubernetesDir + "/admin.conf"))
+	k, err := d.Node().Kubeconfig(node.KubernetesDir + "/admin.conf")
 	if err != nil {
 		return "", err
 	}
-	ctx, ok := cfg.Contexts[cfg.CurrentContext]
-	if !ok {
-		return "", errors.New("admin.conf has no current context")
+	if k.Cluster == nil {
+		return "", errors.New("admin.conf: the current context names no cluster")
 	}
-	return cfg.Clusters[ctx.Cluster].Server, nil
+	return k.Server(), nil
 }

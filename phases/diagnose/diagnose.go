@@ -24,7 +24,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kubecpr/kubecpr/recovery/inventory"
@@ -180,7 +179,7 @@ func (r *Report) clockSymptoms(n *node.Node, inv *inventory.Inventory, o Options
 	}
 	limit := o.RealNow.Add(5 * time.Minute)
 	var touched []string
-	_ = filepath.WalkDir(n.Path(node.KubernetesDir), func(p string, de fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(n.HostPath(node.KubernetesDir), func(p string, de fs.DirEntry, err error) error {
 		if err != nil || de.IsDir() {
 			return nil
 		}
@@ -201,10 +200,11 @@ func (r *Report) clockSymptoms(n *node.Node, inv *inventory.Inventory, o Options
 // expired serving certificate, or rejected client certificate.
 func (r *Report) apiSymptoms(ctx context.Context, n *node.Node, inv *inventory.Inventory, o Options) {
 	kc := filepath.ToSlash(filepath.Join(node.KubernetesDir, "admin.conf"))
-	cfg, err := clientcmd.LoadFromFile(n.Path(kc))
+	k, err := n.Kubeconfig(kc)
 	if err != nil {
 		return
 	}
+	cfg := k.Config
 	server, err := inventory.ServerOf(n, kc)
 	if err != nil {
 		return

@@ -11,10 +11,7 @@ import (
 	"fmt"
 	"path"
 	"sort"
-	"strings"
 	"time"
-
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -374,17 +371,12 @@ func (inv *Inventory) Sorted() []*Item {
 
 // ServerOf returns the server URL of a kubeconfig's current context.
 func ServerOf(n *node.Node, p string) (string, error) {
-	cfg, err := clientcmd.LoadFromFile(n.Path(p))
+	k, err := n.Kubeconfig(p)
 	if err != nil {
 		return "", err
 	}
-	ctx, ok := cfg.Contexts[cfg.CurrentContext]
-	if !ok {
-		return "", fmt.Errorf("%s: current-context %q not defined", p, cfg.CurrentContext)
+	if k.Cluster == nil {
+		return "", fmt.Errorf("%s: cluster %q not defined", p, k.Context.Cluster)
 	}
-	cl, ok := cfg.Clusters[ctx.Cluster]
-	if !ok {
-		return "", fmt.Errorf("%s: cluster %q not defined", p, ctx.Cluster)
-	}
-	return strings.TrimSpace(cl.Server), nil
+	return k.Server(), nil
 }

@@ -15,7 +15,6 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Cluster is what kubecpr knows about the cluster and this node, worked out
@@ -195,13 +194,9 @@ func (n *Node) Discover(configFile string) (*Cluster, error) {
 		}
 	}
 	// admin.conf tells the control-plane endpoint clients use.
-	if cfg, err := clientcmd.LoadFromFile(n.Path(KubernetesDir + "/admin.conf")); err == nil {
-		if ctx, ok := cfg.Contexts[cfg.CurrentContext]; ok {
-			if cl, ok := cfg.Clusters[ctx.Cluster]; ok {
-				if u, err := url.Parse(cl.Server); err == nil {
-					set("controlPlaneEndpoint", &c.ControlPlaneEndpoint, u.Host, KubernetesDir+"/admin.conf server")
-				}
-			}
+	if k, err := n.Kubeconfig(KubernetesDir + "/admin.conf"); err == nil && k.Server() != "" {
+		if u, err := url.Parse(k.Server()); err == nil {
+			set("controlPlaneEndpoint", &c.ControlPlaneEndpoint, u.Host, KubernetesDir+"/admin.conf server")
 		}
 	}
 
@@ -297,7 +292,8 @@ func (n *Node) nodeNameFromKubelet() (string, string) {
 			return name, p + " subject CN"
 		}
 	}
-	if cfg, err := clientcmd.LoadFromFile(n.Path(KubernetesDir + "/kubelet.conf")); err == nil {
+	if k, err := n.Kubeconfig(KubernetesDir + "/kubelet.conf"); k != nil && (err == nil || k.Config != nil) {
+		cfg := k.Config
 		keys := make([]string, 0, len(cfg.AuthInfos))
 		for k := range cfg.AuthInfos {
 			keys = append(keys, k)

@@ -5,12 +5,17 @@
 package node
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 )
 
 // Well-known node paths of a kubeadm node.
@@ -50,11 +55,22 @@ func New(root string) (*Node, error) {
 	return &Node{Root: abs}, nil
 }
 
-// Path maps a node path to the host path under Root. Relative node paths
-// are taken from the node's "/". The result never escapes Root.
+// Path maps a node path to its host path under Root, as the node's kernel
+// would see it if Root were "/": every symlink in the directory components
+// is followed with absolute targets and ".." clamped inside Root, so the
+// result never leads outside Root. The last component is not followed: the
+// result is the place to lstat, replace, rename or remove. To read a file,
+// use ReadFile (which follows the last component inside Root too).
 func (n *Node) Path(nodePath string) string {
-	clean := path.Clean("/" + nodePath)
-	return filepath.Join(n.Root, filepath.FromSlash(clean))
+	_, host, _ := ResolveIn(n.Root, nodePath, false)
+	return host
+}
+
+// HostPath is Path with the last component followed as well: the host path
+// of what a read of nodePath reaches.
+func (n *Node) HostPath(nodePath string) string {
+	_, host, _ := ResolveIn(n.Root, nodePath, true)
+	return host
 }
 
 // NodePath maps a host path under Root back to its node path.
@@ -66,14 +82,67 @@ func (n *Node) NodePath(hostPath string) (string, error) {
 	return "/" + filepath.ToSlash(rel), nil
 }
 
-// ReadFile reads a node path.
+// MaxFileSize bounds every file kubecpr reads from a node: certificates,
+// keys, kubeconfigs and manifests are kilobytes. A link to /dev/zero or a
+// huge file is refused instead of read until memory runs out.
+const MaxFileSize = 16 << 20
+
+// ReadFile reads a regular file at a node path, following symlinks inside
+// Root. Anything else (a FIFO, a device, a directory) is refused without
+// blocking, and so is a file over MaxFileSize.
 func (n *Node) ReadFile(nodePath string) ([]byte, error) {
-	return os.ReadFile(n.Path(nodePath))
+	return ReadRegular(n.HostPath(nodePath), nodePath)
+}
+
+// ReadRegular reads the regular file at host path p (already resolved:
+// a symlink is not followed), naming it name in errors.
+func ReadRegular(p, name string) ([]byte, error) {
+	// O_NONBLOCK: opening a FIFO must not wait for a writer.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s: too many levels of symbolic links", name)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s): kubecpr reads certificates, keys and kubeconfigs only from regular files; replace it with the real file", name, describeMode(st.Mode()))
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d a certificate, key or kubeconfig can be: check what it is", name, st.Size(), MaxFileSize)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(b) > MaxFileSize {
+		return nil, fmt.Errorf("%s grew past %d bytes while being read", name, MaxFileSize)
+	}
+	return b, nil
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeDevice != 0, m&fs.ModeCharDevice != 0:
+		return "a device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m.IsDir():
+		return "a directory"
+	}
+	return m.String()
 }
 
 // Lstat stats a node path without following a final symlink.
 func (n *Node) Lstat(nodePath string) (fs.FileInfo, error) {
-	return os.Lstat(n.Path(n.Resolve(nodePath, true)))
+	return os.Lstat(n.Path(nodePath))
 }
 
 // Exists reports whether the node path exists (a dangling symlink counts).
@@ -87,34 +156,46 @@ func (n *Node) Exists(nodePath string) bool {
 // kubelet-client-current.pem -> /var/lib/kubelet/pki/kubelet-client-....pem).
 // With keepLast the final component is not followed.
 func (n *Node) Resolve(nodePath string, keepLast bool) string {
-	p := path.Clean("/" + nodePath)
-	for i := 0; i < 40; i++ {
-		changed := false
-		parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
-		cur := "/"
-		for j, part := range parts {
-			next := path.Join(cur, part)
-			if keepLast && j == len(parts)-1 {
-				cur = next
-				break
-			}
-			target, err := os.Readlink(n.Path(next))
-			if err != nil {
-				cur = next
-				continue
-			}
-			if !path.IsAbs(target) {
-				target = path.Join(cur, target)
-			}
-			p = path.Clean(path.Join(append([]string{target}, parts[j+1:]...)...))
-			changed = true
-			break
-		}
-		if !changed {
-			return cur
-		}
+	np, _, err := ResolveIn(n.Root, nodePath, !keepLast)
+	if err != nil {
+		return path.Clean("/" + nodePath)
 	}
-	return p
+	return np
+}
+
+// ResolveIn is kubecpr's one path resolver: it maps node path np to a host
+// path under root the way the node itself would if root were "/". Symlinks
+// are followed (the last component only with followLast), absolute targets
+// are taken relative to root and ".." never climbs above it — a chroot's
+// view, computed by github.com/cyphar/filepath-securejoin as runc and
+// containerd do for container roots (Go's os.Root refuses absolute links
+// instead of clamping them, and kubeadm nodes are full of them:
+// kubelet-client-current.pem, a /var/lib/kubelet on another disk).
+// Components that do not exist are kept verbatim (the caller may be about
+// to create them). It returns the resolved node path and its host path.
+func ResolveIn(root, np string, followLast bool) (nodePath, host string, err error) {
+	clean := path.Clean("/" + filepath.ToSlash(np))
+	dir, base := clean, ""
+	if !followLast && clean != "/" {
+		dir, base = path.Dir(clean), path.Base(clean)
+	}
+	h, err := securejoin.SecureJoin(root, dir)
+	if err != nil {
+		lexical := filepath.Join(root, filepath.FromSlash(clean))
+		return clean, lexical, fmt.Errorf("%s under %s: %w", clean, root, err)
+	}
+	if base != "" {
+		h = filepath.Join(h, base)
+	}
+	rel, err := filepath.Rel(root, h)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return clean, filepath.Join(root, filepath.FromSlash(clean)), fmt.Errorf("%s resolves outside %s", clean, root)
+	}
+	nodePath = "/" + filepath.ToSlash(rel)
+	if rel == "." {
+		nodePath = "/"
+	}
+	return nodePath, h, nil
 }
 
 // ReadLink returns the verbatim target of a symlink at a node path.
@@ -129,9 +210,9 @@ func (n *Node) UserKubeconfigs() []string {
 	if n.Exists("/root/.kube/config") {
 		out = append(out, "/root/.kube/config")
 	}
-	homes, _ := filepath.Glob(n.Path("/home/*/.kube/config"))
+	homes, _ := os.ReadDir(n.HostPath("/home"))
 	for _, h := range homes {
-		if p, err := n.NodePath(h); err == nil {
+		if p := "/home/" + h.Name() + "/.kube/config"; n.Exists(p) {
 			out = append(out, p)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,11 @@ type Runner struct {
 	Stages   []Stage
 	// LiveNode is nil when processes must not be touched.
 	LiveNode *Live
+	// Selection and Recorded go into the run-start record of a new run:
+	// the stage selection, and every option of the run (flag name →
+	// value), which resume reuses.
+	Selection string
+	Recorded  map[string]string
 
 	runID   string
 	journal *journal.Journal
@@ -99,7 +105,15 @@ func CurrentRun(stateDir string) (id string, open bool, recs []journal.Record, e
 		return "", false, nil, err
 	}
 	id = strings.TrimSpace(string(b))
-	recs, err = journal.ReadFile(filepath.Join(stateDir, "runs", id, "journal.log"))
+	jp := filepath.Join(stateDir, "runs", id, "journal.log")
+	recs, err = journal.ReadFile(jp)
+	if errors.Is(err, fs.ErrNotExist) || err == nil && (len(recs) == 0 || recs[0].Kind != journal.KindRunStart) {
+		// "current" is written only after the run-start record is durable:
+		// a run without it lost its journal, and what it changed is unknown.
+		return id, false, nil, fmt.Errorf("%w: %s names run %s, but its journal %s is missing or lost its records: "+
+			"what the run changed is unknown. Compare the node with the run's backup (`kubecpr backup restore %s --dry-run`), "+
+			"restore it with what the run created removed (`kubecpr backup restore %s --prune`), which closes the run", journal.ErrCorrupt, filepath.Join(stateDir, "current"), id, jp, id, id)
+	}
 	if err != nil {
 		return id, false, nil, err
 	}
@@ -169,6 +183,11 @@ func (r *Runner) Open(forceNew bool) (continued bool, err error) {
 	r.records = j.Records()
 	if rep := j.Repaired(); rep != nil && rep.Truncated {
 		fmt.Fprintf(r.Out, "journal: a torn last record from a crash was cut off at byte %d (copy kept at %s)\n", rep.Offset, rep.BrokenCopy)
+	}
+	if !continued && len(r.records) == 0 {
+		if err := r.appendRunStart(); err != nil {
+			return false, err
+		}
 	}
 	if !continued {
 		if err := atomicfile.WriteFile(r.currentFile(), []byte(r.runID+"\n"), atomicfile.Options{Mode: 0o600}); err != nil {
@@ -296,6 +315,10 @@ func (r *Runner) Plan(ctx context.Context, stages []Stage) ([]PlannedStage, erro
 	for _, ps := range out {
 		for _, a := range ps.Actions {
 			for _, p := range a.Paths {
+				// The backup walks its sources without following links:
+				// a file behind a linked directory is backed up at the
+				// node path it resolves to, which is where it is written.
+				p = r.Node.Resolve(p, true)
 				if !covered(sources, p) {
 					sources = append(sources, p)
 				}
@@ -399,8 +422,8 @@ func (r *Runner) Preflight(planned []PlannedStage) error {
 // and re-checking any left in flight by a crash.
 func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) error {
 	if len(r.records) == 0 {
-		if err := r.append(journal.Record{Kind: journal.KindRunStart, Data: map[string]string{
-			"root": r.Node.Root, "now": r.Clock.UTC().Format(time.RFC3339), "selection": sel}}); err != nil {
+		r.Selection = sel
+		if err := r.appendRunStart(); err != nil {
 			return err
 		}
 	}
@@ -454,6 +477,71 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 		fmt.Fprintf(r.Out, "      %s done in %s\n", ps.Stage.Name, round(d))
 	}
 	return nil
+}
+
+func (r *Runner) appendRunStart() error {
+	data := map[string]string{"root": r.Node.Root, "now": r.Clock.UTC().Format(time.RFC3339), "selection": r.Selection}
+	if len(r.Recorded) > 0 {
+		b, err := json.Marshal(r.Recorded)
+		if err != nil {
+			return err
+		}
+		data["options"] = string(b)
+	}
+	return r.append(journal.Record{Kind: journal.KindRunStart, Data: data})
+}
+
+// CloseRestored closes run id after its backup was restored outside the
+// journal (`kubecpr backup restore`): a readable journal gets a run-end
+// record "restored"; a damaged one is kept aside as journal.log.damaged
+// and the run stops being current. Either way the node is no longer held
+// by a run that cannot continue: the documented way out of exit 5.
+func CloseRestored(stateDir, id string) (closed bool, err error) {
+	cur, open, _, err := CurrentRun(stateDir)
+	if cur != id {
+		return false, nil
+	}
+	jp := filepath.Join(stateDir, "runs", id, "journal.log")
+	if err == nil {
+		if !open {
+			return false, nil
+		}
+		j, err := journal.Open(jp)
+		if err != nil {
+			return false, err
+		}
+		defer j.Close()
+		_, err = j.Append(journal.Record{RunID: id, Kind: journal.KindRunEnd, Data: map[string]string{"status": "restored"}})
+		return err == nil, err
+	}
+	if !errors.Is(err, journal.ErrCorrupt) {
+		return false, err
+	}
+	if _, statErr := os.Lstat(jp); statErr == nil {
+		if err := atomicfile.Rename(jp, jp+".damaged"); err != nil {
+			return false, err
+		}
+	}
+	return true, atomicfile.Remove(filepath.Join(stateDir, "current"))
+}
+
+// RecordedOptions returns the options and selection a run was started
+// with, from its run-start record.
+func RecordedOptions(recs []journal.Record) (opts map[string]string, selection string, clock time.Time, err error) {
+	for _, rec := range recs {
+		if rec.Kind != journal.KindRunStart {
+			continue
+		}
+		opts = map[string]string{}
+		if o := rec.Data["options"]; o != "" {
+			if err := json.Unmarshal([]byte(o), &opts); err != nil {
+				return nil, "", time.Time{}, fmt.Errorf("%w: run-start record: options: %v", journal.ErrCorrupt, err)
+			}
+		}
+		clock, _ = time.Parse(time.RFC3339, rec.Data["now"])
+		return opts, rec.Data["selection"], clock, nil
+	}
+	return nil, "", time.Time{}, fmt.Errorf("%w: no run-start record", journal.ErrCorrupt)
 }
 
 // Complete closes the run (after the last stage of the whole pipeline).
@@ -516,6 +604,9 @@ func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *act
 		return fmt.Errorf("no complete backup for run %s at %s: %w", r.runID, r.backupDir(), err)
 	}
 	rec := journal.Record{Kind: journal.KindIntent, Stage: stage, Action: a.ID, Data: map[string]string{"files": strconv.Itoa(len(ops))}}
+	for i := range ops {
+		ops[i].Path = r.Node.Resolve(ops[i].Path, true)
+	}
 	for i, op := range ops {
 		host := r.Node.Path(op.Path)
 		old, err := fileState(host)
@@ -663,6 +754,20 @@ func (r *Runner) Rollback(ctx context.Context) error {
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	// The journal says what was undone; the backup says what the node must
+	// be. A journal that lost records must not pass for a clean rollback.
+	if _, err := backup.Load(r.backupDir()); err == nil {
+		diffs, err := backup.Differences(r.Node.Root, r.backupDir())
+		if err != nil {
+			return fmt.Errorf("comparing the node with the backup %s: %w", r.backupDir(), err)
+		}
+		if len(diffs) > 0 {
+			return fmt.Errorf("after undoing %d actions, %d paths still differ from the backup %s: %s. "+
+				"The journal does not account for them (changed outside kubecpr, or journal records lost): "+
+				"`kubecpr backup restore %s --prune --dry-run` lists them, `kubecpr backup restore %s --prune` puts the backup back and closes the run",
+				undone, len(diffs), r.backupDir(), strings.Join(diffs, ", "), r.runID, r.runID)
+		}
 	}
 	fmt.Fprintf(r.Out, "rolled back %d actions of run %s\n", undone, r.runID)
 	return r.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "rolled-back"}})

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/node"
+)
+
+// lifetimes returns each certificate's lifetime from the clock now.
+func lifetimes(t *testing.T, root string) map[string]time.Duration {
+	t.Helper()
+	n, err := node.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := n.Discover("")
+	inv, err := inventory.Build(n, c, now, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]time.Duration{}
+	for _, it := range inv.Items {
+		if it.Cert != nil && it.Kind != inventory.KindKubeletServing {
+			out[it.Name] = it.Cert.NotAfter.Sub(now)
+		}
+	}
+	return out
+}
+
+func currentRun(t *testing.T, root string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "var/lib/kubecpr/current"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// TestResumeUsesTheRunsOptions: a run killed half-way is resumed with no
+// options and does what the interrupted run would have done.
+func TestResumeUsesTheRunsOptions(t *testing.T) {
+	root := expiredNode(t)
+	args := rootArgs(root, "run", "--until", "kubeconfigs", "--validity", "48h", "--update-user-kubeconfigs")
+	r := kubecpr(t, []string{"KUBECPR_CRASH_AFTER_RECORD=8"}, args...)
+	if !r.killed {
+		t.Fatalf("the run was not killed: exit %d\n%s", r.code, r.stdout)
+	}
+	// Another value for a recorded option is refused before any change.
+	before := snapshot(t, root)
+	r = kubecpr(t, nil, rootArgs(root, "resume", "--validity", "8760h")...)
+	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "--validity") {
+		t.Errorf("resume --validity 8760h: exit %d, want %d naming --validity\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--rotate-keys")...); r.code != ExitPrecondition || !strings.Contains(r.stderr, "rotate-keys") {
+		t.Errorf("run --rotate-keys on the open run: exit %d, want %d\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--new-run")...); r.code != ExitPrecondition || !strings.Contains(r.stderr, "still open") {
+		t.Errorf("run --new-run on the open run: exit %d, want %d\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Fatalf("refused commands changed the node:\n%s", d)
+	}
+	// The same value spelled differently is the same option.
+	r = kubecpr(t, nil, rootArgs(root, "resume", "--validity", "48h0m0s")...)
+	if r.code != 0 {
+		t.Fatalf("resume: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for name, life := range lifetimes(t, root) {
+		if life != 48*time.Hour {
+			t.Errorf("%s: lifetime %s after resume, want the run's 48h", name, life)
+		}
+	}
+	// --update-user-kubeconfigs was recorded: the user's config is renewed
+	// and the stages stopped where the run said (--until kubeconfigs).
+	if r := kubecpr(t, nil, rootArgs(root, "--warn", "24h", "check")...); r.code != 0 {
+		t.Errorf("check after resume: exit %d\n%s", r.code, r.stdout)
+	}
+	if strings.Contains(r.stdout, "] bounce:") {
+		t.Errorf("resume ran stages beyond the run's --until kubeconfigs:\n%s", r.stdout)
+	}
+}
+
+// TestLostJournalIsNotTrusted: a run whose journal vanished or lost its
+// last records is not rolled back "successfully" while the node stays
+// renewed; backup restore is the documented way out.
+func TestLostJournalIsNotTrusted(t *testing.T) {
+	t.Run("deleted", func(t *testing.T) {
+		root := expiredNode(t)
+		before := snapshot(t, root)
+		if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+			t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+		}
+		id := currentRun(t, root)
+		if err := os.Remove(filepath.Join(root, "var/lib/kubecpr/runs", id, "journal.log")); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range []string{"status", "rollback", "resume"} {
+			r := kubecpr(t, nil, rootArgs(root, cmd)...)
+			if r.code != ExitJournal || !strings.Contains(r.stderr, "backup restore "+id+" --prune") {
+				t.Errorf("%s with the journal deleted: exit %d, want %d and the way out\n%s%s", cmd, r.code, ExitJournal, r.stdout, r.stderr)
+			}
+		}
+		r := kubecpr(t, nil, rootArgs(root, "backup", "restore", id, "--prune")...)
+		if r.code != 0 || !strings.Contains(r.stdout, "closed") {
+			t.Fatalf("backup restore: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+			t.Errorf("after backup restore the node differs from before the run:\n%s", d)
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "status")...); r.code != 0 {
+			t.Errorf("status after the way out: exit %d\n%s", r.code, r.stderr)
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...); r.code != 0 {
+			t.Errorf("a new run after the way out: exit %d\n%s", r.code, r.stderr)
+		}
+	})
+	t.Run("cut at a record boundary", func(t *testing.T) {
+		root := expiredNode(t)
+		if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+			t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+		}
+		jp := filepath.Join(root, "var/lib/kubecpr/runs", currentRun(t, root), "journal.log")
+		b, err := os.ReadFile(jp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.SplitAfter(string(b), "\n")
+		if err := os.WriteFile(jp, []byte(strings.Join(lines[:len(lines)/2], "")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := kubecpr(t, nil, rootArgs(root, "rollback")...)
+		if r.code == 0 || !strings.Contains(r.stderr, "still differ from the backup") {
+			t.Fatalf("rollback with half a journal: exit %d, want a failure naming what differs\n%s%s", r.code, r.stdout, r.stderr)
+		}
+	})
+}

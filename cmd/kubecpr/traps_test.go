@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The data-loss traps of issue 11: each reproduced the way an operator
+// under pressure meets it, and each must now leave nothing lost.
+
+func TestRehearseSandboxKeepsWhatWasThere(t *testing.T) {
+	root := expiredNode(t)
+	before := snapshot(t, root)
+
+	full := t.TempDir()
+	notes := filepath.Join(full, "notes")
+	if err := os.WriteFile(notes, []byte("my notes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := kubecpr(t, nil, rootArgs(root, "rehearse", "--sandbox", full)...)
+	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "not empty") {
+		t.Errorf("non-empty sandbox: exit %d, want %d and 'not empty'\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	if b, err := os.ReadFile(notes); err != nil || string(b) != "my notes\n" {
+		t.Fatalf("the sandbox's own file is gone or changed: %q %v", b, err)
+	}
+
+	// The node itself as the sandbox: refused, the node intact.
+	r = kubecpr(t, nil, rootArgs(root, "rehearse", "--sandbox", root)...)
+	if r.code != ExitPrecondition {
+		t.Errorf("--sandbox = --root: exit %d, want %d\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Fatalf("rehearse --sandbox ROOT changed the node:\n%s", d)
+	}
+
+	// An empty directory of the operator's stays, emptied of what kubecpr
+	// put there; a new one is removed whole.
+	empty := t.TempDir()
+	if r := kubecpr(t, nil, rootArgs(root, "rehearse", "--sandbox", empty)...); r.code != 0 {
+		t.Fatalf("rehearse in an empty dir: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if ents, err := os.ReadDir(empty); err != nil || len(ents) != 0 {
+		t.Errorf("the empty sandbox dir: %v entries, err %v; want it kept and empty", len(ents), err)
+	}
+	fresh := filepath.Join(t.TempDir(), "new")
+	if r := kubecpr(t, nil, rootArgs(root, "rehearse", "--sandbox", fresh)...); r.code != 0 {
+		t.Fatalf("rehearse in a new dir: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+		t.Errorf("the sandbox kubecpr created is still there: %v", err)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Fatalf("rehearsals changed the node:\n%s", d)
+	}
+}
+
+func TestFlagsAfterArguments(t *testing.T) {
+	root := expiredNode(t)
+	before := snapshot(t, root)
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	renewed := snapshot(t, root)
+	ents, err := os.ReadDir(filepath.Join(root, "var/lib/kubecpr/backups"))
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("backups: %v %v", ents, err)
+	}
+	id := ents[0].Name()
+
+	// --dry-run after the RUN-ID is a dry run.
+	r := kubecpr(t, nil, "--now", now.Format(time.RFC3339), "backup", "restore", id, "--dry-run", "--root", root)
+	if r.code != 0 {
+		t.Fatalf("restore --dry-run after the argument: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(renewed, snapshot(t, root)); d != "" {
+		t.Fatalf("a dry-run restore changed the node:\n%s", d)
+	}
+	// Global flags after the command.
+	if r := kubecpr(t, nil, "check", "--root", root, "--now", now.Format(time.RFC3339)); r.code != 0 {
+		t.Errorf("check --root after the command: exit %d\n%s", r.code, r.stderr)
+	}
+	// A stray argument is an error before anything happens.
+	if r := kubecpr(t, nil, rootArgs(root, "rollback", "now")...); r.code != ExitFailed || !strings.Contains(r.stderr, "takes no arguments") {
+		t.Errorf("rollback now: exit %d, want %d and 'takes no arguments'\n%s", r.code, ExitFailed, r.stderr)
+	}
+	if d := diffSnapshots(renewed, snapshot(t, root)); d != "" {
+		t.Fatalf("a refused command changed the node:\n%s", d)
+	}
+	if r := kubecpr(t, nil, "rollback", "--root", root, "--now", now.Format(time.RFC3339)); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s", r.code, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Fatalf("rollback is not byte-identical:\n%s", d)
+	}
+}
+
+// TestAbsoluteLinksStayInsideRoot: a node whose /var/lib/kubelet and
+// /etc/kubernetes/pki/etcd are absolute links (a separate disk). Under
+// --root they resolve inside the root, as a chroot would; a decoy at the
+// same path on the host is never read or written.
+func TestAbsoluteLinksStayInsideRoot(t *testing.T) {
+	root := expiredNode(t)
+	host := t.TempDir() // the "same path" on the host: a decoy
+	move := func(np, to string) {
+		t.Helper()
+		inRoot := filepath.Join(root, to)
+		if err := os.MkdirAll(filepath.Dir(inRoot), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(root, np), inRoot); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(to, filepath.Join(root, np)); err != nil {
+			t.Fatal(err)
+		}
+		// The decoy: the same tree at the link's absolute path on the host.
+		if out, err := exec.Command("cp", "-a", inRoot, filepath.Join(to)).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+	}
+	move("var/lib/kubelet", filepath.Join(host, "kubelet"))
+	move("etc/kubernetes/pki/etcd", filepath.Join(host, "etcd-pki"))
+	// A decoy state dir too: the journal and backups (with keys) must not
+	// land there.
+	if err := os.MkdirAll(filepath.Join(root, "var/lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	decoy := treeOf(t, host)
+	before := snapshot(t, root)
+
+	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
+	if r.code != 0 {
+		t.Fatalf("run with linked dirs: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(decoy, treeOf(t, host)); d != "" {
+		t.Fatalf("the run changed files outside --root:\n%s", d)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+		t.Errorf("check after the run: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Fatalf("rollback is not byte-identical:\n%s", d)
+	}
+	if d := diffSnapshots(decoy, treeOf(t, host)); d != "" {
+		t.Fatalf("rollback changed files outside --root:\n%s", d)
+	}
+
+	// A rehearsal copies the link targets from inside the node too.
+	if r := kubecpr(t, nil, rootArgs(root, "rehearse")...); r.code != 0 {
+		t.Fatalf("rehearse with linked dirs: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(decoy, treeOf(t, host)); d != "" {
+		t.Fatalf("the rehearsal changed files outside --root:\n%s", d)
+	}
+}
+
+func treeOf(t *testing.T, dir string) map[string]string { return snapshot(t, dir) }
+
+// TestSpecialFilesAsCredentials: a FIFO, a device and a huge file where a
+// certificate belongs are refused promptly, with the file named.
+func TestSpecialFilesAsCredentials(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		make func(t *testing.T, p string)
+	}{
+		{"fifo", func(t *testing.T, p string) {
+			if err := syscall.Mkfifo(p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"link to a device", func(t *testing.T, p string) {
+			dev := filepath.Join(filepath.Dir(p), "zero")
+			if err := syscall.Mknod(dev, syscall.S_IFCHR|0o666, 1<<8|5); err != nil {
+				t.Skipf("mknod (needs root): %v", err)
+			}
+			if err := os.Symlink("zero", p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"huge", func(t *testing.T, p string) {
+			f, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Truncate(1 << 30); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := expiredNode(t)
+			p := filepath.Join(root, "etc/kubernetes/pki/apiserver.crt")
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			tc.make(t, p)
+			for _, args := range [][]string{{"check"}, {"run", "--until", "kubeconfigs"}} {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				cmd := exec.CommandContext(ctx, kubecprBin(t), rootArgs(root, args...)...)
+				out, err := cmd.CombinedOutput()
+				hung := ctx.Err() == context.DeadlineExceeded
+				cancel()
+				if hung {
+					t.Fatalf("%v hangs on a %s", args, tc.name)
+				}
+				if err == nil || !strings.Contains(string(out), "apiserver.crt") {
+					t.Errorf("%v: err %v, want a failure naming apiserver.crt:\n%s", args, err, out)
+				}
+			}
+		})
+	}
+}
