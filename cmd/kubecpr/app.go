@@ -48,6 +48,9 @@ func newApp() *cli.App {
 			backupCommand(),
 			rehearseCommand(),
 			recoveryServerCommand(),
+			clusterCommand(),
+			factsCommand(),
+			kubeletAuthCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main exits, after deferred cleanup
 		Writer:         os.Stdout,

@@ -26,6 +26,7 @@ func renewFlags() []cli.Flag {
 		&cli.StringFlag{Name: "csr-dir", Usage: "external CA: write CSRs and keys here; signed <name>.crt files found here are installed"},
 		&cli.BoolFlag{Name: "migrate-organizations", Usage: "apply kubeadm 1.29+ organisations: admin.conf O=kubeadm:cluster-admins, super-admin.conf O=system:masters"},
 		&cli.BoolFlag{Name: "update-user-kubeconfigs", Usage: "also refresh users' ~/.kube/config files that trust this cluster"},
+		&cli.StringFlag{Name: "kubelet-client-bundle", Usage: "worker: install this kubelet client certificate+key (PEM, signed on a control-plane node; `kubecpr cluster` makes it) instead of signing one"},
 	}
 }
 
@@ -56,7 +57,9 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 		return nil, withCode(ExitFailed, fmt.Errorf("--sign %q: want auto, always or never", sign))
 	}
 	socket := c.String("cri-socket")
-	isLive := e.node.Root == "/" || socket != ""
+	// A copy of a node under --root is never live, unless the operator
+	// says how to reach its processes.
+	isLive := e.node.Root == "/" || socket != "" || c.String("kubelet-restart-command") != ""
 	if socket == "" && e.cluster != nil && e.cluster.CRISocket != "" {
 		socket = e.cluster.CRISocket
 	}
@@ -119,6 +122,7 @@ func options(c *cli.Context) pipeline.Options {
 		Validity: c.Duration("validity"), RenewWithin: c.Duration("renew-within"), RotateKeys: c.Bool("rotate-keys"),
 		CSRDir: c.String("csr-dir"), MigrateOrganizations: c.Bool("migrate-organizations"),
 		UpdateUserKubeconfigs: c.Bool("update-user-kubeconfigs"), DryRun: c.Bool("dry-run"),
+		KubeletClientBundle: c.String("kubelet-client-bundle"),
 	}
 }
 

@@ -67,7 +67,7 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			},
 		}}, nil
 	}
-	if live.RestartMethod == "containerd" && live.Runtime != nil {
+	if live.RestartMethod == "containerd" && live.Runtime != nil && len(present) > 0 {
 		// Connect now: an unreachable runtime stops the run before any change.
 		rt, err := live.Runtime()
 		if err != nil {

@@ -38,6 +38,14 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 		case inventory.KindKubeconfig:
 			items = append(items, it)
 		case inventory.KindKubeletClient:
+			if o.KubeletClientBundle != "" {
+				a, err := bundleAction(d, inv, it)
+				if err != nil {
+					return nil, &pipeline.PreconditionError{Stage: "kubeconfigs", Err: err}
+				}
+				extra = append(extra, a)
+				continue
+			}
 			// The kubelet rotates this itself while it can reach the API;
 			// renew it when it is no longer valid (or within --renew-within).
 			if it.Cert != nil && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {

@@ -69,6 +69,24 @@ type Inventory struct {
 	CAs     []*CAItem
 	// ServiceAccount problems (sa.key / sa.pub), empty when fine.
 	SAProblems []string
+	// Worker is true for a kubeadm worker node: no control-plane static
+	// pods and no cluster CA key, so its only credentials are the kubelet's.
+	Worker bool
+}
+
+// IsWorker reports whether the node under n is a kubeadm worker: it has
+// the cluster CA certificate and a kubelet credential, but neither the CA
+// key nor a kube-apiserver manifest nor any control-plane leaf.
+func IsWorker(n *node.Node, pkiDir, manifestsDir string) bool {
+	for _, p := range []string{
+		path.Join(pkiDir, "ca.key"), path.Join(pkiDir, "apiserver.crt"),
+		path.Join(manifestsDir, "kube-apiserver.yaml"), path.Join(node.KubernetesDir, "admin.conf"),
+	} {
+		if n.Exists(p) {
+			return false
+		}
+	}
+	return n.Exists(path.Join(node.KubernetesDir, "kubelet.conf"))
 }
 
 // leaf describes one kubeadm pki leaf: name as kubeadm prints it, base
@@ -110,8 +128,16 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 			n.Path(path.Join(pkiDir, "ca.crt")), ErrUnknownLayout, pkiDir, n.Root)
 	}
 
+	manifests := node.ManifestsDir
+	if c != nil && c.StaticPodPath != "" {
+		manifests = c.StaticPodPath
+	}
+	inv.Worker = IsWorker(n, pkiDir, manifests)
 	cas := map[string]*CAItem{}
 	for _, l := range kubeadmCAs {
+		if inv.Worker && l.name != "ca" {
+			continue // a worker has the cluster CA certificate only
+		}
 		ci := &CAItem{Name: l.name, CertPath: path.Join(pkiDir, l.base+".crt"), KeyPath: path.Join(pkiDir, l.base+".key")}
 		inv.CAs = append(inv.CAs, ci)
 		cas[l.name] = ci
@@ -146,12 +172,18 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 	}
 
 	for _, l := range kubeadmLeaves {
+		if inv.Worker {
+			break
+		}
 		it := &Item{Name: l.name, Kind: KindCert, Path: path.Join(pkiDir, l.base+".crt"),
 			KeyPath: path.Join(pkiDir, l.base+".key"), CAName: l.ca}
 		it.Store = &PairStore{Node: n, CertPath: it.Path, KeyPath: it.KeyPath}
 		inv.add(it, cas)
 	}
 	for _, name := range KubeconfigNames {
+		if inv.Worker && name != "kubelet.conf" {
+			continue
+		}
 		p := path.Join(node.KubernetesDir, name)
 		it := &Item{Name: name, Kind: KindKubeconfig, Path: p, CAName: "ca", Optional: name == "super-admin.conf"}
 		it.Store = &KubeconfigStore{Node: n, Path: p}
@@ -183,7 +215,9 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		it := &Item{Name: p, Kind: KindUserKubeconfig, Path: p, CAName: "ca", Store: ks}
 		inv.add(it, cas)
 	}
-	inv.checkSA(pkiDir)
+	if !inv.Worker {
+		inv.checkSA(pkiDir)
+	}
 	return inv, nil
 }
 

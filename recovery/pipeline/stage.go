@@ -27,7 +27,12 @@ type Options struct {
 	CSRDir                string        // external CA: where CSRs and keys go (host path)
 	MigrateOrganizations  bool          // kubeadm 1.29+ admin.conf / super-admin.conf organisations
 	UpdateUserKubeconfigs bool          // refresh ~/.kube/config files that point at this cluster
-	DryRun                bool
+	// KubeletClientBundle is a host path holding a kubelet client
+	// certificate and key (PEM) signed elsewhere — by `kubecpr cluster` on a
+	// control-plane node for a worker, which has no CA key. It is installed
+	// as the kubelet's rotating pem instead of signing one here.
+	KubeletClientBundle string
+	DryRun              bool
 }
 
 // Data is the narrow view a stage has of the run: paths, clock, options,

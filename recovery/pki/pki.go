@@ -356,3 +356,35 @@ func SelfSignedServing(old *x509.Certificate, key crypto.Signer, host string, no
 	}
 	return append(EncodeCertificate(cert), EncodeCertificate(caCert)...), cert, nil
 }
+
+// KubeletClientTemplate is the subject and usages of a kubelet's client
+// certificate for node name, as the kubelet requests it and the
+// kube-controller-manager signs it: CN system:node:NAME, O system:nodes,
+// digital signature, client auth.
+func KubeletClientTemplate(nodeName string) *x509.Certificate {
+	return &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+}
+
+// KubeletClientBundle signs a new kubelet client certificate for nodeName
+// with a new ECDSA P-256 key (what the kubelet itself makes) and returns
+// them as one PEM bundle, certificate first: the layout of the kubelet's
+// kubelet-client-<date>.pem. The bundle holds a private key: write it 0600.
+func KubeletClientBundle(ca *CA, nodeName string, o RenewOptions) ([]byte, *x509.Certificate, error) {
+	key, err := NewECKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := Renew(KubeletClientTemplate(nodeName), key.Public(), ca, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	kp, err := EncodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(EncodeCertificate(cert), kp...), cert, nil
+}

@@ -1,0 +1,384 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/kubecpr/kubecpr/recovery/cluster"
+	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
+	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+func clusterFlags() []cli.Flag {
+	return append(append([]cli.Flag{
+		&cli.StringFlag{Name: "inventory", Aliases: []string{"i"}, Usage: "the cluster's nodes: kubecpr's inventory YAML or a kubespray/Ansible YAML inventory (docs/cluster.md)"},
+		&cli.StringFlag{Name: "workers", Value: "bundle", Usage: "how workers get their kubelet credential: bundle (signed here, installed journaled on the worker)"},
+		&cli.IntFlag{Name: "parallel", Value: 10, Usage: "nodes worked on at once (control planes restart all at once regardless: etcd needs a majority)"},
+		&cli.StringFlag{Name: "ca-from", Usage: "node of the inventory (root: nodes) whose cluster CA signs the workers' kubelet certificates (default: this node, --root)"},
+	}, renewFlags()...), liveFlags()...)
+}
+
+func clusterCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "cluster",
+		Usage: "recover every node of a cluster from one place: control planes with their etcd quorum, then workers",
+		Description: "Phases: offline (every control plane: backup, certs with its own names, kubeconfigs), restart\n" +
+			"(every control plane at once: etcd regains quorum, then API servers, controller-managers, schedulers),\n" +
+			"workers (kubelet credential signed here, installed journaled, kubelet restarted), verify (nothing\n" +
+			"expired, every kubelet authenticates). Nodes over SSH (host keys checked) or local trees (root:).\n" +
+			"A cluster journal here records which node finished which phase; each node keeps its own.",
+		Subcommands: []*cli.Command{
+			{Name: "plan", Usage: "check the inventory against the nodes and print what run would do, changing nothing", Flags: clusterFlags(),
+				Action: func(c *cli.Context) error { return clusterRun(c, true) }},
+			{Name: "run", Usage: "recover the cluster (continues an unfinished cluster run)", Flags: clusterFlags(),
+				Action: func(c *cli.Context) error { return clusterRun(c, false) }},
+			{Name: "resume", Usage: "continue the last cluster run with its own options", Flags: liveFlags(),
+				Action: func(c *cli.Context) error { return clusterRun(c, false) }},
+			{Name: "status", Usage: "which node finished which phase in the last cluster run", Action: clusterStatus},
+			{Name: "rollback", Usage: "undo the last cluster run on every node it touched: workers first, control planes last", Flags: liveFlags(),
+				Action: clusterRollback},
+		},
+	}
+}
+
+func clusterStateDir(c *cli.Context) (string, *env, error) {
+	e, err := setupLight(c)
+	if err != nil {
+		return "", nil, err
+	}
+	return e.stateDir(c), e, nil
+}
+
+// setupLight is setup without discovering the driving node: a workstation
+// driving a cluster has no kubeadm tree of its own.
+func setupLight(c *cli.Context) (*env, error) {
+	e := &env{out: c.App.Writer, warn: c.Duration("warn"), format: c.String("output")}
+	var err error
+	if e.now, err = parseNow(c.String("now")); err != nil {
+		return nil, err
+	}
+	if e.node, err = node.New(c.String("root")); err != nil {
+		return nil, withCode(ExitFailed, err)
+	}
+	return e, nil
+}
+
+// setFlagArgs renders the flags the operator set, for the node runs.
+func setFlagArgs(c *cli.Context, flags []cli.Flag) []string {
+	var out []string
+	for _, f := range flags {
+		n := f.Names()[0]
+		if !c.IsSet(n) {
+			continue
+		}
+		if strings.Contains(n, "daemonset") {
+			for _, v := range c.StringSlice(n) {
+				out = append(out, "--"+n+"="+v)
+			}
+			continue
+		}
+		out = append(out, "--"+n+"="+flagString(c, n))
+	}
+	return out
+}
+
+func clusterRun(c *cli.Context, dryRun bool) error {
+	stateDir, e, err := clusterStateDir(c)
+	if err != nil {
+		return err
+	}
+	lockDir := filepath.Join(stateDir, "cluster")
+	if err := os.MkdirAll(lockDir, 0o700); err != nil {
+		return withCode(ExitFailed, err)
+	}
+	lock, err := journal.Acquire(lockDir, time.Now())
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	o := cluster.Options{StateDir: stateDir, Now: e.now, Out: e.out, Parallel: c.Int("parallel"), Workers: c.String("workers")}
+	if o.Binary, err = os.Executable(); err != nil {
+		return withCode(ExitFailed, err)
+	}
+	invPath := c.String("inventory")
+	id, recs, err := cluster.CurrentRun(stateDir)
+	if err != nil {
+		return err
+	}
+	resuming := c.Command.Name == "resume"
+	if id != "" && cluster.Status(recs) == "open" {
+		p, sum, global, run, live, workers, err := cluster.Recorded(recs)
+		if err != nil {
+			return err
+		}
+		if invPath != "" && invPath != p || c.IsSet("workers") && c.String("workers") != workers {
+			return withCode(ExitPrecondition, fmt.Errorf("cluster run %s is open with inventory %s and --workers %s: `kubecpr cluster resume` continues it, `kubecpr cluster rollback` undoes it", id, p, workers))
+		}
+		if set := setFlagArgs(c, append(renewFlags(), liveFlags()...)); !resuming && len(set) > 0 && strings.Join(set, " ") != strings.Join(run, " ") {
+			return withCode(ExitPrecondition, fmt.Errorf("cluster run %s is open and was started with %v: an open run continues with its own options (`kubecpr cluster resume`), or `kubecpr cluster rollback` and start again", id, run))
+		}
+		invPath, o.GlobalArgs, o.RunArgs, o.LiveArgs, o.Workers = p, global, run, live, workers
+		if got, _ := fileSHA(p); got != sum {
+			return withCode(ExitPrecondition, fmt.Errorf("the inventory %s changed since cluster run %s started: restore it, or roll the run back (`kubecpr cluster rollback`) and start again", p, id))
+		}
+		fmt.Fprintf(e.out, "continuing cluster run %s\n", id)
+	} else {
+		if resuming {
+			fmt.Fprintln(e.out, "nothing to resume: no unfinished cluster run")
+			return nil
+		}
+		if invPath == "" {
+			return withCode(ExitFailed, fmt.Errorf("--inventory FILE is required (docs/cluster.md shows the format; a kubespray inventory works as it is)"))
+		}
+		o.RunArgs = setFlagArgs(c, append(renewFlags(), liveFlags()...))
+		o.LiveArgs = setFlagArgs(c, liveFlags())
+		if c.IsSet("now") {
+			o.GlobalArgs = []string{"--now", c.String("now")}
+		}
+	}
+	if o.Inventory, err = cinv.Load(invPath); err != nil {
+		return withCode(ExitFailed, err)
+	}
+	if c.IsSet("validity") || hasArg(o.RunArgs, "--validity=") {
+		for _, a := range o.RunArgs {
+			if v, ok := strings.CutPrefix(a, "--validity="); ok {
+				o.Validity, _ = time.ParseDuration(v)
+			}
+		}
+	}
+	if o.CA, err = clusterCA(e, o.Inventory, c.String("ca-from")); err != nil && len(o.Inventory.Workers()) > 0 && !dryRun {
+		return withCode(ExitPrecondition, err)
+	}
+	d, continued, err := cluster.New(o)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if dryRun {
+		if err := d.Prepare(c.Context); err != nil {
+			return withCode(ExitPrecondition, err)
+		}
+		printClusterPlan(e, o.Inventory)
+		return nil
+	}
+	start := time.Now()
+	err = d.Run(c.Context, continued)
+	fmt.Fprintln(e.out)
+	d.Summary(e.out)
+	if err != nil {
+		if c.Context.Err() != nil {
+			return withCode(ExitInterrupted, fmt.Errorf("interrupted: cluster run %s stays open; `kubecpr cluster status` shows where each node is, `kubecpr cluster resume` continues, `kubecpr cluster rollback` undoes it", d.RunID()))
+		}
+		if strings.Contains(err.Error(), "nothing was changed") {
+			return withCode(ExitPrecondition, err)
+		}
+		return withCode(ExitStageFailed, err)
+	}
+	fmt.Fprintf(e.out, "cluster run %s complete in %s\n", d.RunID(), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func hasArg(args []string, prefix string) bool {
+	for _, a := range args {
+		if strings.HasPrefix(a, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func fileSHA(p string) (string, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	return pki.SHA256(b), nil
+}
+
+// clusterCA finds the cluster CA (with its key) that signs the workers'
+// kubelet certificates: the driving node's, or a root: node's.
+func clusterCA(e *env, inv *cinv.Inventory, from string) (*pki.CA, error) {
+	n := e.node
+	if from != "" {
+		nd, ok := inv.Find(from)
+		if !ok || nd.Root == "" {
+			return nil, fmt.Errorf("--ca-from %s: not a root: node of the inventory %s", from, inv.Source)
+		}
+		var err error
+		if n, err = node.New(nd.Root); err != nil {
+			return nil, err
+		}
+	}
+	crt, err := n.ReadFile(node.DefaultPKIDir + "/ca.crt")
+	if err != nil {
+		return nil, fmt.Errorf("signing the workers' kubelet certificates needs the cluster CA: %w; run kubecpr cluster on a control-plane node, or pass --ca-from NODE", err)
+	}
+	key, err := n.ReadFile(node.DefaultPKIDir + "/ca.key")
+	if err != nil {
+		return nil, fmt.Errorf("signing the workers' kubelet certificates needs the cluster CA key: %w; run kubecpr cluster on a control-plane node, or pass --ca-from NODE", err)
+	}
+	cert, err := pki.ParseCertificate(crt)
+	if err != nil {
+		return nil, err
+	}
+	k, err := pki.ParsePrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", node.DefaultPKIDir+"/ca.key", err)
+	}
+	return &pki.CA{Name: "ca", Cert: cert, Key: k}, nil
+}
+
+func printClusterPlan(e *env, inv *cinv.Inventory) {
+	w := e.out
+	fmt.Fprintf(w, "cluster plan for %s (dry run: nothing will be changed); every node matches the inventory\n", inv.Source)
+	names := func(ns []cinv.Node) string {
+		var s []string
+		for _, n := range ns {
+			s = append(s, n.Name)
+		}
+		if len(s) == 0 {
+			return "(none)"
+		}
+		return strings.Join(s, ", ")
+	}
+	fmt.Fprintf(w, "1. offline, control planes (%s): diagnose, backup, certs with each node's own names, kubeconfigs\n", names(inv.ControlPlanes()))
+	fmt.Fprintf(w, "2. restart, all control planes at once (%s): etcd (quorum), API servers, controller-managers, schedulers; csr; verify\n", names(inv.ControlPlanes()))
+	fmt.Fprintf(w, "3. workers (%s): kubelet client certificate signed here, installed journaled, kubelet restarted\n", names(inv.Workers()))
+	fmt.Fprintf(w, "4. verify, every node: nothing expired, the kubelet authenticates as system:node:NAME\n")
+}
+
+func clusterStatus(c *cli.Context) error {
+	stateDir, e, err := clusterStateDir(c)
+	if err != nil {
+		return err
+	}
+	id, recs, err := cluster.CurrentRun(stateDir)
+	if err != nil {
+		return err
+	}
+	if id == "" {
+		fmt.Fprintln(e.out, "no cluster run recorded in "+filepath.Join(stateDir, "cluster"))
+		return nil
+	}
+	order, state := cluster.NodeStates(recs)
+	if e.format != "table" {
+		type row struct {
+			Action string `json:"action"`
+			State  string `json:"state"`
+		}
+		var rows []row
+		for _, a := range order {
+			rows = append(rows, row{a, state[a]})
+		}
+		return emit(e.out, e.format, map[string]any{"runID": id, "status": cluster.Status(recs), "actions": rows})
+	}
+	fmt.Fprintf(e.out, "cluster run %s: %s\n", id, cluster.Status(recs))
+	tw := tabwriter.NewWriter(e.out, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, "PHASE/NODE\tSTATE")
+	for _, a := range order {
+		fmt.Fprintf(tw, "%s\t%s\n", a, state[a])
+	}
+	return tw.Flush()
+}
+
+func clusterRollback(c *cli.Context) error {
+	stateDir, e, err := clusterStateDir(c)
+	if err != nil {
+		return err
+	}
+	lock, err := journal.Acquire(filepath.Join(stateDir, "cluster"), time.Now())
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	id, recs, err := cluster.CurrentRun(stateDir)
+	if err != nil {
+		return err
+	}
+	if id == "" || cluster.Status(recs) == "rolled-back" {
+		fmt.Fprintln(e.out, "nothing to roll back: no cluster run, or it was rolled back already")
+		return nil
+	}
+	p, _, global, run, live, workers, err := cluster.Recorded(recs)
+	if err != nil {
+		return err
+	}
+	inv, err := cinv.Load(p)
+	if err != nil {
+		return withCode(ExitFailed, err)
+	}
+	if set := setFlagArgs(c, liveFlags()); len(set) > 0 {
+		live = set
+	}
+	o := cluster.Options{Inventory: inv, StateDir: stateDir, GlobalArgs: global, RunArgs: run, LiveArgs: live, Workers: workers,
+		Now: e.now, Out: e.out}
+	if o.Binary, err = os.Executable(); err != nil {
+		return err
+	}
+	d := cluster.Existing(o, id)
+	defer d.Close()
+	fmt.Fprintf(e.out, "rolling back cluster run %s\n", id)
+	err = d.Rollback(context.WithoutCancel(c.Context))
+	fmt.Fprintln(e.out)
+	d.Summary(e.out)
+	if err != nil {
+		return withCode(ExitStageFailed, fmt.Errorf("cluster rollback incomplete, run it again after fixing: %w", err))
+	}
+	fmt.Fprintf(e.out, "cluster run %s rolled back on every node it touched\n", id)
+	return nil
+}
+
+// factsCommand is the node side of `kubecpr cluster`: what this node is.
+func factsCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "facts",
+		Usage:  "print what this node is (name, role, cluster CA, etcd members), for kubecpr cluster",
+		Hidden: true,
+		Action: func(c *cli.Context) error {
+			e, err := setup(c)
+			if err != nil {
+				return err
+			}
+			inv, err := e.inventory()
+			if err != nil {
+				return err
+			}
+			f, err := cluster.ReadFacts(e.node, e.cluster, inv)
+			if err != nil {
+				return withCode(ExitFailed, err)
+			}
+			return emit(e.out, "json", f)
+		},
+	}
+}
+
+// kubeletAuthCommand proves the kubelet's credential against the API.
+func kubeletAuthCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "kubelet-auth",
+		Usage:  "authenticate with the kubelet's credential and print the user the API server sees",
+		Hidden: true,
+		Action: func(c *cli.Context) error {
+			e, err := setupLight(c)
+			if err != nil {
+				return err
+			}
+			user, err := cluster.KubeletIdentity(c.Context, e.node)
+			if err != nil {
+				return withCode(ExitFailed, err)
+			}
+			fmt.Fprintln(e.out, user)
+			return nil
+		},
+	}
+}

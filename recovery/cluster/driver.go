@@ -1,0 +1,688 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
+	"github.com/kubecpr/kubecpr/recovery/cluster/transport"
+	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/pki"
+)
+
+// Phases of a cluster run, in order.
+const (
+	PhaseOffline = "offline" // control planes: diagnose, backup, certs, kubeconfigs
+	PhaseRestart = "restart" // control planes, all at once: bounce, csr, verify
+	PhaseWorkers = "workers" // workers: kubelet credential, kubelet restart
+	PhaseVerify  = "verify"  // every node: nothing expired, the kubelet authenticates
+)
+
+// BundleNodePath is where a worker's signed kubelet bundle is put (0600)
+// until the worker's run has installed it; it is removed afterwards.
+const BundleNodePath = "/var/lib/kubecpr/incoming/kubelet-client.pem"
+
+// RemoteBinary is where the driver copies itself on an SSH node.
+const RemoteBinary = "/var/lib/kubecpr/bin/kubecpr"
+
+// Options configure a cluster run. RunArgs and LiveArgs are node-level
+// kubecpr flags: RunArgs go to every node run (renewal and live options,
+// recorded in the cluster journal so resume passes the same), LiveArgs to
+// node rollbacks. A node's own inventory Args are added to both.
+type Options struct {
+	Inventory  *cinv.Inventory
+	Binary     string // this kubecpr, run for root: nodes and copied to SSH nodes
+	StateDir   string // host path of the driving node's state dir
+	GlobalArgs []string
+	RunArgs    []string
+	LiveArgs   []string
+	Workers    string // bundle (default) or bootstrap
+	Parallel   int
+	// CA signs the workers' kubelet bundles (the cluster CA with its key,
+	// from a control-plane node's tree).
+	CA       *pki.CA
+	Now      time.Time
+	Validity time.Duration
+	Out      io.Writer
+	// Dial connects to a node; nil uses Connect.
+	Dial func(ctx context.Context, n cinv.Node) (transport.Transport, error)
+}
+
+// Driver runs one cluster run.
+type Driver struct {
+	o       Options
+	runID   string
+	j       *journal.Journal
+	mu      sync.Mutex
+	records []journal.Record
+	results map[string]*result
+	conns   map[string]transport.Transport
+	// appended counts journal records written by this process.
+	appended int
+}
+
+type result struct {
+	node, role, phase, state string
+	took                     time.Duration
+}
+
+// Connect dials a node: a local transport for root: nodes, SSH otherwise.
+func Connect(ctx context.Context, n cinv.Node) (transport.Transport, error) {
+	if n.SSH == nil {
+		return transport.NewLocal(n.Name), nil
+	}
+	cfg := transport.SSHConfig{Node: n.Name, User: n.SSH.User, Host: n.SSH.Host, Port: n.SSH.Port,
+		IdentityFile: n.SSH.IdentityFile, UseAgent: n.SSH.Agent, Sudo: n.SSH.Sudo, Timeout: 15 * time.Second}
+	if n.SSH.KnownHosts != "" {
+		cfg.KnownHostsFiles = []string{n.SSH.KnownHosts}
+	}
+	return transport.DialSSH(ctx, cfg)
+}
+
+func (o *Options) defaults() {
+	if o.Workers == "" {
+		o.Workers = "bundle"
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 10
+	}
+	if o.Dial == nil {
+		o.Dial = Connect
+	}
+	if o.Validity == 0 {
+		o.Validity = 365 * 24 * time.Hour
+	}
+}
+
+func (d *Driver) dir() string { return filepath.Join(d.o.StateDir, "cluster") }
+func (d *Driver) journalPath() string {
+	return filepath.Join(d.dir(), d.runID, "journal.log")
+}
+
+// CurrentRun is the id of the last cluster run and its records.
+func CurrentRun(stateDir string) (string, []journal.Record, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, "cluster", "current"))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil, nil
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	id := strings.TrimSpace(string(b))
+	recs, err := journal.ReadFile(filepath.Join(stateDir, "cluster", id, "journal.log"))
+	if err == nil && (len(recs) == 0 || recs[0].Kind != journal.KindRunStart) {
+		err = fmt.Errorf("%w: cluster journal of run %s lost its records", journal.ErrCorrupt, id)
+	}
+	return id, recs, err
+}
+
+// Status of a cluster run's records: open, complete or rolled-back.
+func Status(recs []journal.Record) string {
+	st := "open"
+	for _, r := range recs {
+		if r.Kind == journal.KindRunEnd {
+			st = r.Data["status"]
+		}
+	}
+	return st
+}
+
+// recorded is what a cluster run's start record keeps.
+type recorded struct {
+	Inventory       string   `json:"inventory"`
+	InventorySHA256 string   `json:"inventorySHA256"`
+	GlobalArgs      []string `json:"globalArgs"`
+	RunArgs         []string `json:"runArgs"`
+	LiveArgs        []string `json:"liveArgs"`
+	Workers         string   `json:"workers"`
+}
+
+func inventorySum(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:]), nil
+}
+
+// Recorded returns the options a cluster run was started with.
+func Recorded(recs []journal.Record) (inventoryPath, sum string, global, run, live []string, workers string, err error) {
+	for _, r := range recs {
+		if r.Kind == journal.KindRunStart {
+			var rc recorded
+			if err := json.Unmarshal([]byte(r.Data["options"]), &rc); err != nil {
+				return "", "", nil, nil, nil, "", fmt.Errorf("%w: cluster run-start record: %v", journal.ErrCorrupt, err)
+			}
+			return rc.Inventory, rc.InventorySHA256, rc.GlobalArgs, rc.RunArgs, rc.LiveArgs, rc.Workers, nil
+		}
+	}
+	return "", "", nil, nil, nil, "", fmt.Errorf("%w: no cluster run-start record", journal.ErrCorrupt)
+}
+
+// New prepares a driver: it continues the open cluster run, if any (the
+// caller has made its options the recorded ones), else starts a new one.
+func New(o Options) (*Driver, bool, error) {
+	o.defaults()
+	d := &Driver{o: o, results: map[string]*result{}, conns: map[string]transport.Transport{}}
+	id, recs, err := CurrentRun(o.StateDir)
+	if err != nil {
+		return nil, false, err
+	}
+	continued := id != "" && Status(recs) == "open"
+	if continued {
+		d.runID = id
+	} else {
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		d.runID = o.Now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b)
+	}
+	return d, continued, nil
+}
+
+// Existing returns a driver for the recorded cluster run id (rollback of
+// a complete run).
+func Existing(o Options, id string) *Driver {
+	o.defaults()
+	return &Driver{o: o, runID: id, results: map[string]*result{}, conns: map[string]transport.Transport{}}
+}
+
+// RunID is the cluster run's id.
+func (d *Driver) RunID() string { return d.runID }
+
+func (d *Driver) open(continued bool) error {
+	if err := os.MkdirAll(filepath.Dir(d.journalPath()), 0o700); err != nil {
+		return err
+	}
+	j, err := journal.Open(d.journalPath())
+	if err != nil {
+		return err
+	}
+	d.j, d.records = j, j.Records()
+	if continued {
+		return nil
+	}
+	sum, err := inventorySum(d.o.Inventory.Source)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(recorded{Inventory: d.o.Inventory.Source, InventorySHA256: sum, GlobalArgs: d.o.GlobalArgs,
+		RunArgs: d.o.RunArgs, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers})
+	if err := d.append(journal.Record{Kind: journal.KindRunStart, Data: map[string]string{"options": string(b)}}); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(d.dir(), "current"), []byte(d.runID+"\n"), atomicfile.Options{Mode: 0o600})
+}
+
+func (d *Driver) append(r journal.Record) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r.RunID = d.runID
+	out, err := d.j.Append(r)
+	if err != nil {
+		return fmt.Errorf("cluster journal %s: %w", d.journalPath(), err)
+	}
+	d.records = append(d.records, out)
+	d.appended++
+	if crashAfter > 0 && d.appended == crashAfter {
+		// Crash-test seam: die like a power cut right after the record is
+		// durable (KUBECPR_CLUSTER_CRASH_AFTER_RECORD).
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	return nil
+}
+
+var crashAfter, _ = strconv.Atoi(os.Getenv("KUBECPR_CLUSTER_CRASH_AFTER_RECORD"))
+
+// done reports whether the journal shows action done (and not undone).
+func (d *Driver) done(action string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := false
+	for _, r := range d.records {
+		if r.Action != action {
+			continue
+		}
+		switch r.Kind {
+		case journal.KindDone:
+			st = true
+		case journal.KindIntent, journal.KindUndone, journal.KindFailed:
+			st = false
+		}
+	}
+	return st
+}
+
+// touched reports whether any intent was recorded for a node.
+func (d *Driver) touched(nodeName string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.records {
+		if r.Kind == journal.KindIntent && strings.HasSuffix(r.Action, "/"+nodeName) {
+			return true
+		}
+	}
+	return false
+}
+
+// Close releases the journal and the connections.
+func (d *Driver) Close() {
+	for _, c := range d.conns {
+		_ = c.Close()
+	}
+	if d.j != nil {
+		_ = d.j.Close()
+	}
+}
+
+type namedNode struct{ cinv.Node }
+
+func (n namedNode) Name() string { return n.Node.Name }
+
+func wrap(nodes []cinv.Node) []namedNode {
+	out := make([]namedNode, len(nodes))
+	for i, n := range nodes {
+		out[i] = namedNode{n}
+	}
+	return out
+}
+
+func (d *Driver) conn(ctx context.Context, n cinv.Node) (transport.Transport, error) {
+	d.mu.Lock()
+	c := d.conns[n.Name]
+	d.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	c, err := d.o.Dial(ctx, n)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	d.mu.Lock()
+	d.conns[n.Name] = c
+	d.mu.Unlock()
+	return c, nil
+}
+
+// binary is the kubecpr a node runs: this one for root: nodes, the copy
+// uploaded by Prepare on SSH nodes.
+func (d *Driver) binary(n cinv.Node) string {
+	if n.SSH == nil {
+		return d.o.Binary
+	}
+	return RemoteBinary
+}
+
+// hostPath is where node path p is, as the node's kubecpr process sees it.
+func hostPath(n cinv.Node, p string) string {
+	if n.Root != "" {
+		return filepath.Join(n.Root, filepath.FromSlash(p))
+	}
+	return p
+}
+
+// kubecpr runs the node's kubecpr with args, its output prefixed with the
+// node's name. Captured output (stdout only) is returned when capture is
+// set instead of being shown.
+func (d *Driver) kubecpr(ctx context.Context, n cinv.Node, capture bool, args ...string) (string, error) {
+	t, err := d.conn(ctx, n)
+	if err != nil {
+		return "", err
+	}
+	argv := []string{d.binary(n)}
+	if n.Root != "" {
+		argv = append(argv, "--root", n.Root)
+	}
+	argv = append(append(argv, d.o.GlobalArgs...), args...)
+	prefix := fmt.Sprintf("[%s] ", n.Name)
+	errw := transport.PrefixWriter(d.o.Out, prefix)
+	defer errw.Close()
+	if capture {
+		var out bytes.Buffer
+		err := t.Run(ctx, argv, &out, errw)
+		return out.String(), err
+	}
+	outw := transport.PrefixWriter(d.o.Out, prefix)
+	defer outw.Close()
+	return "", t.Run(ctx, argv, outw, errw)
+}
+
+// Prepare connects to every node, copies kubecpr to SSH nodes, and
+// cross-checks the inventory with what the nodes say about themselves:
+// a wrong inventory stops here, before any change anywhere.
+func (d *Driver) Prepare(ctx context.Context) error {
+	inv := d.o.Inventory
+	facts := map[string]*Facts{}
+	var mu sync.Mutex
+	res := transport.FanOut(ctx, wrap(inv.Nodes), d.o.Parallel, func(ctx context.Context, n namedNode) error {
+		if n.SSH != nil {
+			if err := d.upload(ctx, n.Node); err != nil {
+				return err
+			}
+		}
+		out, err := d.kubecpr(ctx, n.Node, true, "facts", "-o", "json")
+		if err != nil {
+			return fmt.Errorf("reading its facts: %w", err)
+		}
+		var f Facts
+		if err := json.Unmarshal([]byte(out), &f); err != nil {
+			return fmt.Errorf("reading its facts: %v", err)
+		}
+		mu.Lock()
+		facts[n.Node.Name] = &f
+		mu.Unlock()
+		return nil
+	})
+	if err := transport.JoinErrors(res); err != nil {
+		return fmt.Errorf("before any change: %w", err)
+	}
+	var problems []error
+	var caNode, caSum string
+	cps := inv.ControlPlanes()
+	for _, n := range inv.Nodes {
+		f := facts[n.Name]
+		if f.NodeName != "" && f.NodeName != n.Name {
+			problems = append(problems, fmt.Errorf("%s: inventory node %q is node %q by its own certificates: fix the name or the address in the inventory", inv.Source, n.Name, f.NodeName))
+		}
+		if string(n.Role) != f.Role {
+			problems = append(problems, fmt.Errorf("%s: node %s is a %s in the inventory but its files are a %s's", inv.Source, n.Name, n.Role, f.Role))
+		}
+		if caSum == "" {
+			caNode, caSum = n.Name, f.CASHA256
+		} else if f.CASHA256 != caSum {
+			problems = append(problems, fmt.Errorf("node %s has another cluster CA than node %s (sha256 %.12s… vs %.12s…): it belongs to another cluster; remove it from the inventory %s", n.Name, caNode, f.CASHA256, caSum, inv.Source))
+		}
+	}
+	if len(cps) > 0 {
+		if f := facts[cps[0].Name]; f != nil && f.EtcdInitialCluster != "" {
+			members, err := cinv.ParseInitialCluster(f.EtcdInitialCluster)
+			if err != nil {
+				problems = append(problems, fmt.Errorf("node %s: %w", cps[0].Name, err))
+			} else if err := cinv.CrossCheck(inv, cinv.ClusterFacts{EtcdMembers: members}); err != nil {
+				problems = append(problems, err)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("the inventory does not match the cluster, nothing was changed:\n  %w", errors.Join(problems...))
+	}
+	return nil
+}
+
+func (d *Driver) upload(ctx context.Context, n cinv.Node) error {
+	t, err := d.conn(ctx, n)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(d.o.Binary)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(RemoteBinary)}, io.Discard, io.Discard); err != nil {
+		return fmt.Errorf("creating %s: %w", filepath.Dir(RemoteBinary), err)
+	}
+	if err := t.Upload(ctx, f, RemoteBinary, 0o755); err != nil {
+		return fmt.Errorf("copying kubecpr to %s: %w", RemoteBinary, err)
+	}
+	return nil
+}
+
+// step runs fn on nodes (parallel bound p) as journaled cluster actions
+// PHASE/NODE; nodes whose action is done are skipped.
+func (d *Driver) step(ctx context.Context, phase string, nodes []cinv.Node, p int, fn func(context.Context, cinv.Node) error) error {
+	if len(nodes) == 0 {
+		return nil
+	}
+	fmt.Fprintf(d.o.Out, "== %s: %s\n", phase, names(nodes))
+	res := transport.FanOut(ctx, wrap(nodes), p, func(ctx context.Context, n namedNode) error {
+		id := phase + "/" + n.Node.Name
+		r := &result{node: n.Node.Name, role: string(n.Role), phase: phase}
+		d.mu.Lock()
+		d.results[id] = r
+		d.mu.Unlock()
+		if d.done(id) {
+			r.state = "done earlier"
+			return nil
+		}
+		if err := d.append(journal.Record{Kind: journal.KindIntent, Stage: phase, Action: id}); err != nil {
+			return err
+		}
+		start := time.Now()
+		err := fn(ctx, n.Node)
+		r.took = time.Since(start)
+		if err != nil {
+			r.state = "FAILED"
+			_ = d.append(journal.Record{Kind: journal.KindFailed, Stage: phase, Action: id, Data: map[string]string{"error": err.Error()}})
+			return err
+		}
+		r.state = "ok"
+		return d.append(journal.Record{Kind: journal.KindDone, Stage: phase, Action: id})
+	})
+	if err := transport.JoinErrors(res); err != nil {
+		return fmt.Errorf("phase %s: %w\nthe cluster journal records which node finished what: `kubecpr cluster status`, then `kubecpr cluster resume` or `kubecpr cluster rollback`", phase, err)
+	}
+	return nil
+}
+
+func names(nodes []cinv.Node) string {
+	var s []string
+	for _, n := range nodes {
+		s = append(s, n.Name)
+	}
+	return strings.Join(s, ", ")
+}
+
+func (d *Driver) runArgs(n cinv.Node, extra ...string) []string {
+	args := append([]string{"run"}, extra...)
+	args = append(args, d.o.RunArgs...)
+	return append(args, n.Args...)
+}
+
+// Run drives the whole cluster run (or continues it).
+func (d *Driver) Run(ctx context.Context, continued bool) error {
+	if err := d.Prepare(ctx); err != nil {
+		return err
+	}
+	if err := d.open(continued); err != nil {
+		return err
+	}
+	inv := d.o.Inventory
+	cps, workers := inv.ControlPlanes(), inv.Workers()
+
+	// Phase 1: every control plane offline, before any process is touched.
+	if err := d.step(ctx, PhaseOffline, cps, d.o.Parallel, func(ctx context.Context, n cinv.Node) error {
+		_, err := d.kubecpr(ctx, n, false, d.runArgs(n, "--until", "kubeconfigs")...)
+		return err
+	}); err != nil {
+		return err
+	}
+	// Phase 2: all control planes at once, so that a majority of etcd
+	// members comes back together (one member alone has no quorum).
+	if err := d.step(ctx, PhaseRestart, cps, len(cps), func(ctx context.Context, n cinv.Node) error {
+		_, err := d.kubecpr(ctx, n, false, d.runArgs(n, "--from", "bounce")...)
+		return err
+	}); err != nil {
+		return err
+	}
+	// Phase 3: workers.
+	if err := d.step(ctx, PhaseWorkers, workers, d.o.Parallel, d.worker); err != nil {
+		return err
+	}
+	if err := d.step(ctx, PhaseVerify, inv.Nodes, d.o.Parallel, d.verify); err != nil {
+		return err
+	}
+	if err := d.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "complete"}}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// worker recovers one worker's kubelet credential and restarts its kubelet.
+func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
+	if d.o.Workers != "bundle" {
+		return fmt.Errorf("--workers %s is not implemented yet: use --workers bundle", d.o.Workers)
+	}
+	if d.o.CA == nil || d.o.CA.Key == nil {
+		return errors.New("no cluster CA key to sign the workers' kubelet certificates: run kubecpr cluster on a control-plane node (or give --ca-from a root: control-plane node of the inventory)")
+	}
+	bundle, _, err := pki.KubeletClientBundle(d.o.CA, n.Name, pki.RenewOptions{Now: d.o.Now, Validity: d.o.Validity})
+	if err != nil {
+		return err
+	}
+	t, err := d.conn(ctx, n)
+	if err != nil {
+		return err
+	}
+	dst := hostPath(n, BundleNodePath)
+	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(dst)}, io.Discard, io.Discard); err != nil {
+		return fmt.Errorf("creating %s: %w", filepath.Dir(dst), err)
+	}
+	if err := t.Upload(ctx, bytes.NewReader(bundle), dst, 0o600); err != nil {
+		return fmt.Errorf("copying the kubelet bundle to %s: %w", dst, err)
+	}
+	_, runErr := d.kubecpr(ctx, n, false, d.runArgs(n, "--until", "bounce", "--kubelet-client-bundle", dst)...)
+	// The bundle holds a private key: it does not outlive the run.
+	if err := t.Run(ctx, []string{"rm", "-f", dst}, io.Discard, io.Discard); err != nil && runErr == nil {
+		return fmt.Errorf("removing %s: %w", dst, err)
+	}
+	return runErr
+}
+
+// verify proves each node: no credential expired (`kubecpr check`), and
+// its kubelet authenticates against the API server with its credential.
+func (d *Driver) verify(ctx context.Context, n cinv.Node) error {
+	if _, err := d.kubecpr(ctx, n, true, "check"); err != nil {
+		return fmt.Errorf("kubecpr check: %w", err)
+	}
+	if !d.live(n) {
+		fmt.Fprintf(d.o.Out, "[%s] a copy of a node (root: without --kubelet-restart-command or --cri-socket): the kubelet's credential is checked offline only\n", n.Name)
+		return nil
+	}
+	out, err := d.kubecpr(ctx, n, true, "kubelet-auth")
+	if err != nil {
+		return fmt.Errorf("the kubelet's credential: %w", err)
+	}
+	user := strings.TrimSpace(out)
+	if user != "system:node:"+n.Name {
+		return fmt.Errorf("the kubelet authenticates as %q, want system:node:%s", user, n.Name)
+	}
+	fmt.Fprintf(d.o.Out, "[%s] kubelet authenticates as %s\n", n.Name, user)
+	return nil
+}
+
+// live reports whether a node's processes are acted on: a node over SSH,
+// or a root: tree given a way to restart its kubelet or reach its runtime.
+func (d *Driver) live(n cinv.Node) bool {
+	if n.SSH != nil {
+		return true
+	}
+	for _, a := range append(append([]string{}, d.o.RunArgs...), n.Args...) {
+		if strings.HasPrefix(a, "--kubelet-restart-command") || strings.HasPrefix(a, "--cri-socket") {
+			return true
+		}
+	}
+	return false
+}
+
+// Rollback undoes every node the run touched: workers first, then the
+// control planes all at once (their etcd members need each other), each
+// with its own journal (`kubecpr rollback` on the node).
+func (d *Driver) Rollback(ctx context.Context) error {
+	if err := d.open(true); err != nil {
+		return err
+	}
+	inv := d.o.Inventory
+	var errs []error
+	for _, group := range []struct {
+		phase string
+		nodes []cinv.Node
+		p     int
+	}{{"rollback-workers", inv.Workers(), d.o.Parallel}, {"rollback-control-planes", inv.ControlPlanes(), len(inv.ControlPlanes())}} {
+		var touched []cinv.Node
+		for _, n := range group.nodes {
+			if d.touched(n.Name) {
+				touched = append(touched, n)
+			}
+		}
+		err := d.step(ctx, group.phase, touched, group.p, func(ctx context.Context, n cinv.Node) error {
+			args := append(append([]string{"rollback"}, d.o.LiveArgs...), n.Args...)
+			_, err := d.kubecpr(ctx, n, false, args...)
+			return err
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return d.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "rolled-back"}})
+}
+
+// Summary prints one line per node and phase: the table at the end.
+func (d *Driver) Summary(w io.Writer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var rs []*result
+	for _, r := range d.results {
+		rs = append(rs, r)
+	}
+	order := map[string]int{PhaseOffline: 0, PhaseRestart: 1, PhaseWorkers: 2, PhaseVerify: 3}
+	sort.Slice(rs, func(i, j int) bool {
+		if order[rs[i].phase] != order[rs[j].phase] {
+			return order[rs[i].phase] < order[rs[j].phase]
+		}
+		return rs[i].node < rs[j].node
+	})
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tPHASE\tRESULT\tTIME")
+	for _, r := range rs {
+		took := "-"
+		if r.took > 0 {
+			took = r.took.Round(10 * time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.node, r.role, r.phase, r.state, took)
+	}
+	tw.Flush()
+}
+
+// NodeStates summarises a cluster journal: action → state.
+func NodeStates(recs []journal.Record) (order []string, state map[string]string) {
+	state = map[string]string{}
+	for _, r := range recs {
+		if r.Action == "" {
+			continue
+		}
+		if _, seen := state[r.Action]; !seen {
+			order = append(order, r.Action)
+		}
+		switch r.Kind {
+		case journal.KindIntent:
+			state[r.Action] = "in flight"
+		case journal.KindDone:
+			state[r.Action] = "done"
+		case journal.KindFailed:
+			state[r.Action] = "failed: " + r.Data["error"]
+		}
+	}
+	return order, state
+}
