@@ -128,7 +128,7 @@ func TestKubeletPEMNameCollision(t *testing.T) {
 func TestRollbackOfACompletedRun(t *testing.T) {
 	root := expiredNode(t)
 	before := snapshot(t, root)
-	if r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...); r.code != 0 || !strings.Contains(r.stdout, "complete") {
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...); r.code != 0 || !strings.Contains(r.stdout, "finished on this copy") {
 		t.Fatalf("run: %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {

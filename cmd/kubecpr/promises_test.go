@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
 )
@@ -139,3 +141,84 @@ func TestLostJournalIsNotTrusted(t *testing.T) {
 		}
 	})
 }
+
+// TestTokenUserLeftAlone: a user kubeconfig trusting the cluster but
+// authenticating with a token is not a certificate: listed as such, never
+// renewed, never an error.
+func TestTokenUserLeftAlone(t *testing.T) {
+	root := expiredNode(t)
+	admin, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/admin.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := node.ParseKubeconfig("admin.conf", admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.User.ClientCertificateData, k.User.ClientKeyData, k.User.Token = nil, nil, "not-a-real-token"
+	out, err := clientcmdWrite(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := filepath.Join(root, "home/alice/.kube/config")
+	if err := os.MkdirAll(filepath.Dir(alice), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(alice, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
+	if r.code != 0 {
+		t.Fatalf("run with a token user: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if b, _ := os.ReadFile(alice); string(b) != string(out) {
+		t.Error("the token user's kubeconfig was changed")
+	}
+	r = kubecpr(t, nil, rootArgs(root, "check")...)
+	if r.code != 0 || !strings.Contains(r.stdout, "/home/alice/.kube/config authenticates with a bearer token") {
+		t.Errorf("check: exit %d, want 0 and a note on the token user\n%s", r.code, r.stdout)
+	}
+}
+
+// TestSkippedIsNotDone: on a copy, the live stages are shown and journaled
+// as skipped, and the end says what is left to do on the live node.
+func TestSkippedIsNotDone(t *testing.T) {
+	root := expiredNode(t)
+	r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...)
+	if r.code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"- skipped: would restart the kubelet", "left to do on the live node", "the skipped stages above are not done"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "✓ would") {
+		t.Errorf("a skipped action is shown as done:\n%s", r.stdout)
+	}
+	recs := journalRecords(t, root)
+	skipped := 0
+	for _, rec := range recs {
+		if rec.Data["skipped"] != "" {
+			skipped++
+		}
+	}
+	if skipped != 2 {
+		t.Errorf("%d records journal a skip, want 2 (bounce, csr)", skipped)
+	}
+}
+
+func TestBadValidityAndClock(t *testing.T) {
+	root := expiredNode(t)
+	before := snapshot(t, root)
+	for _, v := range []string{"-24h", "1s", "59m"} {
+		if r := kubecpr(t, nil, rootArgs(root, "run", "--validity", v)...); r.code != ExitFailed || !strings.Contains(r.stderr, "--validity") {
+			t.Errorf("--validity %s: exit %d, want %d\n%s", v, r.code, ExitFailed, r.stderr)
+		}
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Fatalf("refused runs changed the node:\n%s", d)
+	}
+}
+
+func clientcmdWrite(k *node.Kubeconfig) ([]byte, error) { return clientcmd.Write(*k.Config) }

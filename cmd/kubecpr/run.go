@@ -256,6 +256,9 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		opts = options(c)
 	}
 	opts.DryRun = dryRun
+	if err := saneClockAndValidity(c, e, opts); err != nil {
+		return err
+	}
 	// An unknown layout is not a node to recover: say so before planning.
 	if _, err := e.inventory(); err != nil {
 		return err
@@ -312,11 +315,21 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 	if err := r.Apply(c.Context, planned, selString(sel)); err != nil {
 		return err
 	}
+	if sk := r.Skipped(); len(sk) > 0 {
+		fmt.Fprintf(e.out, "not done here (%s is not the live node), left to do on the live node:\n", e.node.Root)
+		for _, s := range sk {
+			fmt.Fprintf(e.out, "  - %s\n", s)
+		}
+	}
 	if len(chosen) > 0 && chosen[len(chosen)-1].Name == all[len(all)-1].Name {
 		if err := r.Complete(); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.out, "run %s complete in %s; backup in %s\n", r.RunID(), time.Since(start).Round(time.Millisecond), r.Data().BackupDir())
+		what := "complete"
+		if len(r.Skipped()) > 0 {
+			what = "finished on this copy (the skipped stages above are not done)"
+		}
+		fmt.Fprintf(e.out, "run %s %s in %s; backup in %s\n", r.RunID(), what, time.Since(start).Round(time.Millisecond), r.Data().BackupDir())
 	} else {
 		fmt.Fprintf(e.out, "stages done in %s; the run stays open: `kubecpr run --from %s` continues, `kubecpr rollback` undoes it\n",
 			time.Since(start).Round(time.Millisecond), nextStage(all, chosen))
@@ -406,3 +419,30 @@ func rollbackCommand() *cli.Command {
 }
 
 var errNoRun = errors.New("no run recorded")
+
+// saneClockAndValidity refuses certificates that would be born expired or
+// unusable: a validity that is negative or shorter than the recovery
+// itself, and on the live node a --now away from the real clock (the new
+// certificates would not be valid yet, or already expired, for every
+// process that checks them with the real clock).
+func saneClockAndValidity(c *cli.Context, e *env, o pipeline.Options) error {
+	if o.Validity != 0 && o.Validity < time.Hour {
+		return withCode(ExitFailed, fmt.Errorf("--validity %s: certificates must live at least an hour (they would expire before the cluster is back); the default is one year", o.Validity))
+	}
+	if o.RenewWithin < 0 {
+		return withCode(ExitFailed, fmt.Errorf("--renew-within %s: must not be negative", o.RenewWithin))
+	}
+	skew := e.now.Sub(time.Now())
+	if skew < 0 {
+		skew = -skew
+	}
+	if skew > 10*time.Minute {
+		if e.node.Root == "/" {
+			return withCode(ExitPrecondition, fmt.Errorf("--now %s is %s away from this host's clock (%s): on the live node certificates must be valid by the real clock. "+
+				"Fix the clock if it is wrong (timedatectl, chronyc), or rehearse on a copy of the node with --root", e.now.UTC().Format(time.RFC3339), skew.Round(time.Minute), time.Now().UTC().Format(time.RFC3339)))
+		}
+		fmt.Fprintf(c.App.ErrWriter, "kubecpr: note: the clock is set to %s (%s from the real one): certificates issued here are valid from then, as a rehearsal of that day\n",
+			e.now.UTC().Format(time.RFC3339), skew.Round(time.Minute))
+	}
+	return nil
+}

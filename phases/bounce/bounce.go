@@ -62,7 +62,6 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			ID:      "bounce/skipped",
 			Summary: "would " + what + " (not the live node: pass --cri-socket and --kubelet-restart-command to act on processes served from this root)",
 			Run: func(ctx context.Context) (map[string]string, error) {
-				fmt.Fprintf(d.Out(), "      skipped: would %s, waiting for each to be healthy\n", what)
 				return map[string]string{"skipped": what}, nil
 			},
 		}}, nil

@@ -57,7 +57,6 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			ID:      "csr/skipped",
 			Summary: "would approve pending node CSRs (not the live node: pass --apiserver-binary to run a recovery API server for this root)",
 			Run: func(ctx context.Context) (map[string]string, error) {
-				fmt.Fprintln(d.Out(), "      skipped: would approve the kubelets' pending client and serving CSRs")
 				return map[string]string{"skipped": "not live"}, nil
 			},
 		}}, nil

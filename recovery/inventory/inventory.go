@@ -69,6 +69,9 @@ type Inventory struct {
 	CAs     []*CAItem
 	// ServiceAccount problems (sa.key / sa.pub), empty when fine.
 	SAProblems []string
+	// Notes are things seen and deliberately left alone (a user
+	// kubeconfig that authenticates with a token or an exec plugin).
+	Notes []string
 	// Worker is true for a kubeadm worker node: no control-plane static
 	// pods and no cluster CA key, so its only credentials are the kubelet's.
 	Worker bool
@@ -212,6 +215,10 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		if cas["ca"].CA == nil || !trustsCA(ks, cas["ca"].CA.Cert) {
 			continue
 		}
+		if how := nonCertAuth(ks); how != "" {
+			inv.Notes = append(inv.Notes, fmt.Sprintf("%s authenticates with %s, not a client certificate: kubecpr leaves it alone", p, how))
+			continue
+		}
 		it := &Item{Name: p, Kind: KindUserKubeconfig, Path: p, CAName: "ca", Store: ks}
 		inv.add(it, cas)
 	}
@@ -219,6 +226,31 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		inv.checkSA(pkiDir)
 	}
 	return inv, nil
+}
+
+// nonCertAuth names how a kubeconfig's current user authenticates when it
+// is not with a client certificate ("" when it is, or when unreadable: the
+// inventory then reports the problem).
+func nonCertAuth(ks *KubeconfigStore) string {
+	cfg, err := ks.Config()
+	if err != nil {
+		return ""
+	}
+	ai, _, err := currentAuth(cfg)
+	if err != nil || len(ai.ClientCertificateData) > 0 || ai.ClientCertificate != "" {
+		return ""
+	}
+	switch {
+	case ai.Exec != nil:
+		return "an exec credential plugin (" + ai.Exec.Command + ")"
+	case ai.AuthProvider != nil:
+		return "the auth provider " + ai.AuthProvider.Name
+	case ai.Token != "" || ai.TokenFile != "":
+		return "a bearer token"
+	case ai.Username != "":
+		return "a username and password"
+	}
+	return ""
 }
 
 func refersToFile(ks *KubeconfigStore) bool {

@@ -28,6 +28,7 @@ type Report struct {
 	Certs       []CertReport  `json:"certificates" yaml:"certificates"`
 	CAs         []CertReport  `json:"certificateAuthorities" yaml:"certificateAuthorities"`
 	SAProblems  []string      `json:"serviceAccountKeyProblems,omitempty" yaml:"serviceAccountKeyProblems,omitempty"`
+	Notes       []string      `json:"notes,omitempty" yaml:"notes,omitempty"`
 	Worst       pki.Status    `json:"worstStatus" yaml:"worstStatus"`
 	ExitCode    int           `json:"exitCode" yaml:"exitCode"`
 	WarnSeconds int64         `json:"warnSeconds" yaml:"warnSeconds"`
@@ -62,7 +63,7 @@ func (inv *Inventory) ExitCode() int { return inv.Worst().Severity() }
 // Report builds the machine-readable report.
 func (inv *Inventory) Report() *Report {
 	r := &Report{APIVersion: ReportAPIVersion, Kind: "CheckReport", Now: inv.Now.UTC(), Root: inv.Node.Root,
-		Cluster: inv.Cluster, SAProblems: inv.SAProblems, Worst: inv.Worst(), ExitCode: inv.ExitCode(),
+		Cluster: inv.Cluster, SAProblems: inv.SAProblems, Notes: inv.Notes, Worst: inv.Worst(), ExitCode: inv.ExitCode(),
 		WarnSeconds: int64(inv.Warn / time.Second)}
 	r.Certs = []CertReport{}
 	r.CAs = []CertReport{}
@@ -134,6 +135,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		probs = append(probs, c.Problems...)
 	}
 	probs = append(probs, r.SAProblems...)
+	if len(r.Notes) > 0 {
+		fmt.Fprintln(w, "\nNOTES")
+		for _, n := range r.Notes {
+			fmt.Fprintln(w, "  - "+n)
+		}
+	}
 	if len(probs) > 0 {
 		fmt.Fprintln(w, "\nPROBLEMS")
 		for _, p := range probs {

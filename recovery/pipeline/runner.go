@@ -60,7 +60,12 @@ type Runner struct {
 	// process (crash tests: KUBECPR_CRASH_AFTER_RECORD).
 	crashAfter int
 	appended   int
+	skipped    []string
 }
+
+// Skipped lists the actions this process journaled as skipped (a stage
+// that needs the live node, run on a copy): what is left to do there.
+func (r *Runner) Skipped() []string { return r.skipped }
 
 // data implements Data for stages.
 type data struct{ r *Runner }
@@ -459,6 +464,12 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 					return err
 				}
 				return &StageError{Stage: ps.Stage.Name, Action: a.ID, Err: err}
+			}
+			if last := r.records[len(r.records)-1]; last.Action == a.ID && last.Data["skipped"] != "" {
+				// Journaled as skipped, shown as skipped: not done.
+				fmt.Fprintf(r.Out, "      - skipped: %s\n", a.Summary)
+				r.skipped = append(r.skipped, ps.Stage.Name+": "+a.Summary)
+				continue
 			}
 			fmt.Fprintf(r.Out, "      ✓ %s (%s)\n", a.Summary, round(time.Since(astart)))
 		}

@@ -214,7 +214,7 @@ func TestScenarioRehearsalWithClockAhead(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("rehearse: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	for _, want := range []string{"renew apiserver", "certs done in", "kubeconfigs done in", "verify done in", "complete"} {
+	for _, want := range []string{"renew apiserver", "certs done in", "kubeconfigs done in", "verify done in", "finished on this copy", "left to do on the live node"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("rehearsal lacks %q:\n%s", want, r.stdout)
 		}

@@ -36,7 +36,7 @@ func NewLocal(name string) *Local { return &Local{name: name} }
 func (l *Local) Name() string { return l.name }
 
 // Run runs argv with os/exec (no shell). Cancelling ctx sends SIGTERM, and
-// SIGKILL if the command is still running localStopGrace later.
+// SIGKILL if the command is still running 10 s later.
 func (l *Local) Run(ctx context.Context, argv []string, stdout, stderr io.Writer) error {
 	if len(argv) == 0 {
 		return fmt.Errorf("%s: run: empty command", l.name)

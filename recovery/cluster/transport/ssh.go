@@ -154,10 +154,11 @@ func DialSSH(ctx context.Context, cfg SSHConfig) (*SSH, error) {
 // Name returns the node's name.
 func (s *SSH) Name() string { return s.cfg.Node }
 
-// Run runs argv on the node (see Transport.Run). The command line is
-// ShellJoin of a small sh wrapper and argv, prefixed with `sudo -n --` when
-// the config says so (see watchdog for why the wrapper). Cancelling ctx
-// stops the remote command with SIGTERM.
+// Run runs argv on the node (see Transport.Run). The command line, for the
+// user's login shell (which must be a POSIX shell), is ShellJoin of a small
+// sh wrapper and argv, prefixed with `sudo -n --` when the config says so.
+// The wrapper sends the command SIGTERM when the session's input ends: when
+// ctx is cancelled, or when the connection to the node is lost.
 func (s *SSH) Run(ctx context.Context, argv []string, stdout, stderr io.Writer) error {
 	return s.run(ctx, argv, nil, stdout, stderr)
 }
@@ -208,7 +209,7 @@ func (s *SSH) run(ctx context.Context, argv []string, stdin io.Reader, stdout, s
 		return fmt.Errorf("%s: %s: %w", s.cfg.Node, describeArgv(argv), err)
 	}
 	line := argv
-	stop := func() {}
+	var stop func() // ends the watchdog's stdin
 	if stdin == nil {
 		line = append([]string{"sh", "-c", watchdog, "kubecpr-run"}, argv...)
 		r, w := io.Pipe()
@@ -231,19 +232,23 @@ func (s *SSH) run(ctx context.Context, argv []string, stdin io.Reader, stdout, s
 		return s.waitError(argv, err)
 	case <-ctx.Done():
 	}
-	// EOF to the watchdog; a signal for servers that deliver them (a
-	// non-root login); then, if the command is still not gone, close the
-	// channel and stop waiting for it.
-	stop()
+	// A signal for servers that deliver them (a non-root login) and EOF to
+	// the watchdog, which give the command stopWait to end by itself; then
+	// (at once for a command fed by a caller's stdin, which has no
+	// watchdog) close the channel and stop waiting.
 	sess.Signal(ssh.SIGTERM)
+	if stop != nil {
+		stop()
+		select {
+		case <-done:
+			return fmt.Errorf("%s: %s: stopped: %w", s.cfg.Node, describeArgv(argv), ctx.Err())
+		case <-time.After(stopWait):
+		}
+	}
+	sess.Close()
 	select {
 	case <-done:
 	case <-time.After(stopWait):
-		sess.Close()
-		select {
-		case <-done:
-		case <-time.After(stopWait):
-		}
 	}
 	return fmt.Errorf("%s: %s: stopped: %w", s.cfg.Node, describeArgv(argv), ctx.Err())
 }

@@ -20,7 +20,8 @@ import (
 // Transport runs commands on one node and copies files to it.
 //
 // Implementations are safe for concurrent use: several Runs may be in
-// flight on one node at once.
+// flight on one node at once (over SSH, up to the server's MaxSessions,
+// 10 by OpenSSH's default).
 type Transport interface {
 	// Name is the node's name, used in output prefixes and errors.
 	Name() string
@@ -47,6 +48,7 @@ type ExitError struct {
 	Code int    // the exit status
 }
 
+// Error names the node and the exit status.
 func (e *ExitError) Error() string {
 	return fmt.Sprintf("%s: command exited with status %d", e.Node, e.Code)
 }

@@ -373,3 +373,59 @@ func TestSudoCommandLine(t *testing.T) {
 		t.Errorf("command = %q, want %q", got, want)
 	}
 }
+
+// TestUploadCancel: cancelling an upload in the middle leaves the target as
+// it was and no temporary file behind, promptly.
+func TestUploadCancel(t *testing.T) {
+	for _, tr := range transports(t) {
+		t.Run(tr.Name(), func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "f")
+			writeState(t, path, fileState{[]byte("old"), 0o600})
+			before := snapshot(t, dir)
+			ctx, cancel := context.WithCancel(context.Background())
+			r := &stallingReader{ctx: ctx, first: bytes.Repeat([]byte("x"), 4096), started: make(chan struct{})}
+			errc := make(chan error, 1)
+			go func() { errc <- tr.Upload(ctx, r, path, 0o644) }()
+			<-r.started
+			start := time.Now()
+			cancel()
+			select {
+			case err := <-errc:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Upload after cancel = %v, want context.Canceled", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Upload did not return within 10s of cancel")
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("Upload took %v to stop", d)
+			}
+			if diff := cmp.Diff(before, snapshot(t, dir)); diff != "" {
+				t.Errorf("directory changed by a cancelled upload (-before +after):\n%s", diff)
+			}
+		})
+	}
+}
+
+// stallingReader returns first, then blocks until ctx is done.
+type stallingReader struct {
+	ctx     context.Context
+	first   []byte
+	started chan struct{}
+}
+
+func (r *stallingReader) Read(p []byte) (int, error) {
+	if len(r.first) > 0 {
+		n := copy(p, r.first)
+		r.first = r.first[n:]
+		return n, nil
+	}
+	select {
+	case <-r.started:
+	default:
+		close(r.started)
+	}
+	<-r.ctx.Done()
+	return 0, r.ctx.Err()
+}

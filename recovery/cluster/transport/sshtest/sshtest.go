@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -59,7 +58,7 @@ type Server struct {
 	Dir string
 
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs string // sshd's log file
 }
 
 // Start starts sshd on a free loopback port and waits until it answers. It
@@ -104,8 +103,8 @@ func Start(t testing.TB) *Server {
 		if err == nil {
 			break
 		}
-		if attempt == 5 || !strings.Contains(s.logs.String(), "Bind to port") {
-			t.Fatalf("sshtest: starting sshd: %v\nsshd output:\n%s", err, s.logs.String())
+		if attempt == 5 || !strings.Contains(s.Logs(), "Bind to port") {
+			t.Fatalf("sshtest: starting sshd: %v\nsshd output:\n%s", err, s.Logs())
 		}
 	}
 
@@ -139,21 +138,37 @@ func (s *Server) start(t testing.TB, hostKeyFile string) error {
 		"",
 	}, "\n")), 0o600)
 
-	s.logs = &syncBuffer{}
+	// sshd logs to a file, not a pipe: the per-connection processes
+	// inherit it, and a pipe would keep exec's Wait waiting for them.
+	s.logs = filepath.Join(s.Dir, fmt.Sprintf("sshd.%d.log", s.Port))
+	logFile, err := os.OpenFile(s.logs, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
 	cmd := exec.Command(SSHD, "-D", "-e", "-f", config)
-	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// stop ends the listener and the per-connection processes it forked
+	// (they call setsid, so they are not in its process group): a client a
+	// test forgot to close must not keep a session alive. Commands still
+	// running in such a session see their channel close.
 	stop := func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		pids := append(children(cmd.Process.Pid), cmd.Process.Pid)
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
 		select {
 		case <-exited:
 		case <-time.After(5 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			for _, pid := range pids {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
 			<-exited
 		}
 	}
@@ -178,14 +193,44 @@ func (s *Server) start(t testing.TB, hostKeyFile string) error {
 	t.Cleanup(func() {
 		stop()
 		if t.Failed() {
-			t.Logf("sshd output:\n%s", s.logs.String())
+			t.Logf("sshd output:\n%s", s.Logs())
 		}
 	})
 	return nil
 }
 
 // Logs returns what sshd has logged so far.
-func (s *Server) Logs() string { return s.logs.String() }
+func (s *Server) Logs() string {
+	b, _ := os.ReadFile(s.logs)
+	return string(b)
+}
+
+// children lists the processes whose parent is pid (from /proc).
+func children(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so parse after
+		// its closing parenthesis.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[i+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
 
 // banner reports whether an SSH server answers on addr.
 func banner(addr string) bool {
@@ -253,22 +298,4 @@ func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 	if err := os.WriteFile(path, data, mode); err != nil {
 		t.Fatalf("sshtest: %v", err)
 	}
-}
-
-// syncBuffer collects sshd's output, written by exec's copier goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

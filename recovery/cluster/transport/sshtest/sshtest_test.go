@@ -5,6 +5,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 func TestStart(t *testing.T) {
@@ -28,5 +31,47 @@ func TestStart(t *testing.T) {
 		if err != nil || st.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v, mode %v, want 0600", f, err, st.Mode())
 		}
+	}
+}
+
+// TestStopWithOpenConnection: a client a test forgot to close, even with a
+// command running, does not keep the server (or the test) alive.
+func TestStopWithOpenConnection(t *testing.T) {
+	start := time.Now()
+	var client *ssh.Client
+	t.Run("leaky", func(t *testing.T) {
+		s := Start(t)
+		b, err := os.ReadFile(s.IdentityFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := ssh.ParsePrivateKey(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err = ssh.Dial("tcp", s.Addr, &ssh.ClientConfig{
+			User:            s.User,
+			Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+			HostKeyCallback: ssh.FixedHostKey(s.HostKey),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess, err := client.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sess.Start("sleep 5"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("stopping the server took %v", d)
+	}
+	if client != nil {
+		if _, _, err := client.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+			t.Errorf("the connection is still alive after the server stopped")
+		}
+		client.Close()
 	}
 }
