@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -117,19 +118,22 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 	}
 	resuming := c.Command.Name == "resume"
 	if id != "" && cluster.Status(recs) == "open" {
-		p, sum, global, run, live, workers, err := cluster.Recorded(recs)
+		rec, err := cluster.Recorded(recs)
 		if err != nil {
 			return err
 		}
-		if invPath != "" && invPath != p || c.IsSet("workers") && c.String("workers") != workers {
-			return withCode(ExitPrecondition, fmt.Errorf("cluster run %s is open with inventory %s and --workers %s: `kubecpr cluster resume` continues it, `kubecpr cluster rollback` undoes it", id, p, workers))
+		if invPath != "" && invPath != rec.Inventory || c.IsSet("workers") && c.String("workers") != rec.Workers || c.IsSet("ca-from") && c.String("ca-from") != rec.CAFrom {
+			return withCode(ExitPrecondition, fmt.Errorf("cluster run %s is open with inventory %s, --workers %s, --ca-from %q: `kubecpr cluster resume` continues it, `kubecpr cluster rollback` undoes it", id, rec.Inventory, rec.Workers, rec.CAFrom))
 		}
-		if set := setFlagArgs(c, append(renewFlags(), liveFlags()...)); !resuming && len(set) > 0 && strings.Join(set, " ") != strings.Join(run, " ") {
-			return withCode(ExitPrecondition, fmt.Errorf("cluster run %s is open and was started with %v: an open run continues with its own options (`kubecpr cluster resume`), or `kubecpr cluster rollback` and start again", id, run))
+		if set := setFlagArgs(c, append(renewFlags(), liveFlags()...)); !resuming && len(set) > 0 && strings.Join(set, " ") != strings.Join(rec.RunArgs, " ") {
+			return withCode(ExitPrecondition, fmt.Errorf("cluster run %s is open and was started with %v: an open run continues with its own options (`kubecpr cluster resume`), or `kubecpr cluster rollback` and start again", id, rec.RunArgs))
 		}
-		invPath, o.GlobalArgs, o.RunArgs, o.LiveArgs, o.Workers = p, global, run, live, workers
-		if got, _ := fileSHA(p); got != sum {
-			return withCode(ExitPrecondition, fmt.Errorf("the inventory %s changed since cluster run %s started: restore it, or roll the run back (`kubecpr cluster rollback`) and start again", p, id))
+		invPath, o.GlobalArgs, o.RunArgs, o.LiveArgs, o.Workers, o.CAFrom = rec.Inventory, rec.GlobalArgs, rec.RunArgs, rec.LiveArgs, rec.Workers, rec.CAFrom
+		if rec.Parallel > 0 && !c.IsSet("parallel") {
+			o.Parallel = rec.Parallel
+		}
+		if got, _ := fileSHA(rec.Inventory); got != rec.InventorySHA256 {
+			return withCode(ExitPrecondition, fmt.Errorf("the inventory %s changed since cluster run %s started: restore it, or roll the run back (`kubecpr cluster rollback`) and start again", rec.Inventory, id))
 		}
 		fmt.Fprintf(e.out, "continuing cluster run %s\n", id)
 	} else {
@@ -140,6 +144,7 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		if invPath == "" {
 			return withCode(ExitFailed, fmt.Errorf("--inventory FILE is required (docs/cluster.md shows the format; a kubespray inventory works as it is)"))
 		}
+		o.CAFrom = c.String("ca-from")
 		o.RunArgs = setFlagArgs(c, append(renewFlags(), liveFlags()...))
 		o.LiveArgs = setFlagArgs(c, liveFlags())
 		if c.IsSet("now") {
@@ -156,7 +161,7 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 			}
 		}
 	}
-	if o.CA, err = clusterCA(e, o.Inventory, c.String("ca-from")); err != nil && len(o.Inventory.Workers()) > 0 && !dryRun {
+	if o.CA, err = clusterCA(e, o.Inventory, o.CAFrom); err != nil && len(o.Inventory.Workers()) > 0 && !dryRun {
 		return withCode(ExitPrecondition, err)
 	}
 	d, continued, err := cluster.New(o)
@@ -179,7 +184,7 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		if c.Context.Err() != nil {
 			return withCode(ExitInterrupted, fmt.Errorf("interrupted: cluster run %s stays open; `kubecpr cluster status` shows where each node is, `kubecpr cluster resume` continues, `kubecpr cluster rollback` undoes it", d.RunID()))
 		}
-		if strings.Contains(err.Error(), "nothing was changed") {
+		if errors.Is(err, cluster.ErrRefused) {
 			return withCode(ExitPrecondition, err)
 		}
 		return withCode(ExitStageFailed, err)
@@ -309,19 +314,20 @@ func clusterRollback(c *cli.Context) error {
 		fmt.Fprintln(e.out, "nothing to roll back: no cluster run, or it was rolled back already")
 		return nil
 	}
-	p, _, global, run, live, workers, err := cluster.Recorded(recs)
+	rec, err := cluster.Recorded(recs)
 	if err != nil {
 		return err
 	}
-	inv, err := cinv.Load(p)
+	inv, err := cinv.Load(rec.Inventory)
 	if err != nil {
 		return withCode(ExitFailed, err)
 	}
+	live := rec.LiveArgs
 	if set := setFlagArgs(c, liveFlags()); len(set) > 0 {
 		live = set
 	}
-	o := cluster.Options{Inventory: inv, StateDir: stateDir, GlobalArgs: global, RunArgs: run, LiveArgs: live, Workers: workers,
-		Now: e.now, Out: e.out}
+	o := cluster.Options{Inventory: inv, StateDir: stateDir, GlobalArgs: rec.GlobalArgs, RunArgs: rec.RunArgs, LiveArgs: live,
+		Workers: rec.Workers, Parallel: rec.Parallel, Now: e.now, Out: e.out}
 	if o.Binary, err = os.Executable(); err != nil {
 		return err
 	}

@@ -19,6 +19,13 @@ import (
 // all expired three days before now, and an inventory of root: nodes.
 func expiredCluster(t *testing.T, dir string) (inv string, roots map[string]string) {
 	t.Helper()
+	return expiredClusterOf(t, dir, 3, 2)
+}
+
+// expiredClusterOf is expiredCluster with cps control planes (cp-1..) and
+// workers workers (w-1..).
+func expiredClusterOf(t *testing.T, dir string, cps, workers int) (inv string, roots map[string]string) {
+	t.Helper()
 	roots = map[string]string{}
 	var first *fixture.Node
 	gen := func(name, ip string) *fixture.Node {
@@ -35,12 +42,18 @@ func expiredCluster(t *testing.T, dir string) (inv string, roots map[string]stri
 		roots[name] = root
 		return n
 	}
-	first = gen("cp-1", "127.0.0.1")
-	gen("cp-2", "127.0.0.2")
-	gen("cp-3", "127.0.0.3")
-	// One etcd cluster of three stacked members, as kubeadm join writes it.
-	members := "cp-1=https://127.0.0.1:2380,cp-2=https://127.0.0.2:2380,cp-3=https://127.0.0.3:2380"
-	for _, cp := range []string{"cp-1", "cp-2", "cp-3"} {
+	var cpNames, wNames, members []string
+	for i := 1; i <= cps; i++ {
+		name := fmt.Sprintf("cp-%d", i)
+		n := gen(name, fmt.Sprintf("127.0.0.%d", i))
+		if first == nil {
+			first = n
+		}
+		cpNames = append(cpNames, name)
+		members = append(members, fmt.Sprintf("%s=https://127.0.0.%d:2380", name, i))
+	}
+	// One etcd cluster of stacked members, as kubeadm join writes it.
+	for _, cp := range cpNames {
 		m := filepath.Join(roots[cp], "etc/kubernetes/manifests/etcd.yaml")
 		b, err := os.ReadFile(m)
 		if err != nil {
@@ -49,20 +62,22 @@ func expiredCluster(t *testing.T, dir string) (inv string, roots map[string]stri
 		lines := strings.Split(string(b), "\n")
 		for i, l := range lines {
 			if k, _, ok := strings.Cut(l, "--initial-cluster="); ok {
-				lines[i] = k + "--initial-cluster=" + members
+				lines[i] = k + "--initial-cluster=" + strings.Join(members, ",")
 			}
 		}
 		if err := os.WriteFile(m, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i, w := range []string{"w-1", "w-2"} {
-		gen(w, fmt.Sprintf("127.0.0.%d", 4+i))
+	for i := 1; i <= workers; i++ {
+		w := fmt.Sprintf("w-%d", i)
+		gen(w, fmt.Sprintf("127.0.0.%d", cps+i))
 		workerize(t, roots[w])
+		wNames = append(wNames, w)
 	}
 	var b strings.Builder
 	b.WriteString("apiVersion: kubecpr.io/v1alpha1\nkind: Inventory\nnodes:\n")
-	for i, name := range []string{"cp-1", "cp-2", "cp-3", "w-1", "w-2"} {
+	for i, name := range append(cpNames, wNames...) {
 		role := "control-plane"
 		if strings.HasPrefix(name, "w-") {
 			role = "worker"

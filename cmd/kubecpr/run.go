@@ -26,6 +26,7 @@ func renewFlags() []cli.Flag {
 		&cli.StringFlag{Name: "csr-dir", Usage: "external CA: write CSRs and keys here; signed <name>.crt files found here are installed"},
 		&cli.BoolFlag{Name: "migrate-organizations", Usage: "apply kubeadm 1.29+ organisations: admin.conf O=kubeadm:cluster-admins, super-admin.conf O=system:masters"},
 		&cli.BoolFlag{Name: "update-user-kubeconfigs", Usage: "also refresh users' ~/.kube/config files that trust this cluster"},
+		&cli.StringFlag{Name: "cluster-run", Hidden: true, Usage: "set by kubecpr cluster: the cluster run this node run belongs to (a step re-run after a crash finds its run complete)"},
 		&cli.StringFlag{Name: "kubelet-client-bundle", Usage: "worker: install this kubelet client certificate+key (PEM, signed on a control-plane node; `kubecpr cluster` makes it) instead of signing one"},
 	}
 }
@@ -254,6 +255,9 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		return err
 	} else if continuing {
 		opts = options(c)
+	} else if done, id := clusterStepDone(c, e); done && !dryRun {
+		fmt.Fprintf(e.out, "run %s of cluster run %s is complete on this node: nothing to do\n", id, c.String("cluster-run"))
+		return nil
 	}
 	opts.DryRun = dryRun
 	if err := saneClockAndValidity(c, e, opts); err != nil {
@@ -445,4 +449,21 @@ func saneClockAndValidity(c *cli.Context, e *env, o pipeline.Options) error {
 			e.now.UTC().Format(time.RFC3339), skew.Round(time.Minute))
 	}
 	return nil
+}
+
+// clusterStepDone reports whether the node's last run belongs to the
+// cluster run named by --cluster-run and is complete: a cluster step
+// re-run after the driver died finds its work done instead of starting a
+// new run on top (whose rollback would not reach the original files).
+func clusterStepDone(c *cli.Context, e *env) (bool, string) {
+	want := c.String("cluster-run")
+	if want == "" {
+		return false, ""
+	}
+	id, open, recs, err := pipeline.CurrentRun(e.stateDir(c))
+	if err != nil || id == "" || open || pipeline.RunStatus(recs) != "complete" {
+		return false, ""
+	}
+	rec, _, _, err := pipeline.RecordedOptions(recs)
+	return err == nil && rec["cluster-run"] == want, id
 }

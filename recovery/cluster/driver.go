@@ -35,6 +35,9 @@ const (
 	PhaseVerify  = "verify"  // every node: nothing expired, the kubelet authenticates
 )
 
+// ErrRefused marks a cluster run stopped before any change on any node.
+var ErrRefused = errors.New("nothing was changed on any node")
+
 // BundleNodePath is where a worker's signed kubelet bundle is put (0600)
 // until the worker's run has installed it; it is removed afterwards.
 const BundleNodePath = "/var/lib/kubecpr/incoming/kubelet-client.pem"
@@ -58,6 +61,7 @@ type Options struct {
 	// CA signs the workers' kubelet bundles (the cluster CA with its key,
 	// from a control-plane node's tree).
 	CA       *pki.CA
+	CAFrom   string // recorded: the inventory node CA came from ("" for the driving node)
 	Now      time.Time
 	Validity time.Duration
 	Out      io.Writer
@@ -144,14 +148,17 @@ func Status(recs []journal.Record) string {
 	return st
 }
 
-// recorded is what a cluster run's start record keeps.
-type recorded struct {
+// Record is what a cluster run's start record keeps: resume and rollback
+// work with exactly these.
+type Record struct {
 	Inventory       string   `json:"inventory"`
 	InventorySHA256 string   `json:"inventorySHA256"`
 	GlobalArgs      []string `json:"globalArgs"`
 	RunArgs         []string `json:"runArgs"`
 	LiveArgs        []string `json:"liveArgs"`
 	Workers         string   `json:"workers"`
+	CAFrom          string   `json:"caFrom,omitempty"`
+	Parallel        int      `json:"parallel,omitempty"`
 }
 
 func inventorySum(path string) (string, error) {
@@ -164,17 +171,17 @@ func inventorySum(path string) (string, error) {
 }
 
 // Recorded returns the options a cluster run was started with.
-func Recorded(recs []journal.Record) (inventoryPath, sum string, global, run, live []string, workers string, err error) {
+func Recorded(recs []journal.Record) (*Record, error) {
 	for _, r := range recs {
 		if r.Kind == journal.KindRunStart {
-			var rc recorded
+			var rc Record
 			if err := json.Unmarshal([]byte(r.Data["options"]), &rc); err != nil {
-				return "", "", nil, nil, nil, "", fmt.Errorf("%w: cluster run-start record: %v", journal.ErrCorrupt, err)
+				return nil, fmt.Errorf("%w: cluster run-start record: %v", journal.ErrCorrupt, err)
 			}
-			return rc.Inventory, rc.InventorySHA256, rc.GlobalArgs, rc.RunArgs, rc.LiveArgs, rc.Workers, nil
+			return &rc, nil
 		}
 	}
-	return "", "", nil, nil, nil, "", fmt.Errorf("%w: no cluster run-start record", journal.ErrCorrupt)
+	return nil, fmt.Errorf("%w: no cluster run-start record", journal.ErrCorrupt)
 }
 
 // New prepares a driver: it continues the open cluster run, if any (the
@@ -223,8 +230,8 @@ func (d *Driver) open(continued bool) error {
 	if err != nil {
 		return err
 	}
-	b, _ := json.Marshal(recorded{Inventory: d.o.Inventory.Source, InventorySHA256: sum, GlobalArgs: d.o.GlobalArgs,
-		RunArgs: d.o.RunArgs, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers})
+	b, _ := json.Marshal(Record{Inventory: d.o.Inventory.Source, InventorySHA256: sum, GlobalArgs: d.o.GlobalArgs,
+		RunArgs: d.o.RunArgs, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers, CAFrom: d.o.CAFrom, Parallel: d.o.Parallel})
 	if err := d.append(journal.Record{Kind: journal.KindRunStart, Data: map[string]string{"options": string(b)}}); err != nil {
 		return err
 	}
@@ -328,7 +335,7 @@ func (d *Driver) binary(n cinv.Node) string {
 	if n.SSH == nil {
 		return d.o.Binary
 	}
-	return RemoteBinary
+	return hostPath(n, RemoteBinary)
 }
 
 // hostPath is where node path p is, as the node's kubecpr process sees it.
@@ -355,15 +362,33 @@ func (d *Driver) kubecpr(ctx context.Context, n cinv.Node, capture bool, args ..
 	prefix := fmt.Sprintf("[%s] ", n.Name)
 	errw := transport.PrefixWriter(d.o.Out, prefix)
 	defer errw.Close()
-	if capture {
-		var out bytes.Buffer
-		err := t.Run(ctx, argv, &out, errw)
-		return out.String(), err
-	}
 	outw := transport.PrefixWriter(d.o.Out, prefix)
 	defer outw.Close()
-	return "", t.Run(ctx, argv, outw, errw)
+	for wait := time.Second; ; wait *= 2 {
+		var out bytes.Buffer
+		var w io.Writer = outw
+		if capture {
+			w = &out
+		}
+		err := t.Run(ctx, argv, w, errw)
+		// Exit 4: the node's lock is held — typically by the node run of
+		// a driver that was killed, still stopping. Wait for it, a while.
+		var ee *transport.ExitError
+		if errors.As(err, &ee) && ee.Code == lockedExit && wait <= 32*time.Second {
+			fmt.Fprintf(errw, "the node's lock is held; waiting %s\n", wait)
+			select {
+			case <-ctx.Done():
+				return "", ctx.Err()
+			case <-time.After(wait):
+			}
+			continue
+		}
+		return out.String(), err
+	}
 }
+
+// lockedExit is kubecpr's exit code for a node lock held by another run.
+const lockedExit = 4
 
 // Prepare connects to every node, copies kubecpr to SSH nodes, and
 // cross-checks the inventory with what the nodes say about themselves:
@@ -392,7 +417,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		return nil
 	})
 	if err := transport.JoinErrors(res); err != nil {
-		return fmt.Errorf("before any change: %w", err)
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	var problems []error
 	var caNode, caSum string
@@ -422,7 +447,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		}
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("the inventory does not match the cluster, nothing was changed:\n  %w", errors.Join(problems...))
+		return fmt.Errorf("the inventory does not match the cluster (%w):\n  %w", ErrRefused, errors.Join(problems...))
 	}
 	return nil
 }
@@ -437,11 +462,12 @@ func (d *Driver) upload(ctx context.Context, n cinv.Node) error {
 		return err
 	}
 	defer f.Close()
-	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(RemoteBinary)}, io.Discard, io.Discard); err != nil {
-		return fmt.Errorf("creating %s: %w", filepath.Dir(RemoteBinary), err)
+	dst := d.binary(n)
+	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(dst)}, io.Discard, io.Discard); err != nil {
+		return fmt.Errorf("creating %s: %w", filepath.Dir(dst), err)
 	}
-	if err := t.Upload(ctx, f, RemoteBinary, 0o755); err != nil {
-		return fmt.Errorf("copying kubecpr to %s: %w", RemoteBinary, err)
+	if err := t.Upload(ctx, f, dst, 0o755); err != nil {
+		return fmt.Errorf("copying kubecpr to %s: %w", dst, err)
 	}
 	return nil
 }
@@ -492,7 +518,7 @@ func names(nodes []cinv.Node) string {
 }
 
 func (d *Driver) runArgs(n cinv.Node, extra ...string) []string {
-	args := append([]string{"run"}, extra...)
+	args := append([]string{"run", "--cluster-run=" + d.runID}, extra...)
 	args = append(args, d.o.RunArgs...)
 	return append(args, n.Args...)
 }
@@ -592,7 +618,7 @@ func (d *Driver) verify(ctx context.Context, n cinv.Node) error {
 // live reports whether a node's processes are acted on: a node over SSH,
 // or a root: tree given a way to restart its kubelet or reach its runtime.
 func (d *Driver) live(n cinv.Node) bool {
-	if n.SSH != nil {
+	if n.SSH != nil && n.Root == "" {
 		return true
 	}
 	for _, a := range append(append([]string{}, d.o.RunArgs...), n.Args...) {

@@ -105,11 +105,10 @@ func TestLoadErrors(t *testing.T) {
 				"give the address the node has in the cluster, without scheme or port",
 		},
 	}, {
-		name:    "both ssh and root",
+		name:    "ssh with a relative remote root",
 		content: header + "nodes:\n" + cp1 + "  - {name: w1, role: worker, ssh: {host: 127.0.0.4, agent: true}, root: w1}\n",
 		setup:   mkdir("w1"),
-		want: []string{`<FILE>: node "w1": has both ssh and root: ` +
-			"keep ssh to reach the live node, or root to work on a copy of its tree"},
+		want:    []string{`<FILE>: node "w1": root w1 with ssh is a directory on the remote node and must be absolute`},
 	}, {
 		name:    "neither ssh nor root",
 		content: header + "nodes:\n" + cp1 + "  - {name: w1, role: worker, address: 127.0.0.4}\n",
@@ -176,8 +175,9 @@ func TestLoadErrors(t *testing.T) {
 			`<FILE>: node "W1": name is not a valid Kubernetes node name ` +
 				"(lower-case letters, digits, '-' and '.', at most 253 characters): " +
 				"give the node's name as kubectl get nodes shows it",
-			`<FILE>: node "W1": has both ssh and root: ` +
-				"keep ssh to reach the live node, or root to work on a copy of its tree",
+			`<FILE>: node "W1": ssh port -1 is not in 1..65535: set ssh.port ` +
+				"(ansible_port in an Ansible inventory) to the node's SSH port, or leave it out for 22",
+			`<FILE>: node "W1": root w1 with ssh is a directory on the remote node and must be absolute`,
 			`<FILE>: node "w2": has no role: set role: control-plane or role: worker`,
 			`<FILE>: node "w3": root <DIR>/nowhere does not exist: ` +
 				"point root at a copy of the node's filesystem (the directory that holds etc/kubernetes)",

@@ -78,6 +78,9 @@ func (fn nodeV1) node(dir string) (Node, error) {
 	n := Node{Name: fn.Name, Role: fn.Role, Address: fn.Address, Args: fn.Args}
 	var err, err2 error
 	n.Root, err = resolvePath(dir, fn.Root)
+	if fn.SSH != nil && fn.Root != "" {
+		n.Root = fn.Root // a directory on the remote node: taken as written
+	}
 	if fn.SSH != nil {
 		n.SSH, err2 = fn.SSH.ssh(dir, fn.Address, fn.Name)
 	}

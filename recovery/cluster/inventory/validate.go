@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -74,7 +75,13 @@ func (n Node) problems() []string {
 func (n Node) reachProblems() []string {
 	switch {
 	case n.SSH != nil && n.Root != "":
-		return []string{"has both ssh and root: keep ssh to reach the live node, or root to work on a copy of its tree"}
+		// A copy of the tree on the remote node: kubecpr runs there with
+		// --root ROOT (a rehearsal over SSH). Not checked from here.
+		probs := n.SSH.problems()
+		if !filepath.IsAbs(n.Root) {
+			probs = append(probs, fmt.Sprintf("root %s with ssh is a directory on the remote node and must be absolute", n.Root))
+		}
+		return probs
 	case n.SSH == nil && n.Root == "":
 		return []string{"has neither ssh nor root: say how to reach the node (ssh: {host, user, ...}) " +
 			"or where a copy of its tree is (root: DIR)"}

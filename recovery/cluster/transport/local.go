@@ -47,6 +47,10 @@ func (l *Local) Run(ctx context.Context, argv []string, stdout, stderr io.Writer
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	// A driver that dies (kill -9) stops its local commands too, as a
+	// dropped SSH connection stops the remote ones: nothing it started
+	// goes on holding a node's lock unseen.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	cmd.WaitDelay = localStopGrace
 	err := cmd.Run()
 	if err == nil {
