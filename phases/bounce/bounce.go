@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/health"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
@@ -40,12 +41,7 @@ var Stage = pipeline.Stage{
 	Undo:  Undo,
 }
 
-func manifestsDir(d pipeline.Data) string {
-	if c := d.Cluster(); c != nil && c.StaticPodPath != "" {
-		return c.StaticPodPath
-	}
-	return node.ManifestsDir
-}
+func manifestsDir(d pipeline.Data) string { return health.ManifestsDir(d) }
 
 // Plan lists the restarts.
 func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
@@ -229,7 +225,7 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 		fmt.Fprintf(d.Out(), "      %s restarted on the restored files (health not required: they may hold the expired certificates)\n", comp)
 		return facts, nil
 	}
-	serial, err := waitHealthy(cctx, d, comp)
+	serial, err := health.Wait(cctx, d, comp)
 	if err != nil {
 		return fail(err)
 	}

@@ -1,54 +1,144 @@
 // Package verify is the last stage: every credential on the node is valid
-// at the run's clock and chains to its CA.
+// at the run's clock and chains to its CA; on the live node, the cluster
+// itself is asked: every control-plane component is healthy and serves its
+// renewed certificate, the API answers with the renewed admin.conf, and
+// nothing kubecpr started is left running.
 package verify
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubecpr/kubecpr/recovery/apiserver"
+	"github.com/kubecpr/kubecpr/recovery/health"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
 
+// Components are the static pods verify asks, in order.
+var Components = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+// LiveTimeout bounds how long verify waits for each component to answer.
+var LiveTimeout = 60 * time.Second
+
 // Stage is the verify stage.
 var Stage = pipeline.Stage{
 	Name:  "verify",
-	Short: "prove every certificate is valid and chains to its CA",
+	Short: "prove every certificate is valid and chains to its CA; on the live node, ask the cluster",
 	Plan: func(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
-		return []pipeline.Action{{
+		acts := []pipeline.Action{{
 			ID:      "verify/certificates",
 			Summary: "re-read every credential at the run's clock",
-			Run: func(ctx context.Context) (map[string]string, error) {
-				inv, err := d.Inventory()
-				if err != nil {
-					return nil, err
-				}
-				var bad []string
-				for _, it := range inv.Sorted() {
-					if it.Kind == inventory.KindUserKubeconfig && !d.Options().UpdateUserKubeconfigs {
-						if it.Status != pki.StatusOK {
-							fmt.Fprintf(d.Out(), "      note: %s is still %s (not refreshed without --update-user-kubeconfigs)\n", it.Path, it.Status)
-						}
-						continue
-					}
-					if it.Status.Severity() >= 2 {
-						msg := fmt.Sprintf("%s (%s) is %s", it.Name, it.Path, it.Status)
-						if len(it.Problems) > 0 {
-							msg += ": " + strings.Join(it.Problems, "; ")
-						}
-						bad = append(bad, msg)
-					}
-				}
-				if len(bad) > 0 {
-					return nil, errors.New("after renewal, still not valid:\n  " + strings.Join(bad, "\n  "))
-				}
-				fmt.Fprintf(d.Out(), "      %s\n", inv.Summary())
-				return map[string]string{"certificates": strconv.Itoa(len(inv.Items)), "worst": string(inv.Worst())}, nil
-			},
-		}}, nil
+			Run:     func(ctx context.Context) (map[string]string, error) { return certificates(d) },
+		}}
+		if d.Live() != nil {
+			acts = append(acts, pipeline.Action{
+				ID:      "verify/live",
+				Summary: "ask the cluster: each component healthy and serving its renewed certificate, the API answering with the renewed admin.conf, no recovery server left",
+				Run:     func(ctx context.Context) (map[string]string, error) { return live(ctx, d) },
+			})
+		}
+		return acts, nil
 	},
+}
+
+func certificates(d pipeline.Data) (map[string]string, error) {
+	inv, err := d.Inventory()
+	if err != nil {
+		return nil, err
+	}
+	o := d.Options()
+	var bad []string
+	for _, it := range inv.Sorted() {
+		if it.Kind == inventory.KindUserKubeconfig && !o.UpdateUserKubeconfigs {
+			if it.Status != pki.StatusOK {
+				fmt.Fprintf(d.Out(), "      note: %s is still %s (not refreshed without --update-user-kubeconfigs)\n", it.Path, it.Status)
+			}
+			continue
+		}
+		msg := fmt.Sprintf("%s (%s) is %s", it.Name, it.Path, it.Status)
+		switch {
+		case it.Status.Severity() >= 2:
+		case it.Status == pki.StatusExpiring && validity(o) > inv.Warn && o.RenewWithin == 0:
+			// Renewed for longer than --warn, yet expiring within it: it
+			// was not renewed.
+			msg += fmt.Sprintf(" (expires %s, within --warn %s although this run issues %s)", it.Cert.NotAfter.UTC().Format(time.RFC3339), inv.Warn, validity(o))
+		default:
+			continue
+		}
+		if len(it.Problems) > 0 {
+			msg += ": " + strings.Join(it.Problems, "; ")
+		}
+		bad = append(bad, msg)
+	}
+	if len(bad) > 0 {
+		return nil, errors.New("after renewal, still not valid:\n  " + strings.Join(bad, "\n  "))
+	}
+	fmt.Fprintf(d.Out(), "      %s\n", inv.Summary())
+	return map[string]string{"certificates": strconv.Itoa(len(inv.Items)), "worst": string(inv.Worst())}, nil
+}
+
+func validity(o pipeline.Options) time.Duration {
+	if o.Validity == 0 {
+		return 365 * 24 * time.Hour
+	}
+	return o.Validity
+}
+
+func live(ctx context.Context, d pipeline.Data) (map[string]string, error) {
+	facts := map[string]string{}
+	var bad []string
+	for _, c := range Components {
+		if !d.Node().Exists(path.Join(health.ManifestsDir(d), c+".yaml")) {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, LiveTimeout)
+		serial, err := health.Wait(cctx, d, c)
+		cancel()
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s: %v", c, err))
+			continue
+		}
+		if serial != "" {
+			facts["serial."+c] = serial
+			fmt.Fprintf(d.Out(), "      %s healthy, serving serial %s\n", c, serial)
+		} else {
+			fmt.Fprintf(d.Out(), "      %s healthy\n", c)
+		}
+	}
+	if d.Node().Exists(node.KubernetesDir + "/admin.conf") {
+		cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
+		if err == nil {
+			cfg.Timeout = 10 * time.Second
+			var cs *kubernetes.Clientset
+			if cs, err = kubernetes.NewForConfig(cfg); err == nil {
+				var v fmt.Stringer
+				if v, err = cs.Discovery().ServerVersion(); err == nil {
+					fmt.Fprintf(d.Out(), "      the API at %s answers admin.conf (%s)\n", cfg.Host, v)
+					facts["api"] = cfg.Host
+				}
+			}
+		}
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("the API does not answer with the renewed admin.conf: %v", err))
+		}
+	}
+	stateDir := filepath.Dir(filepath.Dir(d.BackupDir()))
+	if pid, port, _, ok := apiserver.Running(stateDir); ok {
+		bad = append(bad, fmt.Sprintf("a recovery API server started by kubecpr is still running (pid %d, port %d): `kubecpr recovery-server stop`", pid, port))
+	}
+	if len(bad) > 0 {
+		return nil, errors.New("the cluster does not confirm the recovery:\n  " + strings.Join(bad, "\n  "))
+	}
+	return facts, nil
 }

@@ -1,4 +1,8 @@
-package bounce
+// Package health proves a control-plane component on the wire: its health
+// endpoint answers, and every TLS port it has serves the certificate that
+// is on disk (so the process really loaded the renewed one). The bounce
+// stage waits with it after a restart; the verify stage asks once more.
+package health
 
 import (
 	"context"
@@ -35,8 +39,16 @@ type servedCheck struct {
 	addr, cert, clientCert, clientKey, ca string
 }
 
+// ManifestsDir is the node's static pod directory.
+func ManifestsDir(d pipeline.Data) string {
+	if c := d.Cluster(); c != nil && c.StaticPodPath != "" {
+		return c.StaticPodPath
+	}
+	return node.ManifestsDir
+}
+
 func flagsOf(d pipeline.Data, comp string) map[string]string {
-	m, err := d.Node().ReadManifest(path.Join(manifestsDir(d), comp+".yaml"))
+	m, err := d.Node().ReadManifest(path.Join(ManifestsDir(d), comp+".yaml"))
 	if err != nil {
 		return map[string]string{}
 	}
@@ -143,10 +155,10 @@ func (e endpoint) tlsConfig(n *node.Node) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// waitHealthy polls the component's health endpoint until it answers ok,
-// then checks that every TLS port serves the certificate on disk. It
-// returns the served serial.
-func waitHealthy(ctx context.Context, d pipeline.Data, comp string) (string, error) {
+// Wait polls the component's health endpoint until it answers ok (or ctx
+// ends), then checks that every TLS port serves the certificate on disk.
+// It returns the served serial.
+func Wait(ctx context.Context, d pipeline.Data, comp string) (string, error) {
 	e, err := endpointOf(d, comp)
 	if err != nil {
 		return "", err
