@@ -24,6 +24,9 @@ import (
 // EntryType of a manifest entry.
 type EntryType string
 
+// KeptModeBits are the mode bits a backup records and a restore puts back.
+const KeptModeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
 // Entry types.
 const (
 	TypeFile    EntryType = "file"
@@ -37,7 +40,8 @@ type Entry struct {
 	// ("/etc/kubernetes/pki/ca.crt"), without the --root prefix.
 	Path string    `json:"path"`
 	Type EntryType `json:"type"`
-	// Mode holds the permission bits (fs.FileMode.Perm()).
+	// Mode holds the permission bits and setuid, setgid and sticky
+	// (KeptModeBits of fs.FileMode).
 	Mode uint32 `json:"mode"`
 	UID  int    `json:"uid"`
 	GID  int    `json:"gid"`
@@ -446,7 +450,7 @@ func syncTree(dir string) error {
 // entryOf describes info; Type stays empty for what a backup skips
 // (sockets, devices, FIFOs).
 func entryOf(np string, info fs.FileInfo) Entry {
-	e := Entry{Path: np, Mode: uint32(info.Mode().Perm()), Size: info.Size(), ModTime: info.ModTime().UTC()}
+	e := Entry{Path: np, Mode: uint32(info.Mode() & KeptModeBits), Size: info.Size(), ModTime: info.ModTime().UTC()}
 	if st, ok := info.Sys().(*syscall.Stat_t); ok {
 		e.UID, e.GID = int(st.Uid), int(st.Gid)
 	}

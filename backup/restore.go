@@ -213,7 +213,7 @@ func RestoreEntry(root, dir string, e Entry) error {
 }
 
 func restoreEntry(root, dir string, e Entry) error {
-	mode := fs.FileMode(e.Mode).Perm()
+	mode := fs.FileMode(e.Mode) & KeptModeBits
 	if e.Type == TypeDir {
 		_, host, err := resolve(root, e.Path, true)
 		if err != nil {

@@ -222,3 +222,84 @@ func TestBadValidityAndClock(t *testing.T) {
 }
 
 func clientcmdWrite(k *node.Kubeconfig) ([]byte, error) { return clientcmd.Write(*k.Config) }
+
+// TestSmallTraps: a regular file where the kubelet keeps its link, setuid
+// and setgid bits through a rollback, a broken service-account key pair.
+func TestSmallTraps(t *testing.T) {
+	t.Run("regular kubelet pem", func(t *testing.T) {
+		root := expiredNode(t)
+		cur := filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")
+		target, err := os.Readlink(cur)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(root, target)) // `cp -L`, inside the node
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(cur); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cur, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before := snapshot(t, root)
+		if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+			t.Fatalf("run with a regular kubelet-client-current.pem: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		if st, err := os.Lstat(cur); err != nil || !st.Mode().IsRegular() {
+			t.Errorf("kubelet-client-current.pem is no longer a regular file: %v %v", st, err)
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+			t.Errorf("check: exit %d\n%s", r.code, r.stdout)
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+			t.Fatalf("rollback: exit %d\n%s", r.code, r.stderr)
+		}
+		if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+			t.Fatalf("rollback not byte-identical:\n%s", d)
+		}
+	})
+	t.Run("setgid kept", func(t *testing.T) {
+		root := expiredNode(t)
+		p := filepath.Join(root, "etc/kubernetes/pki/apiserver.crt")
+		if err := os.Chmod(p, 0o640|os.ModeSetgid); err != nil {
+			t.Fatal(err)
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+			t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+		}
+		if st, _ := os.Stat(p); st.Mode()&os.ModeSetgid == 0 {
+			t.Errorf("renewal lost setgid: %v", st.Mode())
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+			t.Fatalf("rollback: exit %d\n%s", r.code, r.stderr)
+		}
+		if st, _ := os.Stat(p); st.Mode()&os.ModeSetgid == 0 || st.Mode().Perm() != 0o640 {
+			t.Errorf("rollback lost the mode: %v", st.Mode())
+		}
+	})
+	t.Run("sa key mismatch", func(t *testing.T) {
+		root := expiredNode(t)
+		other := expiredNode(t)
+		b, err := os.ReadFile(filepath.Join(other, "etc/kubernetes/pki/sa.pub"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub := filepath.Join(root, "etc/kubernetes/pki/sa.pub")
+		if orig, _ := os.ReadFile(pub); string(orig) == string(b) {
+			t.Skip("the key pool gave both nodes the same service-account key")
+		}
+		if err := os.WriteFile(pub, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := snapshot(t, root)
+		r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...)
+		if r.code != ExitPrecondition || !strings.Contains(r.stderr, "sa.pub does not match") {
+			t.Errorf("sa.pub of another cluster: exit %d, want %d\n%s", r.code, ExitPrecondition, r.stderr)
+		}
+		if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+			t.Fatalf("a refused run changed the node:\n%s", d)
+		}
+	})
+}

@@ -37,6 +37,13 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(inv.SAProblems) > 0 {
+		// Not a certificate, but a recovery that restarts the API server on
+		// a broken service-account key pair leaves every token unverifiable.
+		return nil, &pipeline.PreconditionError{Stage: "certs", Err: fmt.Errorf("the service-account key pair is broken: %s; "+
+			"restore sa.key and sa.pub from a backup (or another control-plane node, where they are identical) before recovering",
+			strings.Join(inv.SAProblems, "; "))}
+	}
 	var items []*inventory.Item
 	for _, it := range inv.Sorted() {
 		if it.Kind == inventory.KindCert {

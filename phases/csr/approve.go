@@ -2,15 +2,19 @@ package csr
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
@@ -34,6 +38,10 @@ type Approver struct {
 	Now       func() time.Time
 	Out       io.Writer
 	DryRun    bool
+	// Workers bounds the approvals and certificate writes in flight
+	// (default DefaultWorkers). Whatever it is, output and Result are in
+	// CSR name order.
+	Workers int
 
 	seen map[string]bool // CSRs already reported
 }
@@ -41,6 +49,7 @@ type Approver struct {
 // Result of one pass.
 type Result struct {
 	Approved, Signed, Refused []Decision
+	Failed                    []Failure // could not be approved or signed (the others still were)
 }
 
 func pending(c *certificatesv1.CertificateSigningRequest) bool {
@@ -81,8 +90,137 @@ func NodesFromAPI(ctx context.Context, cs kubernetes.Interface, into map[string]
 	return nil
 }
 
+// listCSRs lists every CSR, in pages of listPage (one request for up to
+// that many, never one per CSR), sorted by name.
+func (a *Approver) listCSRs(ctx context.Context) ([]certificatesv1.CertificateSigningRequest, error) {
+	var items []certificatesv1.CertificateSigningRequest
+	opts := metav1.ListOptions{Limit: listPage}
+	for {
+		list, err := a.Client.CertificatesV1().CertificateSigningRequests().List(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, list.Items...)
+		if list.Continue == "" {
+			break
+		}
+		opts.Continue = list.Continue
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
+	return items, nil
+}
+
+const listPage = 500
+
+// errDecided: after a conflict, the CSR turned out to be approved, denied
+// or failed by someone else meanwhile. errIssued: it got its certificate
+// from someone else meanwhile. Neither is a failure: kubecpr leaves it.
+var (
+	errDecided = errors.New("approved or denied by someone else meanwhile: left alone")
+	errIssued  = errors.New("its certificate was issued by someone else meanwhile: left alone")
+)
+
+// Failure is a CSR that could not be approved or signed.
+type Failure struct {
+	Name string
+	Step string // "approving" or "signing"
+	Err  error
+}
+
+func (f Failure) Error() string { return fmt.Sprintf("%s %s: %v", f.Step, f.Name, f.Err) }
+
+// PassError is returned by Pass when some CSRs failed; every other CSR was
+// still processed. Failures are sorted by name.
+type PassError struct{ Failures []Failure }
+
+func (e *PassError) Error() string {
+	const shown = 5
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d CSR(s) failed: ", len(e.Failures))
+	for i, f := range e.Failures {
+		if i == shown {
+			fmt.Fprintf(&b, "; and %d more", len(e.Failures)-shown)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(f.Error())
+	}
+	return b.String()
+}
+
+// Unwrap gives errors.Is/As every failure's error.
+func (e *PassError) Unwrap() []error {
+	errs := make([]error, len(e.Failures))
+	for i, f := range e.Failures {
+		errs[i] = f.Err
+	}
+	return errs
+}
+
+// approve writes the approval of one CSR, re-reading it and trying again
+// when it changed meanwhile (a conflict), as long as it is still pending.
+func (a *Approver) approve(ctx context.Context, c *certificatesv1.CertificateSigningRequest, d Decision) (*certificatesv1.CertificateSigningRequest, error) {
+	client := a.Client.CertificatesV1().CertificateSigningRequests()
+	cur := c
+	var updated *certificatesv1.CertificateSigningRequest
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if !pending(cur) {
+			return errDecided
+		}
+		u := cur.DeepCopy()
+		u.Status.Conditions = append(u.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
+			Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue, Reason: "KubecprApproved",
+			Message: "approved by kubecpr: " + d.Reason, LastUpdateTime: metav1.Now()})
+		var err error
+		updated, err = client.UpdateApproval(ctx, u.Name, u, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			fresh, gerr := client.Get(ctx, c.Name, metav1.GetOptions{})
+			if gerr != nil {
+				return gerr
+			}
+			cur = fresh
+		}
+		return err
+	})
+	return updated, err
+}
+
+// writeCertificate writes one signed certificate into the CSR's status,
+// re-reading it and trying again on a conflict, as long as it is still
+// approved by kubecpr and has no certificate.
+func (a *Approver) writeCertificate(ctx context.Context, c *certificatesv1.CertificateSigningRequest, certPEM []byte) error {
+	client := a.Client.CertificatesV1().CertificateSigningRequests()
+	cur := c
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if len(cur.Status.Certificate) > 0 {
+			return errIssued
+		}
+		if !approvedByUs(cur) {
+			return errDecided
+		}
+		u := cur.DeepCopy()
+		u.Status.Certificate = certPEM
+		_, err := client.UpdateStatus(ctx, u, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			fresh, gerr := client.Get(ctx, c.Name, metav1.GetOptions{})
+			if gerr != nil {
+				return gerr
+			}
+			cur = fresh
+		}
+		return err
+	})
+}
+
 // Pass lists the CSRs once: approves the pending ones the policy allows,
 // signs approved ones that have no certificate, and reports the rest.
+//
+// The writes run concurrently (Workers in flight); what is printed and
+// returned is in CSR name order all the same. A CSR that cannot be
+// approved or signed does not stop the others: each one is listed in
+// Result.Failed and the error is a *PassError naming them.
 func (a *Approver) Pass(ctx context.Context) (Result, error) {
 	if a.seen == nil {
 		a.seen = map[string]bool{}
@@ -91,47 +229,86 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 		a.Now = time.Now
 	}
 	var res Result
-	list, err := a.Client.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	items, err := a.listCSRs(ctx)
 	if err != nil {
 		return res, fmt.Errorf("listing CSRs: %w", err)
 	}
-	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
-	var toSign []*certificatesv1.CertificateSigningRequest
-	for i := range list.Items {
-		c := &list.Items[i]
+
+	// Decide every CSR (no writes), in name order.
+	type entry struct {
+		c        *certificatesv1.CertificateSigningRequest
+		d        Decision
+		approve  bool // pending and allowed: to be approved
+		sign     bool // already approved by kubecpr, no certificate yet
+		refused  bool
+		updated  *certificatesv1.CertificateSigningRequest
+		err      error
+		finished bool
+	}
+	entries := make([]entry, 0, len(items))
+	var writes []int // indexes into entries of the approvals to write
+	for i := range items {
+		c := &items[i]
 		switch {
 		case pending(c):
 			d := a.Policy.Evaluate(c)
-			if !d.Approve {
-				res.Refused = append(res.Refused, d)
-				if !a.seen[c.Name] && a.Out != nil {
-					fmt.Fprintf(a.Out, "      refused %s (%s): %s\n", c.Name, c.Spec.SignerName, d.Reason)
-				}
-				a.seen[c.Name] = true
-				continue
+			e := entry{c: c, d: d, refused: !d.Approve, approve: d.Approve}
+			if e.approve && !a.DryRun {
+				writes = append(writes, len(entries))
 			}
-			if a.DryRun {
-				res.Approved = append(res.Approved, d)
-				continue
-			}
-			c.Status.Conditions = append(c.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
-				Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue, Reason: "KubecprApproved",
-				Message: "approved by kubecpr: " + d.Reason, LastUpdateTime: metav1.Now()})
-			updated, err := a.Client.CertificatesV1().CertificateSigningRequests().UpdateApproval(ctx, c.Name, c, metav1.UpdateOptions{})
-			if err != nil {
-				return res, fmt.Errorf("approving %s: %w", c.Name, err)
-			}
-			if a.Out != nil {
-				fmt.Fprintf(a.Out, "      approved %s for node %s: %s\n", c.Name, d.Node, d.Reason)
-			}
-			res.Approved = append(res.Approved, d)
-			toSign = append(toSign, updated)
+			entries = append(entries, e)
 		case approvedByUs(c) && len(c.Status.Certificate) == 0:
-			toSign = append(toSign, c)
+			entries = append(entries, entry{c: c, sign: true})
 		}
 	}
+
+	forEach(ctx, len(writes), a.Workers, func(k int) {
+		e := &entries[writes[k]]
+		e.updated, e.err = a.approve(ctx, e.c, e.d)
+		e.finished = true
+	})
+
+	// Report in name order.
+	var toSign []*certificatesv1.CertificateSigningRequest
+	for i := range entries {
+		e := &entries[i]
+		name := e.c.Name
+		switch {
+		case e.refused:
+			res.Refused = append(res.Refused, e.d)
+			if !a.seen[name] && a.Out != nil {
+				fmt.Fprintf(a.Out, "      refused %s (%s): %s\n", name, e.c.Spec.SignerName, e.d.Reason)
+			}
+			a.seen[name] = true
+		case e.approve && a.DryRun:
+			res.Approved = append(res.Approved, e.d)
+		case e.approve && !e.finished:
+			// ctx ended before this one was written: reported below.
+		case e.approve && errors.Is(e.err, errDecided):
+			if !a.seen[name] && a.Out != nil {
+				fmt.Fprintf(a.Out, "      %s: %v\n", name, e.err)
+			}
+			a.seen[name] = true
+		case e.approve && e.err != nil:
+			res.Failed = append(res.Failed, Failure{Name: name, Step: "approving", Err: e.err})
+			if a.Out != nil {
+				fmt.Fprintf(a.Out, "      could not approve %s: %v\n", name, e.err)
+			}
+		case e.approve:
+			if a.Out != nil {
+				fmt.Fprintf(a.Out, "      approved %s for node %s: %s\n", name, e.d.Node, e.d.Reason)
+			}
+			res.Approved = append(res.Approved, e.d)
+			toSign = append(toSign, e.updated)
+		case e.sign:
+			toSign = append(toSign, e.c)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
 	if a.Sign == SignNever || a.DryRun || len(toSign) == 0 {
-		return res, nil
+		return res, a.failed(res)
 	}
 	if a.Sign == SignAuto {
 		grace := a.SignGrace
@@ -139,43 +316,95 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 			grace = 3 * time.Second
 		}
 		toSign = a.waitForControllerManager(ctx, toSign, grace)
+		if len(toSign) == 0 {
+			return res, a.failed(res)
+		}
 	}
-	for _, c := range toSign {
-		certPEM, err := Sign(a.CA, c, a.Now(), a.Policy.MaxLifetime)
+	if a.CA == nil || a.CA.Key == nil {
+		_, err := Sign(a.CA, toSign[0], a.Now(), a.Policy.MaxLifetime)
+		return res, fmt.Errorf("signing %d approved CSR(s) (%s first): %w", len(toSign), toSign[0].Name, err)
+	}
+
+	now := a.Now()
+	signErrs := make([]error, len(toSign))
+	signDone := make([]bool, len(toSign))
+	forEach(ctx, len(toSign), a.Workers, func(i int) {
+		defer func() { signDone[i] = true }()
+		c := toSign[i]
+		certPEM, err := Sign(a.CA, c, now, a.Policy.MaxLifetime)
 		if err != nil {
-			return res, fmt.Errorf("signing %s: %w", c.Name, err)
+			signErrs[i] = err
+			return
 		}
-		c.Status.Certificate = certPEM
-		if _, err := a.Client.CertificatesV1().CertificateSigningRequests().UpdateStatus(ctx, c, metav1.UpdateOptions{}); err != nil {
-			return res, fmt.Errorf("writing the certificate of %s: %w", c.Name, err)
+		signErrs[i] = a.writeCertificate(ctx, c, certPEM)
+	})
+	for i, c := range toSign {
+		switch err := signErrs[i]; {
+		case !signDone[i]:
+		case errors.Is(err, errIssued) || errors.Is(err, errDecided):
+			if a.Out != nil {
+				fmt.Fprintf(a.Out, "      %s: %v\n", c.Name, err)
+			}
+		case err != nil:
+			res.Failed = append(res.Failed, Failure{Name: c.Name, Step: "signing", Err: err})
+			if a.Out != nil {
+				fmt.Fprintf(a.Out, "      could not sign %s: %v\n", c.Name, err)
+			}
+		default:
+			if a.Out != nil {
+				fmt.Fprintf(a.Out, "      signed %s with the cluster CA (no controller-manager issued it)\n", c.Name)
+			}
+			res.Signed = append(res.Signed, Decision{Name: c.Name, Signer: c.Spec.SignerName})
 		}
-		if a.Out != nil {
-			fmt.Fprintf(a.Out, "      signed %s with the cluster CA (no controller-manager issued it)\n", c.Name)
-		}
-		res.Signed = append(res.Signed, Decision{Name: c.Name, Signer: c.Spec.SignerName})
 	}
-	return res, nil
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	return res, a.failed(res)
+}
+
+// failed is the error of a pass whose result lists failures (nil if none).
+func (a *Approver) failed(res Result) error {
+	if len(res.Failed) == 0 {
+		return nil
+	}
+	f := append([]Failure(nil), res.Failed...)
+	sort.SliceStable(f, func(i, j int) bool { return f[i].Name < f[j].Name })
+	return &PassError{Failures: f}
 }
 
 // waitForControllerManager returns the CSRs that still have no
-// certificate after grace.
+// certificate after grace, as last read. It lists the CSRs (one request a
+// round) rather than reading them one by one.
 func (a *Approver) waitForControllerManager(ctx context.Context, cs []*certificatesv1.CertificateSigningRequest, grace time.Duration) []*certificatesv1.CertificateSigningRequest {
 	deadline := time.Now().Add(grace)
 	for {
-		var left []*certificatesv1.CertificateSigningRequest
-		for _, c := range cs {
-			got, err := a.Client.CertificatesV1().CertificateSigningRequests().Get(ctx, c.Name, metav1.GetOptions{})
-			if err != nil || len(got.Status.Certificate) == 0 {
-				if err == nil {
-					c = got
-				}
-				left = append(left, c)
+		select {
+		case <-ctx.Done():
+			return cs
+		case <-time.After(250 * time.Millisecond):
+		}
+		items, err := a.listCSRs(ctx)
+		if err == nil {
+			byName := make(map[string]*certificatesv1.CertificateSigningRequest, len(items))
+			for i := range items {
+				byName[items[i].Name] = &items[i]
 			}
+			var left []*certificatesv1.CertificateSigningRequest
+			for _, c := range cs {
+				got, ok := byName[c.Name]
+				if !ok {
+					left = append(left, c) // gone: signing it will say so
+					continue
+				}
+				if len(got.Status.Certificate) == 0 {
+					left = append(left, got)
+				}
+			}
+			cs = left
 		}
-		if len(left) == 0 || time.Now().After(deadline) {
-			return left
+		if len(cs) == 0 || time.Now().After(deadline) {
+			return cs
 		}
-		cs = left
-		time.Sleep(250 * time.Millisecond)
 	}
 }

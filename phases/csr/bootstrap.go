@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"math/big"
-	"os"
-	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,8 +13,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/kubecpr/kubecpr/backup"
-	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 )
 
@@ -70,26 +67,19 @@ func createBootstrapToken(ctx context.Context, d pipeline.Data, cs kubernetes.In
 	if err != nil {
 		return nil, err
 	}
-	host := d.Node().Path(BootstrapKubeconfig)
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.WriteFile(host, out, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
+	// Through the journal: backed up (or recorded absent), intent, atomic
+	// write, done — rollback restores or removes it like any other file.
+	op := node.FileOp{Path: BootstrapKubeconfig, Data: out, Mode: 0o600, Secret: true}
+	if err := d.ApplyFiles(ctx, "csr", "csr/bootstrap-kubeconfig", []node.FileOp{op}); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(d.Out(), "      wrote %s (0600): bootstrap token %s, valid until %s, for %s\n", BootstrapKubeconfig, id, expires.Format(time.RFC3339), server)
 	return map[string]string{"bootstrap_token_id": id, "bootstrap_kubeconfig": BootstrapKubeconfig}, nil
 }
 
-// Undo removes (or restores from the backup) the bootstrap kubeconfig.
+// Undo has nothing left to do for the bootstrap kubeconfig: it was written
+// as its own journaled file action (csr/bootstrap-kubeconfig), which
+// rollback restores from the backup or removes. The token itself expires.
 func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[string]string) error {
-	if facts["bootstrap_kubeconfig"] == "" {
-		return nil
-	}
-	if m, err := backup.Load(d.BackupDir()); err == nil {
-		if e, ok := m.Lookup(BootstrapKubeconfig); ok {
-			return backup.RestoreEntry(d.Node().Root, d.BackupDir(), e)
-		}
-	}
-	return atomicfile.Remove(d.Node().Path(BootstrapKubeconfig))
+	return nil
 }

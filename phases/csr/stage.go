@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/node"
@@ -46,8 +47,11 @@ var Stage = pipeline.Stage{
 	Name:  "csr",
 	Short: "approve (and if needed sign) the node CSRs that pass validation, through the node's API server or a temporary recovery API server",
 	Live:  true,
-	Plan:  Plan,
-	Undo:  Undo,
+	// Mutates: with --bootstrap-token it writes bootstrap-kubelet.conf,
+	// so a run that starts at csr (--from csr) takes its backup first.
+	Mutates: true,
+	Plan:    Plan,
+	Undo:    Undo,
 }
 
 // Plan plans one action: one or more approval passes.
@@ -92,7 +96,9 @@ func nodeAPI(ctx context.Context, d pipeline.Data) (kubernetes.Interface, bool) 
 		return nil, false
 	}
 	cfg.Timeout = 30 * time.Second
-	cs, _ = kubernetes.NewForConfig(cfg)
+	if cs, err = kubernetes.NewForConfig(TuneClient(cfg)); err != nil {
+		return nil, false
+	}
 	return cs, true
 }
 
@@ -149,7 +155,7 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 		facts["api"] = "recovery"
 		facts["recovery_port"] = strconv.Itoa(srv.Port)
 		server = fmt.Sprintf("https://127.0.0.1:%d", srv.Port)
-		if cs, err = srv.Client(); err != nil {
+		if cs, err = recoveryClient(srv.Kubeconfig); err != nil {
 			return nil, err
 		}
 		if opts.Ready != nil {
@@ -232,6 +238,17 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 			opts.Wait, want, rounds[SignerClientKubelet], rounds[SignerKubeletServing])
 	}
 	return facts, nil
+}
+
+// recoveryClient is the stage's client of its recovery API server: the
+// server's own kubeconfig, with the stage's limits (TuneClient).
+func recoveryClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Timeout = 30 * time.Second
+	return kubernetes.NewForConfig(TuneClient(cfg))
 }
 
 func loadCA(n *node.Node, pkiDir string) (*pki.CA, error) {

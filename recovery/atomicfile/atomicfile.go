@@ -53,7 +53,7 @@ func WriteFile(path string, data []byte, opt Options) (err error) {
 			return fmt.Errorf("%s: refusing to replace a %s with a regular file", path, describe(st.Mode()))
 		}
 		if !opt.ForceMode {
-			mode = st.Mode().Perm()
+			mode = st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 		}
 		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 			uid, gid, chown = int(sys.Uid), int(sys.Gid), true
@@ -74,14 +74,16 @@ func WriteFile(path string, data []byte, opt Options) (err error) {
 			os.Remove(tmpName)
 		}
 	}()
-	// Restrict before writing, so key material is never readable by others.
-	if err = tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("%s: chmod temporary file: %w", path, err)
-	}
+	// Restrict before writing, so key material is never readable by others
+	// (the temp file is created 0600); chown before chmod, as chown clears
+	// setuid and setgid.
 	if chown && os.Geteuid() == 0 {
 		if err = tmp.Chown(uid, gid); err != nil {
 			return fmt.Errorf("%s: chown temporary file: %w", path, err)
 		}
+	}
+	if err = tmp.Chmod(mode); err != nil {
+		return fmt.Errorf("%s: chmod temporary file: %w", path, err)
 	}
 	if _, err = tmp.Write(data); err != nil {
 		return fmt.Errorf("%s: writing: %w", path, err)

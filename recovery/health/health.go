@@ -98,7 +98,7 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 		if port == "" {
 			port = "6443"
 		}
-		e := endpoint{addr: net.JoinHostPort("127.0.0.1", port), healthz: "/readyz", caFile: f["client-ca-file"], served: f["tls-cert-file"]}
+		e := endpoint{addr: net.JoinHostPort(bindHost(f["bind-address"]), port), healthz: "/readyz", caFile: f["client-ca-file"], served: f["tls-cert-file"]}
 		k, err := d.Node().Kubeconfig(node.KubernetesDir + "/admin.conf")
 		if err != nil {
 			return e, err
@@ -113,6 +113,17 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 		return endpoint{addr: net.JoinHostPort("127.0.0.1", orDefault(f["secure-port"], "10259")), healthz: "/healthz"}, nil
 	}
 	return endpoint{}, fmt.Errorf("unknown component %s", comp)
+}
+
+// bindHost is where to reach a server bound to --bind-address: the
+// address itself when it is a specific one (a control plane bound to its
+// node address), else loopback (unset, 0.0.0.0 or ::).
+func bindHost(bind string) string {
+	ip := net.ParseIP(bind)
+	if ip == nil || ip.IsUnspecified() {
+		return "127.0.0.1"
+	}
+	return ip.String()
 }
 
 func orDefault(v, d string) string {

@@ -273,9 +273,16 @@ func (s *KubeletPEMStore) Render(cert *x509.Certificate, key crypto.Signer, now 
 	if err != nil {
 		return nil, err
 	}
+	pemData := append(pki.EncodeCertificate(cert), kpem...)
+	if st, err := s.Node.Lstat(s.Link); err == nil && st.Mode().IsRegular() {
+		// A regular file where the kubelet keeps a link (after `cp -L`,
+		// or a restore that followed links): replaced in place, as a
+		// regular file; the kubelet reads either.
+		return []node.FileOp{{Path: s.Link, Data: pemData, Mode: 0o600, Secret: true}}, nil
+	}
 	dated := s.NextDated(now)
 	return []node.FileOp{
-		{Path: dated, Data: append(pki.EncodeCertificate(cert), kpem...), Mode: 0o600, Secret: true},
+		{Path: dated, Data: pemData, Mode: 0o600, Secret: true},
 		{Path: s.Link, Link: dated},
 	}, nil
 }

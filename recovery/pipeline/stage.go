@@ -51,6 +51,11 @@ type Data interface {
 	// Live is how to act on the node's processes, or nil when this run
 	// must not touch processes (a copy of a node under --root, a rehearsal).
 	Live() *Live
+	// ApplyFiles writes files from inside a Run action through the same
+	// write-ahead protocol as a Files action (backup checked, intent with
+	// old and new hashes, atomic writes, done), as its own action id:
+	// rollback restores them like any other file change.
+	ApplyFiles(ctx context.Context, stage, actionID string, ops []node.FileOp) error
 }
 
 // Live carries the interfaces to the node's running parts.

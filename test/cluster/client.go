@@ -9,8 +9,7 @@ import (
 	"net"
 	"os"
 	"path"
-	"path/filepath"
-	"strings"
+	"strconv"
 	"testing"
 	"time"
 
@@ -178,8 +177,17 @@ func ServedCertificate(port int) (*x509.Certificate, error) {
 // ServedChain returns the certificates served on a loopback port, leaf
 // first, unverified.
 func ServedChain(port int) ([]*x509.Certificate, error) {
+	return ServedChainAt("127.0.0.1", port)
+}
+
+// ServedChainAt returns the certificates served on host:port (a loopback
+// address, e.g. a ControlPlanes node's Address), leaf first, unverified.
+func ServedChainAt(host string, port int) ([]*x509.Certificate, error) {
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("%s is not a loopback address", host)
+	}
 	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp",
-		fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{InsecureSkipVerify: true})
+		net.JoinHostPort(host, strconv.Itoa(port)), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		return nil, err
 	}
@@ -253,26 +261,8 @@ func (n *Node) KubeletClient(t testing.TB) *kubernetes.Clientset {
 func KubeadmJoin(t testing.TB, first *Node, o Options) *Node {
 	t.Helper()
 	root := t.TempDir()
-	for _, f := range []string{"ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key", "sa.key", "sa.pub"} {
-		src := first.Path("/etc/kubernetes/pki/" + f)
-		if f == "ca.key" && first.ExternalCAKey != "" {
-			src = first.ExternalCAKey
-		}
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := filepath.Join(root, "etc/kubernetes/pki", f)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		mode := os.FileMode(0o644)
-		if strings.HasSuffix(f, ".key") {
-			mode = 0o600
-		}
-		if err := os.WriteFile(dst, b, mode); err != nil {
-			t.Fatal(err)
-		}
+	if err := copySharedCA(first, root); err != nil {
+		t.Fatal(err)
 	}
 	return kubeadmAt(t, root, o)
 }

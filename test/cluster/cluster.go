@@ -93,6 +93,23 @@ type Node struct {
 	Root string
 	Name string
 	Bin  string
+	// Address is the node's own loopback address: 127.0.0.1 for a node made
+	// by Kubeadm or KubeadmJoin, 127.0.0.i for node i of ControlPlanes (its
+	// API server binds it, its etcd member advertises it). Worker nodes
+	// (Worker) have the address they were given.
+	Address string
+	// Peers are all the control-plane nodes of a ControlPlanes cluster, in
+	// order, this one included (nil for a lone node).
+	Peers []*Node
+	// EtcdInitialCluster is --initial-cluster of the node's etcd manifest
+	// ("" for a lone node: its single member).
+	EtcdInitialCluster string
+	// IsWorker marks a kubeadm-worker-shaped tree made by Worker: no
+	// manifests, no CA key; Resign and Expire re-sign only the kubelet's
+	// client certificate, with the control plane's CA key kept outside the
+	// tree (caKey).
+	IsWorker bool
+	caKey    string
 	// KubernetesVersion is the version written into the kubeadm config.
 	KubernetesVersion string
 	// Free loopback ports chosen by the harness (all distinct).
@@ -203,13 +220,31 @@ localAPIEndpoint:
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
 kubernetesVersion: %[4]s
-controlPlaneEndpoint: 127.0.0.1:%[3]d
+controlPlaneEndpoint: %[6]s:%[3]d
 apiServer:
-  certSANs: [127.0.0.1, localhost]
+  certSANs: [%[6]s, localhost]
 networking:
   serviceSubnet: %[5]s
   dnsDomain: cluster.local
+%[7]s`
+
+// etcdSANs is the ClusterConfiguration part of a node whose address is not
+// 127.0.0.1 (kubeadm always puts 127.0.0.1 and localhost in the etcd
+// server and peer certificates, and the advertise address it was given,
+// which is never the node's loopback address here).
+const etcdSANs = `etcd:
+  local:
+    serverCertSANs: [%[1]s]
+    peerCertSANs: [%[1]s]
 `
+
+// addr is the node's loopback address (127.0.0.1 unless set).
+func (n *Node) addr() string {
+	if n.Address == "" {
+		return "127.0.0.1"
+	}
+	return n.Address
+}
 
 var exactVersion = regexp.MustCompile(`^v\d+\.\d+\.\d+$`)
 
@@ -227,6 +262,19 @@ func Kubeadm(t testing.TB, o Options) *Node {
 
 func kubeadmAt(t testing.TB, root string, o Options) *Node {
 	t.Helper()
+	n := prepareNode(t, root, &o, "127.0.0.1")
+	start := time.Now()
+	if err := n.runPhases(t, o); err != nil {
+		t.Fatal(err)
+	}
+	n.finishLayout(t, o, start)
+	return n
+}
+
+// prepareNode checks the options, picks the node's ports and writes its
+// kubeadm config (outside the root). addr is the node's loopback address.
+func prepareNode(t testing.TB, root string, o *Options, addr string) *Node {
+	t.Helper()
 	if o.NodeName == "" {
 		o.NodeName = "cp-1"
 	}
@@ -236,16 +284,28 @@ func kubeadmAt(t testing.TB, root string, o Options) *Node {
 	if !exactVersion.MatchString(o.KubernetesVersion) {
 		t.Fatalf("KubernetesVersion %q: want an exact version like %s (a label would make kubeadm ask the internet)", o.KubernetesVersion, KubernetesVersion)
 	}
+	if ip := net.ParseIP(addr); ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+		t.Fatalf("node address %q: want a loopback IPv4 address", addr)
+	}
 	ports := freePorts(t, 6)
-	n := &Node{Root: root, Name: o.NodeName, Bin: Binaries(t), KubernetesVersion: o.KubernetesVersion,
+	n := &Node{Root: root, Name: o.NodeName, Bin: Binaries(t), KubernetesVersion: o.KubernetesVersion, Address: addr,
 		APIServerPort: ports[0], EtcdClientPort: ports[1], EtcdPeerPort: ports[2], EtcdMetricsPort: ports[3],
 		ControllerManagerPort: ports[4], SchedulerPort: ports[5]}
 	n.ConfigPath = filepath.Join(t.TempDir(), "kubeadm.yaml")
-	cfg := fmt.Sprintf(kubeadmConfig, o.NodeName, NeverContacted, n.APIServerPort, o.KubernetesVersion, ServiceSubnet)
+	etcd := ""
+	if addr != "127.0.0.1" {
+		etcd = fmt.Sprintf(etcdSANs, addr)
+	}
+	cfg := fmt.Sprintf(kubeadmConfig, o.NodeName, NeverContacted, n.APIServerPort, o.KubernetesVersion, ServiceSubnet, addr, etcd)
 	if err := os.WriteFile(n.ConfigPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
+	return n
+}
+
+// runPhases runs the kubeadm init phases of the layout. It only returns
+// errors (no t.Fatal), so nodes can be laid out concurrently.
+func (n *Node) runPhases(t testing.TB, o Options) error {
 	phases := [][]string{{"certs", "all"}, {"kubeconfig", "all"}}
 	if o.KubeletConfig {
 		phases = append(phases, []string{"kubelet-start"})
@@ -254,14 +314,21 @@ func kubeadmAt(t testing.TB, root string, o Options) *Node {
 	for _, phase := range phases {
 		args := append([]string{"init", "phase"}, phase...)
 		if out, err := n.Kubeadm(t, args...); err != nil {
-			t.Fatalf("kubeadm %s: %v\n%s", strings.Join(args, " "), err, out)
+			return fmt.Errorf("node %s: kubeadm %s: %v\n%s", n.Name, strings.Join(args, " "), err, out)
 		}
 	}
+	return nil
+}
+
+// finishLayout rewrites the node to loopback, checks that no other
+// address is left, and moves ca.key out on an ExternalCA node.
+func (n *Node) finishLayout(t testing.TB, o Options, start time.Time) {
+	t.Helper()
 	if err := n.rewriteToLoopback(); err != nil {
-		t.Fatalf("rewriting the kubeadm node to loopback: %v", err)
+		t.Fatalf("rewriting the kubeadm node %s to loopback: %v", n.Name, err)
 	}
 	if leaks, err := NonLoopback(n.Root); err != nil || len(leaks) > 0 {
-		t.Fatalf("non-loopback addresses left after rewriting (err %v):\n%s", err, strings.Join(leaks, "\n"))
+		t.Fatalf("non-loopback addresses left after rewriting node %s (err %v):\n%s", n.Name, err, strings.Join(leaks, "\n"))
 	}
 	if o.ExternalCA {
 		n.ExternalCAKey = filepath.Join(t.TempDir(), "ca.key")
@@ -269,9 +336,8 @@ func kubeadmAt(t testing.TB, root string, o Options) *Node {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("cluster: kubeadm laid out node %s in %s (apiserver 127.0.0.1:%d, etcd 127.0.0.1:%d)",
-		n.Name, time.Since(start).Round(time.Millisecond), n.APIServerPort, n.EtcdClientPort)
-	return n
+	t.Logf("cluster: kubeadm laid out node %s in %s (apiserver %s:%d, etcd %s:%d)",
+		n.Name, time.Since(start).Round(time.Millisecond), n.addr(), n.APIServerPort, n.addr(), n.EtcdClientPort)
 }
 
 // Kubeadm runs the real kubeadm on this node: always with --rootfs Root
@@ -377,16 +443,17 @@ func childEnv() []string {
 // ports. The manifests are edited as text (kubeadm's bytes are otherwise
 // kept) and then checked parsed.
 func (n *Node) rewriteToLoopback() error {
+	a := n.addr()
 	confs, _ := filepath.Glob(n.Path("/etc/kubernetes/*.conf"))
 	for _, f := range confs {
-		if err := editFile(f, func(s string) string { return strings.ReplaceAll(s, NeverContacted, "127.0.0.1") }); err != nil {
+		if err := editFile(f, func(s string) string { return strings.ReplaceAll(s, NeverContacted, a) }); err != nil {
 			return err
 		}
 		cfg, err := clientcmd.LoadFromFile(f)
 		if err != nil {
 			return err
 		}
-		want := fmt.Sprintf("https://127.0.0.1:%d", n.APIServerPort)
+		want := fmt.Sprintf("https://%s:%d", a, n.APIServerPort)
 		for name, c := range cfg.Clusters {
 			if c.Server != want {
 				return fmt.Errorf("%s: cluster %s server %s, want %s", filepath.Base(f), name, c.Server, want)
@@ -394,7 +461,7 @@ func (n *Node) rewriteToLoopback() error {
 		}
 	}
 	if f := n.Path("/var/lib/kubelet/config.yaml"); exists(f) {
-		if err := editFile(f, func(s string) string { return strings.ReplaceAll(s, NeverContacted, "127.0.0.1") }); err != nil {
+		if err := editFile(f, func(s string) string { return strings.ReplaceAll(s, NeverContacted, a) }); err != nil {
 			return err
 		}
 	}
@@ -412,18 +479,18 @@ func (n *Node) rewriteToLoopback() error {
 }
 
 var (
-	loopbackURLPort = regexp.MustCompile(`://127\.0\.0\.1:(\d+)\b`)
+	loopbackURLPort = regexp.MustCompile(`://(127\.\d{1,3}\.\d{1,3}\.\d{1,3}):(\d+)\b`)
 	probePort       = regexp.MustCompile(`^(\s+port: )(\d+)$`)
 	urlListFlag     = regexp.MustCompile(`^(\s*- --(?:listen-client-urls|listen-peer-urls|advertise-client-urls|initial-advertise-peer-urls|etcd-servers)=)(.*)$`)
 )
 
 func (n *Node) rewriteManifest(comp, s string) string {
-	s = strings.ReplaceAll(s, NeverContacted, "127.0.0.1")
+	s = strings.ReplaceAll(s, NeverContacted, n.addr())
 	urlPorts := map[string]int{"2379": n.EtcdClientPort, "2380": n.EtcdPeerPort, "2381": n.EtcdMetricsPort}
 	s = loopbackURLPort.ReplaceAllStringFunc(s, func(m string) string {
-		port := loopbackURLPort.FindStringSubmatch(m)[1]
-		if p, ok := urlPorts[port]; ok {
-			return fmt.Sprintf("://127.0.0.1:%d", p)
+		sub := loopbackURLPort.FindStringSubmatch(m)
+		if p, ok := urlPorts[sub[2]]; ok {
+			return fmt.Sprintf("://%s:%d", sub[1], p)
 		}
 		return m
 	})
@@ -448,8 +515,9 @@ func (n *Node) rewriteManifest(comp, s string) string {
 	}
 	switch comp {
 	case "kube-apiserver":
-		// kubeadm sets no --bind-address (0.0.0.0): listen on loopback only
-		lines = setFlag(lines, comp, "bind-address", "127.0.0.1")
+		// kubeadm sets no --bind-address (0.0.0.0): listen on the node's
+		// loopback address only
+		lines = setFlag(lines, comp, "bind-address", n.addr())
 	case "kube-controller-manager":
 		// default 10257 is fixed: one port per node, so tests run in parallel
 		lines = setFlag(lines, comp, "secure-port", strconv.Itoa(n.ControllerManagerPort))
@@ -499,18 +567,29 @@ func (n *Node) checkManifest(comp string) error {
 		k, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 		flags[k] = v
 	}
+	a := n.addr()
+	// kubeadm's etcd listens for clients on 127.0.0.1 and the advertise
+	// address (one URL when they are the same)
+	listenClient := fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort)
+	if a != "127.0.0.1" {
+		listenClient += fmt.Sprintf(",https://%s:%d", a, n.EtcdClientPort)
+	}
+	initialCluster := n.EtcdInitialCluster
+	if initialCluster == "" {
+		initialCluster = fmt.Sprintf("%s=https://%s:%d", n.Name, a, n.EtcdPeerPort)
+	}
 	want := map[string]map[string]string{
 		"etcd": {
-			"listen-client-urls":          fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort),
-			"advertise-client-urls":       fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort),
-			"listen-peer-urls":            fmt.Sprintf("https://127.0.0.1:%d", n.EtcdPeerPort),
-			"initial-advertise-peer-urls": fmt.Sprintf("https://127.0.0.1:%d", n.EtcdPeerPort),
-			"initial-cluster":             fmt.Sprintf("%s=https://127.0.0.1:%d", n.Name, n.EtcdPeerPort),
+			"listen-client-urls":          listenClient,
+			"advertise-client-urls":       fmt.Sprintf("https://%s:%d", a, n.EtcdClientPort),
+			"listen-peer-urls":            fmt.Sprintf("https://%s:%d", a, n.EtcdPeerPort),
+			"initial-advertise-peer-urls": fmt.Sprintf("https://%s:%d", a, n.EtcdPeerPort),
+			"initial-cluster":             initialCluster,
 			"listen-metrics-urls":         fmt.Sprintf("http://127.0.0.1:%d", n.EtcdMetricsPort),
 		},
 		"kube-apiserver": {
-			"advertise-address": "127.0.0.1",
-			"bind-address":      "127.0.0.1",
+			"advertise-address": a,
+			"bind-address":      a,
 			"secure-port":       strconv.Itoa(n.APIServerPort),
 			"etcd-servers":      fmt.Sprintf("https://127.0.0.1:%d", n.EtcdClientPort),
 		},
@@ -524,7 +603,10 @@ func (n *Node) checkManifest(comp string) error {
 	}
 	c := pod.Spec.Containers[0]
 	for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
-		if p != nil && p.HTTPGet != nil && p.HTTPGet.Host != "127.0.0.1" {
+		if p == nil || p.HTTPGet == nil {
+			continue
+		}
+		if ip := net.ParseIP(p.HTTPGet.Host); ip == nil || !ip.IsLoopback() || comp == "kube-apiserver" && p.HTTPGet.Host != a {
 			return fmt.Errorf("%s: probe host %q", comp, p.HTTPGet.Host)
 		}
 	}

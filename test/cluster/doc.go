@@ -58,6 +58,47 @@
 // lifetime with an abstract unix socket, so parallel test binaries do not
 // collide.
 //
+// # Three control-plane nodes (ControlPlanes)
+//
+// ControlPlanes(t, 3, o) lays out cp-1, cp-2, cp-3 of one stacked-etcd
+// cluster, node i at 127.0.0.i (Node.Address; 127.0.0.1-3 only): node 1 as
+// above; nodes 2 and 3 first get node 1's ca, front-proxy-ca, etcd/ca
+// (certificates and keys) and sa.key/pub, then run the same phases
+// concurrently with their own name, controlPlaneEndpoint 127.0.0.i:<port>,
+// apiServer certSANs [127.0.0.i, localhost] and etcd server/peer certSANs
+// [127.0.0.i], so each leaf names its own node (as `kubeadm join
+// --control-plane` makes them). kubeadm's advertise address is then
+// 127.0.0.i: the apiserver binds and advertises it (own port), every
+// kubeconfig of node i points at it; etcd advertises and peers on
+// 127.0.0.i and listens for clients on 127.0.0.1 and 127.0.0.i (kubeadm's
+// pair), metrics on 127.0.0.1; --etcd-servers stays kubeadm's
+// https://127.0.0.1:<own client port>, the local member; the controller
+// manager and scheduler bind 127.0.0.1 as kubeadm writes. Every etcd
+// manifest gets --initial-cluster=cp-1=https://127.0.0.1:P1,... and
+// --initial-cluster-state=new (Node.EtcdInitialCluster, Node.Peers).
+//
+// StartControlPlanes runs them as real nodes run them: one real containerd
+// per node (ctrd), images named as in the manifests holding the test
+// binaries, and the kubelet stand-in (staticpods) per node keeping one
+// container per manifest (host network). RunningNode.Socket is the node's
+// --cri-socket, KubeletRestartCommand its --kubelet-restart-command (it
+// records the call outside the tree; the stand-in needs no restart).
+// RunOptions.Controllers also runs the controller managers and schedulers;
+// without it their manifests are moved out (RunningNode.IdleManifests).
+// Restart/RestartAll stop containers through containerd and wait for the
+// stand-in's new ones. EtcdHealthy asks a member's /health on its client
+// URL with the node's healthcheck-client certificate (as kubecpr does);
+// EtcdRaftHealth asks /health on the plain-HTTP metrics URL (etcd's own
+// verdict, whatever the certificates); MemberList and EtcdClusterHealth
+// run the real etcdctl. ExpireAll expires every node (workers included).
+//
+// Worker lays out a kubeadm worker's tree joined to a control-plane node:
+// kubelet-start's config.yaml, ca.crt, the kubelet's bootstrapped client
+// certificate (ECDSA P-256, system:node:NAME / system:nodes, a dated pem
+// and kubelet-client-current.pem linking to it), its self-signed serving
+// pair and the kubelet.conf the kubelet writes. WhoAmI (SelfSubjectReview)
+// and RenewNodeLease prove what a node credential authenticates as.
+//
 // # Running the programs
 //
 // StartEtcd, StartAPIServer and StartControllerManager take command and
@@ -111,6 +152,21 @@
 // the apiserver exits 255 ("Error creating leases: error creating storage
 // factory: context deadline exceeded") and clients get "connection
 // refused" — in production the kubelet restarts it in a loop.
+//
+// Three nodes, one etcd cluster (TestThreeControlPlanesQuorum, ~35 s on 2
+// busy cores: layout 4.5-8 s, containerd start to all healthy ~15 s): every
+// member lists the three with peer URLs on 127.0.0.1/2/3, each apiserver
+// serves its own certificate (its address, no other node's). Every leaf
+// expired and every node restarted: the members reject each other's peer
+// certificates ("x509: certificate has expired or is not yet valid" in
+// each etcd's prober), etcd's metrics /health says RAFT NO LEADER, and the
+// client URL serves nothing at all (a restarted member serves clients only
+// once it has published itself through raft, which needs quorum), so
+// /health with a client certificate times out; no apiserver gets ready.
+// Node 1 alone renewed and restarted: the same — its etcd on valid
+// certificates has no quorum, /health on its client URL times out, its
+// apiserver never gets ready (the trap of issue 10: `kubecpr run` on one
+// node waits for etcd until its component timeout).
 //
 // An external-CA node (ca.key absent) whose leaves expired makes real
 // `kubeadm certs check-expiration` fail outright: "Error checking external

@@ -8,7 +8,8 @@ import (
 )
 
 // ClusterCA returns the cluster CA (ca.crt and its key) of the node; on an
-// ExternalCA node the key comes from where it is kept outside the tree.
+// ExternalCA node or a Worker the key comes from where it is kept outside
+// the tree.
 func (n *Node) ClusterCA(t testing.TB) *fixture.CA {
 	t.Helper()
 	crt, err := fixture.ReadCert(n.Path("/etc/kubernetes/pki/ca.crt"))
@@ -18,6 +19,9 @@ func (n *Node) ClusterCA(t testing.TB) *fixture.CA {
 	keyFile := n.Path("/etc/kubernetes/pki/ca.key")
 	if n.ExternalCAKey != "" {
 		keyFile = n.ExternalCAKey
+	}
+	if n.caKey != "" {
+		keyFile = n.caKey
 	}
 	key, err := fixture.ReadKey(keyFile)
 	if err != nil {
@@ -29,9 +33,17 @@ func (n *Node) ClusterCA(t testing.TB) *fixture.CA {
 // Resign re-signs leaves of the node into the window w with the node's own
 // CAs (fixture.ResignWithCA: pki leaves, kubeconfig-embedded client
 // certificates, the kubelet's current pem; same subjects, SANs, usages and
-// keys). only (nil: all) filters by node path.
+// keys). only (nil: all) filters by node path. On a Worker only the
+// kubelet's client certificate (the target of kubelet-client-current.pem)
+// is re-signed, with the cluster CA key kept outside its tree.
 func (n *Node) Resign(t testing.TB, w fixture.Window, only func(nodePath string) bool) {
 	t.Helper()
+	if n.IsWorker {
+		if err := n.resignWorker(n.ClusterCA(t), w, only); err != nil {
+			t.Fatalf("re-signing worker %s's kubelet client certificate: %v", n.Name, err)
+		}
+		return
+	}
 	var ca *fixture.CA
 	if n.ExternalCAKey != "" {
 		ca = n.ClusterCA(t)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -207,7 +208,7 @@ func (n *Node) StartEtcd(t testing.TB) *Proc {
 func (n *Node) StartAPIServer(t testing.TB) *Proc {
 	t.Helper()
 	p := n.start(t, "kube-apiserver")
-	addr := fmt.Sprintf("127.0.0.1:%d", n.APIServerPort)
+	addr := net.JoinHostPort(n.addr(), strconv.Itoa(n.APIServerPort))
 	if err := waitFor(30*time.Second, p, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
@@ -274,7 +275,7 @@ func (n *Node) waitProbe(p *Proc, timeout time.Duration) error {
 		return fmt.Errorf("%s manifest has no HTTP probe", p.Name)
 	}
 	url := fmt.Sprintf("%s://%s:%s%s", strings.ToLower(string(get.Scheme)), get.Host, get.Port.String(), get.Path)
-	if !strings.HasPrefix(url, "http://127.0.0.1:") && !strings.HasPrefix(url, "https://127.0.0.1:") {
+	if ip := net.ParseIP(get.Host); ip == nil || !ip.IsLoopback() {
 		return fmt.Errorf("%s probe %s is not on loopback", p.Name, url)
 	}
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
@@ -319,7 +320,7 @@ func (n *Node) Etcdctl(t testing.TB, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	base := []string{
-		fmt.Sprintf("--endpoints=https://127.0.0.1:%d", n.EtcdClientPort),
+		fmt.Sprintf("--endpoints=https://%s:%d", n.addr(), n.EtcdClientPort),
 		"--cacert=" + n.Path("/etc/kubernetes/pki/etcd/ca.crt"),
 		"--cert=" + n.Path("/etc/kubernetes/pki/etcd/healthcheck-client.crt"),
 		"--key=" + n.Path("/etc/kubernetes/pki/etcd/healthcheck-client.key"),
