@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -302,4 +303,35 @@ func TestSmallTraps(t *testing.T) {
 			t.Fatalf("a refused run changed the node:\n%s", d)
 		}
 	})
+}
+
+// TestNoDialAtExit: a run that never needed the container runtime does not
+// dial it on the way out (a socket that accepts and never answers made
+// every such run wait 10 s at exit).
+func TestNoDialAtExit(t *testing.T) {
+	root := expiredNode(t)
+	sock := filepath.Join(t.TempDir(), "silent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accept and say nothing
+		}
+	}()
+	kubecprBin(t) // built before the clock starts
+	start := time.Now()
+	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--cri-socket", sock, "--kubelet-restart-command", "true")...)
+	if r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	if took := time.Since(start); took > 8*time.Second {
+		t.Errorf("a run that never needed the runtime took %s: it dialled the silent socket", took)
+	}
 }

@@ -107,6 +107,11 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 		},
 		Services: svc, RestartMethod: method, ComponentTimeout: c.Duration("component-timeout"),
 		ManifestWait: c.Duration("manifest-wait"), RestartDaemonSets: c.StringSlice("restart-daemonset"),
+		Close: func() {
+			if connected && rtErr == nil && rt != nil {
+				_ = rt.Close()
+			}
+		},
 	}, nil
 }
 
@@ -199,10 +204,8 @@ func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner
 	return r, func() {
 		_ = r.Close()
 		_ = lock.Release()
-		if lv != nil && lv.Runtime != nil {
-			if rt, err := lv.Runtime(); err == nil && rt != nil {
-				_ = rt.Close()
-			}
+		if lv != nil && lv.Close != nil {
+			lv.Close() // never dials: only a connection made is closed
 		}
 	}, nil
 }
@@ -317,6 +320,10 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 	}
 	start := time.Now()
 	if err := r.Apply(c.Context, planned, selString(sel)); err != nil {
+		if c.Context.Err() != nil {
+			return withCode(ExitInterrupted, fmt.Errorf("interrupted: run %s stays open, every change so far is journaled (%s). "+
+				"`kubecpr status` shows where it stopped, `kubecpr resume` continues it with its own options, `kubecpr rollback` undoes it", r.RunID(), r.JournalPath()))
+		}
 		return err
 	}
 	if sk := r.Skipped(); len(sk) > 0 {

@@ -82,6 +82,9 @@ type Live struct {
 	// RestartDaemonSets are NAMESPACE/NAME DaemonSets to roll once the API
 	// server is back (workloads holding their own client certificates).
 	RestartDaemonSets []string
+	// Close releases the runtime connection if one was made (it never
+	// dials: a run that did not need the runtime exits at once).
+	Close func()
 }
 
 // Action is one concrete step of a stage's plan.
