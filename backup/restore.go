@@ -447,7 +447,7 @@ func Differences(root, dir string) ([]string, error) {
 		case os.Geteuid() == 0 && (got.UID != e.UID || got.GID != e.GID):
 			out = append(out, fmt.Sprintf("%s (owner %d:%d, was %d:%d)", e.Path, got.UID, got.GID, e.UID, e.GID))
 		case e.Type == TypeSymlink:
-			if link, err := os.Readlink(host); err != nil || link != e.Link {
+			if link, err := os.Readlink(host); err != nil || link != e.Link && !sameLinkContent(root, m, e, host) {
 				out = append(out, fmt.Sprintf("%s (-> %s, was -> %s)", e.Path, link, e.Link))
 			}
 		case e.Type == TypeFile:
@@ -457,4 +457,25 @@ func Differences(root, dir string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// sameLinkContent reports whether a symlink that now points elsewhere still
+// leads to the same bytes as in the backup: the kubelet re-writes its
+// restored credential as a new dated kubelet-client-<time>.pem with the
+// same content and repoints kubelet-client-current.pem at it.
+func sameLinkContent(root string, m *Manifest, e Entry, host string) bool {
+	target := e.Link
+	if !path.IsAbs(target) {
+		target = path.Join(path.Dir(e.Path), target)
+	}
+	was, ok := m.Lookup(target)
+	if !ok || was.Type != TypeFile {
+		return false
+	}
+	_, now, err := resolve(root, e.Path, true)
+	if err != nil {
+		return false
+	}
+	sum, n, err := hashFile(now)
+	return err == nil && sum == was.SHA256 && n == was.Size
 }

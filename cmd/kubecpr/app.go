@@ -68,6 +68,9 @@ type env struct {
 	warn    time.Duration
 	out     io.Writer
 	format  string
+	// updatedOptions are live options given anew to an open run: the
+	// runner journals them so that resume reuses them.
+	updatedOptions map[string]string
 }
 
 func parseNow(s string) (time.Time, error) {

@@ -298,7 +298,7 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		return err
 	}
 	defer release()
-	r.Selection, r.Recorded = selString(sel), recordOptions(c)
+	r.Selection, r.Recorded, r.UpdatedOptions = selString(sel), recordOptions(c), e.updatedOptions
 	if _, err := r.Prepare(newRun); err != nil {
 		return err
 	}

@@ -90,8 +90,9 @@ func sameValue(a, b string) bool {
 // applyRecorded makes the command work with the open run's options: an
 // option not given takes its recorded value; one given with another value
 // is refused. It returns the run's recorded clock when --now was recorded.
-func applyRecorded(c *cli.Context, runID string, recorded map[string]string) (time.Time, error) {
+func applyRecorded(c *cli.Context, runID string, recorded map[string]string) (time.Time, map[string]string, error) {
 	var clash []string
+	updated := map[string]string{}
 	names := make([]string, 0, len(recorded))
 	for n := range recorded {
 		names = append(names, n)
@@ -103,7 +104,7 @@ func applyRecorded(c *cli.Context, runID string, recorded map[string]string) (ti
 		if n == "now" {
 			t, err := time.Parse(time.RFC3339, want)
 			if err != nil {
-				return clock, withCode(ExitJournal, fmt.Errorf("run %s recorded --now %q: %v", runID, want, err))
+				return clock, nil, withCode(ExitJournal, fmt.Errorf("run %s recorded --now %q: %v", runID, want, err))
 			}
 			if c.IsSet("now") && !t.Equal(mustTime(c.String("now"))) {
 				clash = append(clash, fmt.Sprintf("--now %s (the run's clock: %s)", c.String("now"), want))
@@ -116,6 +117,14 @@ func applyRecorded(c *cli.Context, runID string, recorded map[string]string) (ti
 		}
 		if c.IsSet(n) {
 			if got := flagString(c, n); !sameValue(got, want) {
+				if isLiveOption(n) {
+					// How to reach the node's processes may change for
+					// the stages still to come (run --until kubeconfigs,
+					// then run --from csr --apiserver-binary ...): the
+					// new value is journaled and resume reuses it.
+					updated[n] = got
+					continue
+				}
 				clash = append(clash, fmt.Sprintf("--%s %s (the run's: %q)", n, got, want))
 			}
 			continue
@@ -123,21 +132,33 @@ func applyRecorded(c *cli.Context, runID string, recorded map[string]string) (ti
 		if strings.Contains(n, "daemonset") { // a slice: one Set per value
 			for _, v := range splitList(want) {
 				if err := c.Set(n, v); err != nil {
-					return clock, withCode(ExitJournal, fmt.Errorf("run %s recorded --%s %q: %v", runID, n, want, err))
+					return clock, nil, withCode(ExitJournal, fmt.Errorf("run %s recorded --%s %q: %v", runID, n, want, err))
 				}
 			}
 			continue
 		}
 		if err := c.Set(n, want); err != nil {
-			return clock, withCode(ExitJournal, fmt.Errorf("run %s recorded --%s %q: %v", runID, n, want, err))
+			return clock, nil, withCode(ExitJournal, fmt.Errorf("run %s recorded --%s %q: %v", runID, n, want, err))
 		}
 	}
 	if len(clash) > 0 {
-		return clock, withCode(ExitPrecondition, fmt.Errorf("run %s is open and was started with other options: %s. "+
+		return clock, nil, withCode(ExitPrecondition, fmt.Errorf("run %s is open and was started with other options: %s. "+
 			"An open run continues with its own options: `kubecpr resume` (no options needed), or undo it with `kubecpr rollback` and start again with the new ones",
 			runID, strings.Join(clash, ", ")))
 	}
-	return clock, nil
+	return clock, updated, nil
+}
+
+// isLiveOption reports whether a flag says how to act on the node's
+// processes (bounce, csr) rather than what certificates to issue: those
+// may be given anew when an open run continues.
+func isLiveOption(name string) bool {
+	for _, f := range liveFlags() {
+		if f.Names()[0] == name {
+			return true
+		}
+	}
+	return false
 }
 
 func mustTime(s string) time.Time {
@@ -161,12 +182,13 @@ func continueOpenRun(c *cli.Context, e *env, newRun bool) (pipeline.Selection, b
 	if err != nil {
 		return pipeline.Selection{}, false, err
 	}
-	clock, err := applyRecorded(c, id, recorded)
+	clock, updated, err := applyRecorded(c, id, recorded)
 	if err != nil {
 		return pipeline.Selection{}, false, err
 	}
 	if !clock.IsZero() {
 		e.now = clock
 	}
+	e.updatedOptions = updated
 	return parseSel(sel), true, nil
 }

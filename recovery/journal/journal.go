@@ -19,6 +19,7 @@ type Kind string
 
 const (
 	KindRunStart   Kind = "run-start"
+	KindOptions    Kind = "options" // live options given anew when an open run continues
 	KindStageStart Kind = "stage-start"
 	KindIntent     Kind = "intent"
 	KindDone       Kind = "done"

@@ -53,6 +53,9 @@ type Runner struct {
 	// value), which resume reuses.
 	Selection string
 	Recorded  map[string]string
+	// UpdatedOptions are live options given anew when an open run
+	// continues: journaled (an "options" record) on top of the run-start's.
+	UpdatedOptions map[string]string
 
 	runID   string
 	journal *journal.Journal
@@ -197,6 +200,15 @@ func (r *Runner) Open(forceNew bool) (continued bool, err error) {
 	}
 	if !continued && len(r.records) == 0 {
 		if err := r.appendRunStart(); err != nil {
+			return false, err
+		}
+	}
+	if continued && len(r.UpdatedOptions) > 0 {
+		b, err := json.Marshal(r.UpdatedOptions)
+		if err != nil {
+			return false, err
+		}
+		if err := r.append(journal.Record{Kind: journal.KindOptions, Data: map[string]string{"options": string(b)}}); err != nil {
 			return false, err
 		}
 	}
@@ -593,20 +605,34 @@ func CloseRestored(stateDir, id string) (closed bool, err error) {
 // RecordedOptions returns the options and selection a run was started
 // with, from its run-start record.
 func RecordedOptions(recs []journal.Record) (opts map[string]string, selection string, clock time.Time, err error) {
+	found := false
 	for _, rec := range recs {
-		if rec.Kind != journal.KindRunStart {
-			continue
-		}
-		opts = map[string]string{}
-		if o := rec.Data["options"]; o != "" {
-			if err := json.Unmarshal([]byte(o), &opts); err != nil {
-				return nil, "", time.Time{}, fmt.Errorf("%w: run-start record: options: %v", journal.ErrCorrupt, err)
+		switch rec.Kind {
+		case journal.KindRunStart:
+			found = true
+			opts = map[string]string{}
+			if o := rec.Data["options"]; o != "" {
+				if err := json.Unmarshal([]byte(o), &opts); err != nil {
+					return nil, "", time.Time{}, fmt.Errorf("%w: run-start record: options: %v", journal.ErrCorrupt, err)
+				}
+			}
+			clock, _ = time.Parse(time.RFC3339, rec.Data["now"])
+			selection = rec.Data["selection"]
+		case journal.KindOptions:
+			// Live options given anew when the run continued.
+			var upd map[string]string
+			if err := json.Unmarshal([]byte(rec.Data["options"]), &upd); err != nil {
+				return nil, "", time.Time{}, fmt.Errorf("%w: options record %d: %v", journal.ErrCorrupt, rec.Seq, err)
+			}
+			for k, v := range upd {
+				opts[k] = v
 			}
 		}
-		clock, _ = time.Parse(time.RFC3339, rec.Data["now"])
-		return opts, rec.Data["selection"], clock, nil
 	}
-	return nil, "", time.Time{}, fmt.Errorf("%w: no run-start record", journal.ErrCorrupt)
+	if !found {
+		return nil, "", time.Time{}, fmt.Errorf("%w: no run-start record", journal.ErrCorrupt)
+	}
+	return opts, selection, clock, nil
 }
 
 // Complete closes the run (after the last stage of the whole pipeline).
