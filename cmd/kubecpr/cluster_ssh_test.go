@@ -15,7 +15,7 @@ import (
 // sshInventory rewrites a root: inventory so that every node is reached
 // through the real sshd of srv (the remote kubecpr runs with --root set to
 // the node's directory, so nothing touches this machine's own /).
-func sshInventory(t *testing.T, invFile string, srv *sshtest.Server, knownHosts string) string {
+func sshInventory(t testing.TB, invFile string, srv *sshtest.Server, knownHosts string) string {
 	t.Helper()
 	b, err := os.ReadFile(invFile)
 	if err != nil {

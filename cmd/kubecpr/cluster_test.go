@@ -17,14 +17,14 @@ import (
 // expiredCluster generates three control-plane nodes (cp-1..3 on
 // 127.0.0.1..3, one shared CA, each with its own names) and two workers,
 // all expired three days before now, and an inventory of root: nodes.
-func expiredCluster(t *testing.T, dir string) (inv string, roots map[string]string) {
+func expiredCluster(t testing.TB, dir string) (inv string, roots map[string]string) {
 	t.Helper()
 	return expiredClusterOf(t, dir, 3, 2)
 }
 
 // expiredClusterOf is expiredCluster with cps control planes (cp-1..) and
 // workers workers (w-1..).
-func expiredClusterOf(t *testing.T, dir string, cps, workers int) (inv string, roots map[string]string) {
+func expiredClusterOf(t testing.TB, dir string, cps, workers int) (inv string, roots map[string]string) {
 	t.Helper()
 	roots = map[string]string{}
 	var first *fixture.Node
@@ -93,7 +93,7 @@ func expiredClusterOf(t *testing.T, dir string, cps, workers int) (inv string, r
 
 // workerize strips a generated node down to what kubeadm join leaves on a
 // worker: kubelet.conf, the cluster CA certificate, the kubelet's files.
-func workerize(t *testing.T, root string) {
+func workerize(t testing.TB, root string) {
 	t.Helper()
 	k := filepath.Join(root, "etc/kubernetes")
 	for _, f := range []string{"manifests", "admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "../../root/.kube"} {
