@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -130,67 +128,5 @@ func fileSet(s map[string]string) map[string]string {
 		}
 		out[k] = desc
 	}
-	return out
-}
-
-// TestNoKeyMaterialLeaks scans the journal, stdout and stderr of a full
-// run, a status and a rollback for any private key's bytes.
-func TestNoKeyMaterialLeaks(t *testing.T) {
-	root := expiredNode(t)
-	var outputs bytes.Buffer
-	for _, args := range [][]string{{"diagnose", "--offline"}, {"plan"}, {"run", "--until", "kubeconfigs", "--update-user-kubeconfigs"}, {"status"}, {"-o", "json", "check"}} {
-		r := kubecpr(t, nil, rootArgs(root, args...)...)
-		outputs.WriteString(r.stdout + r.stderr)
-	}
-	keys := privateKeyBodies(t, root)
-	r := kubecpr(t, nil, rootArgs(root, "rollback")...)
-	outputs.WriteString(r.stdout + r.stderr)
-	keys = append(keys, privateKeyBodies(t, root)...)
-	if len(keys) < 10 {
-		t.Fatalf("found only %d keys to look for", len(keys))
-	}
-	journals, _ := filepath.Glob(filepath.Join(root, "var/lib/kubecpr/runs/*/journal.log"))
-	for _, j := range journals {
-		b, _ := os.ReadFile(j)
-		outputs.Write(b)
-	}
-	hay := outputs.String()
-	if strings.Contains(hay, "PRIVATE KEY") {
-		t.Error("a PEM private key header appears in the journal or output")
-	}
-	for _, k := range keys {
-		// any 40-character run of the base64 body is proof of a leak
-		for i := 0; i+40 <= len(k); i += 40 {
-			if strings.Contains(hay, k[i:i+40]) {
-				t.Fatalf("private key bytes appear in the journal or output")
-			}
-		}
-	}
-}
-
-func privateKeyBodies(t *testing.T, root string) []string {
-	t.Helper()
-	var out []string
-	_ = filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
-		if err != nil || !info.Mode().IsRegular() {
-			return nil
-		}
-		b, _ := os.ReadFile(p)
-		for {
-			var blk *pem.Block
-			blk, b = pem.Decode(b)
-			if blk == nil {
-				break
-			}
-			if strings.Contains(blk.Type, "PRIVATE KEY") {
-				out = append(out, strings.Join(strings.Fields(string(pem.EncodeToMemory(blk))[len("-----BEGIN "+blk.Type+"-----"):]), "")[:64])
-			}
-		}
-		// kubeconfigs embed base64 of the PEM; decode those too
-		for _, line := range strings.Split(string(b), "\n") {
-			_ = line
-		}
-		return nil
-	})
 	return out
 }

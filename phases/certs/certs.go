@@ -29,6 +29,7 @@ var Stage = pipeline.Stage{
 	Short:   "re-issue expired or expiring leaf certificates from the CA on disk",
 	Mutates: true,
 	Plan:    Plan,
+	Undo:    UndoDir,
 }
 
 // Plan lists one action per leaf certificate to renew.
@@ -50,7 +51,11 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			items = append(items, it)
 		}
 	}
-	return PlanItems(d, inv, items, "certs")
+	acts, err := PlanItems(d, inv, items, "certs")
+	if err != nil {
+		return nil, err
+	}
+	return EnsureDirs(d, "certs", acts), nil
 }
 
 // Want reports whether an item is due for renewal under the options.
@@ -68,25 +73,59 @@ func Want(it *inventory.Item, now time.Time, o pipeline.Options) bool {
 // Bad input stops here, before any change.
 func PlanItems(d pipeline.Data, inv *inventory.Inventory, items []*inventory.Item, stage string) ([]pipeline.Action, error) {
 	o := d.Options()
+	extra := ExtraSANs(d)
+	if _, _, err := pki.SplitSANs(extra); err != nil {
+		return nil, &pipeline.PreconditionError{Stage: stage, Err: fmt.Errorf("extra API server SANs (--apiserver-cert-extra-sans, certSANs of --config): %v", err)}
+	}
 	var bad []string
 	var external []*inventory.Item
 	var acts []pipeline.Action
 	for _, it := range items {
 		if it.Status == pki.StatusMissing {
-			bad = append(bad, fmt.Sprintf("%s is missing: kubecpr renews certificates, it does not create them (kubeadm init phase certs/kubeconfig creates a missing one)", it.Path))
+			// Created from its CA with kubeadm's profile, as `kubeadm init
+			// phase certs/kubeconfig` would.
+			ca := inv.CA(it.CAName)
+			switch {
+			case ca == nil || ca.CA == nil:
+				bad = append(bad, fmt.Sprintf("%s is missing and its CA %s is missing or unreadable: nothing to create it from", it.Path, it.CAName))
+			case ca.Status == pki.StatusExpired || ca.Status == pki.StatusNotYetValid:
+				return nil, &pipeline.PreconditionError{Stage: stage, Err: expiredCA(ca, d.Now())}
+			case ca.External():
+				hint := "kubeadm init phase certs --csr-only makes a CSR for your CA to sign"
+				if it.Kind == inventory.KindKubeletClient {
+					hint = "pass --kubelet-client-bundle with one signed on a control-plane node (`kubecpr cluster` makes it)"
+				}
+				bad = append(bad, fmt.Sprintf("%s is missing and the %s CA key is not on this node, so it cannot be created here: %s", it.Path, it.CAName, hint))
+			default:
+				a, err := createAction(d, inv, it, ca.CA, stage)
+				if err != nil {
+					bad = append(bad, err.Error())
+					continue
+				}
+				acts = append(acts, a)
+			}
 			continue
 		}
 		if it.Cert == nil {
 			bad = append(bad, strings.Join(it.Problems, "; "))
 			continue
 		}
-		if !Want(it, d.Now(), o) {
+		addSANs := apiserverNeedsSANs(it, extra)
+		if !Want(it, d.Now(), o) && !addSANs {
 			continue
 		}
 		if it.Status == pki.StatusInvalid {
-			if keyOnly(it) && o.RotateKeys {
+			identityOnly, fits := sansFit(inv, it, extra)
+			switch {
+			case keyOnly(it) && o.RotateKeys:
 				// a broken key is replaced by --rotate-keys
-			} else {
+			case identityOnly && fits:
+				// the node's address or name changed: the extra SANs name it
+			case identityOnly:
+				bad = append(bad, strings.Join(it.Problems, "; ")+"; if this node's address or name changed, "+
+					"pass --apiserver-cert-extra-sans with the new ones: the certificate is re-issued with them added")
+				continue
+			default:
 				bad = append(bad, strings.Join(it.Problems, "; "))
 				continue
 			}
@@ -116,6 +155,16 @@ func PlanItems(d pipeline.Data, inv *inventory.Inventory, items []*inventory.Ite
 		acts = append(acts, ext...)
 	}
 	return acts, nil
+}
+
+// apiserverNeedsSANs reports whether the API server certificate lacks
+// some of the extra SANs (it is then re-issued whatever its expiry).
+func apiserverNeedsSANs(it *inventory.Item, extra []string) bool {
+	if it.Name != pki.LeafAPIServer || it.Kind != inventory.KindCert || it.Cert == nil || len(extra) == 0 {
+		return false
+	}
+	miss, err := pki.MissingSANs(it.Cert, extra)
+	return err == nil && len(miss) > 0
 }
 
 func keyOnly(it *inventory.Item) bool {
@@ -155,6 +204,13 @@ func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) 
 	}
 	summary := fmt.Sprintf("renew %s (%s): %s %s → until %s, %s", it.Name, it.Path, it.Status,
 		it.Cert.NotAfter.UTC().Format("2006-01-02"), until.Format("2006-01-02"), keyNote)
+	var extra []string
+	if it.Name == pki.LeafAPIServer && it.Kind == inventory.KindCert {
+		extra = ExtraSANs(d)
+		if add, _ := pki.MissingSANs(it.Cert, extra); len(add) > 0 {
+			summary += "; SANs added: " + strings.Join(add, ", ")
+		}
+	}
 	if o.MigrateOrganizations {
 		if m := migrateOrganization(it.Name, it.Cert); strings.Join(m.Subject.Organization, ",") != strings.Join(it.Cert.Subject.Organization, ",") {
 			summary += fmt.Sprintf("; organisation %v → %v (kubeadm 1.29+: admin.conf needs the ClusterRoleBinding kubeadm:cluster-admins that kubeadm creates on init/upgrade)",
@@ -185,6 +241,11 @@ func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) 
 			subject := old
 			if o.MigrateOrganizations {
 				subject = migrateOrganization(it.Name, old)
+			}
+			if len(extra) > 0 {
+				if subject, err = pki.WithSANs(subject, extra); err != nil {
+					return nil, err
+				}
 			}
 			cert, err := pki.Renew(subject, key.Public(), ca, pki.RenewOptions{Now: d.Now(), Validity: validity})
 			if err != nil {
@@ -246,7 +307,11 @@ func externalActions(d pipeline.Data, inv *inventory.Inventory, items []*invento
 			wrote = append(wrote, csrPath)
 			continue
 		}
-		if err := writeCSR(it, csrPath, keyPath, o.RotateKeys); err != nil {
+		var extra []string
+		if it.Name == pki.LeafAPIServer {
+			extra = ExtraSANs(d)
+		}
+		if err := writeCSR(it, csrPath, keyPath, o.RotateKeys, extra); err != nil {
 			return nil, err
 		}
 		wrote = append(wrote, csrPath)
@@ -257,7 +322,7 @@ func externalActions(d pipeline.Data, inv *inventory.Inventory, items []*invento
 	return acts, nil
 }
 
-func writeCSR(it *inventory.Item, csrPath, keyPath string, rotate bool) error {
+func writeCSR(it *inventory.Item, csrPath, keyPath string, rotate bool, extra []string) error {
 	if err := os.MkdirAll(filepath.Dir(csrPath), 0o700); err != nil {
 		return fmt.Errorf("--csr-dir %s: %w", filepath.Dir(csrPath), err)
 	}
@@ -268,8 +333,12 @@ func writeCSR(it *inventory.Item, csrPath, keyPath string, rotate bool) error {
 			return err
 		}
 	}
-	tmpl := &x509.CertificateRequest{Subject: it.Cert.Subject, DNSNames: it.Cert.DNSNames,
-		IPAddresses: it.Cert.IPAddresses, URIs: it.Cert.URIs, EmailAddresses: it.Cert.EmailAddresses}
+	sans, err := pki.WithSANs(it.Cert, extra)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.CertificateRequest{Subject: it.Cert.Subject, DNSNames: sans.DNSNames,
+		IPAddresses: sans.IPAddresses, URIs: it.Cert.URIs, EmailAddresses: it.Cert.EmailAddresses}
 	tmpl.Subject.ExtraNames = nil
 	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {

@@ -22,6 +22,7 @@ var Stage = pipeline.Stage{
 	Short:   "re-embed fresh client certificates in the kubeconfigs and the kubelet's client credential",
 	Mutates: true,
 	Plan:    Plan,
+	Undo:    certs.UndoDir,
 }
 
 // Plan lists one action per kubeconfig credential to renew.
@@ -47,12 +48,21 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 				continue
 			}
 			// The kubelet rotates this itself while it can reach the API;
-			// renew it when it is no longer valid (or within --renew-within).
-			if it.Cert != nil && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
+			// renew it when it is no longer valid (or within --renew-within),
+			// and issue a new one when it is gone (a deleted pki dir).
+			if it.Status == pki.StatusMissing || it.Cert != nil && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
 				items = append(items, it)
 			}
 		case inventory.KindKubeletServing:
-			if it.Cert != nil && it.Status != pki.StatusMissing && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
+			if it.Status == pki.StatusMissing {
+				a, err := createServingAction(d, it)
+				if err != nil {
+					return nil, &pipeline.PreconditionError{Stage: "kubeconfigs", Err: err}
+				}
+				extra = append(extra, a)
+				continue
+			}
+			if it.Cert != nil && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
 				a, err := servingAction(d, it)
 				if err != nil {
 					return nil, err
@@ -71,5 +81,5 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(acts, extra...), nil
+	return certs.EnsureDirs(d, "kubeconfigs", append(acts, extra...)), nil
 }

@@ -13,6 +13,8 @@ import (
 	"sort"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
@@ -183,6 +185,7 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		it.Store = &PairStore{Node: n, CertPath: it.Path, KeyPath: it.KeyPath}
 		inv.add(it, cas)
 	}
+	kubeletRef := "" // the rotating pem kubelet.conf refers to, if it does
 	for _, name := range KubeconfigNames {
 		if inv.Worker && name != "kubelet.conf" {
 			continue
@@ -192,23 +195,39 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		it.Store = &KubeconfigStore{Node: n, Path: p}
 		if name == "kubelet.conf" {
 			// kubelet.conf usually points at the rotating pem: then the pem
-			// is the credential, listed on its own below.
+			// is the credential, listed on its own below — also when it is
+			// gone (a deleted /var/lib/kubelet/pki).
 			if ks, ok := it.Store.(*KubeconfigStore); ok && refersToFile(ks) {
-				continue
+				if kubeletRef = referencedCert(ks); kubeletRef == node.KubeletCurrent || n.Exists(kubeletRef) {
+					continue
+				}
 			}
 		}
 		inv.add(it, cas)
 	}
-	if n.Exists(node.KubeletCurrent) {
+	kubeletClientMissing := false
+	if n.Exists(node.KubeletCurrent) || kubeletRef == node.KubeletCurrent {
 		it := &Item{Name: "kubelet-client-current.pem", Kind: KindKubeletClient, Path: node.KubeletCurrent, CAName: "ca"}
 		it.Store = &KubeletPEMStore{Node: n, Link: node.KubeletCurrent}
 		inv.add(it, cas)
+		if kubeletClientMissing = it.Status == pki.StatusMissing; kubeletClientMissing && !n.Exists(node.KubeletCurrent) {
+			it.Problems = []string{fmt.Sprintf("%s refers to %s, which is missing (was /var/lib/kubelet/pki deleted?): "+
+				"the kubelet cannot authenticate; kubecpr run issues it a new client certificate from the cluster CA",
+				path.Join(node.KubernetesDir, "kubelet.conf"), node.KubeletCurrent)}
+		}
 	}
-	if n.Exists(path.Join(node.KubeletPKIDir, "kubelet.crt")) {
-		it := &Item{Name: "kubelet.crt", Kind: KindKubeletServing, Path: path.Join(node.KubeletPKIDir, "kubelet.crt"),
+	servingPath := path.Join(node.KubeletPKIDir, "kubelet.crt")
+	// A missing kubelet.crt is the kubelet's to make when it starts; it is
+	// listed as missing with its client certificate (the pki dir deleted),
+	// unless the kubelet serves with a bootstrapped or given certificate.
+	if n.Exists(servingPath) || kubeletClientMissing && selfSignedServing(n) {
+		it := &Item{Name: "kubelet.crt", Kind: KindKubeletServing, Path: servingPath,
 			KeyPath: path.Join(node.KubeletPKIDir, "kubelet.key")}
 		it.Store = &PairStore{Node: n, CertPath: it.Path, KeyPath: it.KeyPath}
 		inv.add(it, cas)
+		if it.Status == pki.StatusMissing {
+			it.Problems = []string{servingPath + " is missing with the kubelet's client certificate: kubecpr run re-creates the kubelet's self-signed serving certificate"}
+		}
 	}
 	for _, p := range n.UserKubeconfigs() {
 		ks := &KubeconfigStore{Node: n, Path: p}
@@ -253,6 +272,42 @@ func nonCertAuth(ks *KubeconfigStore) string {
 	return ""
 }
 
+// referencedCert is the node path of the client certificate file a
+// kubeconfig's current user refers to (relative to the kubeconfig's
+// directory, as kubectl reads it).
+func referencedCert(ks *KubeconfigStore) string {
+	cfg, err := ks.Config()
+	if err != nil {
+		return ""
+	}
+	ai, _, err := currentAuth(cfg)
+	if err != nil || ai.ClientCertificate == "" {
+		return ""
+	}
+	if path.IsAbs(ai.ClientCertificate) {
+		return path.Clean(ai.ClientCertificate)
+	}
+	return path.Join(path.Dir(ks.Path), ai.ClientCertificate)
+}
+
+// selfSignedServing reports whether the kubelet serves with the
+// self-signed kubelet.crt it makes itself: no serverTLSBootstrap and no
+// tlsCertFile in its configuration.
+func selfSignedServing(n *node.Node) bool {
+	data, err := n.ReadFile(node.KubeletConfig)
+	if err != nil {
+		return true
+	}
+	var kc struct {
+		ServerTLSBootstrap bool   `json:"serverTLSBootstrap"`
+		TLSCertFile        string `json:"tlsCertFile"`
+	}
+	if err := yaml.Unmarshal(data, &kc); err != nil {
+		return true
+	}
+	return !kc.ServerTLSBootstrap && kc.TLSCertFile == ""
+}
+
 func refersToFile(ks *KubeconfigStore) bool {
 	cfg, err := ks.Config()
 	if err != nil {
@@ -284,7 +339,12 @@ func (inv *Inventory) add(it *Item, cas map[string]*CAItem) {
 			return
 		}
 		it.Status = pki.StatusMissing
-		it.Problems = append(it.Problems, it.Path+" is missing")
+		msg := it.Path + " is missing"
+		var fe *FileError
+		if errors.As(err, &fe) {
+			msg = fe.Error() // a file it refers to is missing: name that one
+		}
+		it.Problems = append(it.Problems, msg)
 		inv.Items = append(inv.Items, it)
 		return
 	case err != nil && cert == nil:

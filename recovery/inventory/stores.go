@@ -235,7 +235,7 @@ func (s *KubeletPEMStore) Load() (*x509.Certificate, crypto.Signer, error) {
 	data, err := s.Node.ReadFile(target)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && s.Node.Exists(s.Link) {
-			return nil, nil, &FileError{Path: s.Link, Err: fmt.Errorf("symlink points at %s, which does not exist", target),
+			return nil, nil, &FileError{Path: s.Link, Err: danglingLink(target),
 				Hint: "the kubelet must re-bootstrap: kubecpr run re-issues its client certificate"}
 		}
 		return nil, nil, err
@@ -303,6 +303,15 @@ func (e *FileError) Error() string {
 }
 
 func (e *FileError) Unwrap() error { return e.Err }
+
+// danglingLink is a symlink whose target is gone: the credential is
+// missing (fs.ErrNotExist), and the message says which file.
+type danglingLink string
+
+func (t danglingLink) Error() string {
+	return "symlink points at " + string(t) + ", which does not exist"
+}
+func (t danglingLink) Is(target error) bool { return target == fs.ErrNotExist }
 
 func isNotExist(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, os.ErrNotExist)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 var t0 = time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
@@ -221,9 +222,16 @@ func FuzzDecode(f *testing.F) {
 	f.Add(good)
 	f.Add(good[:len(good)-7])
 	f.Add([]byte("00000000 {}\n"))
+	addTopLevelSeeds(f, "journal") // real runs' journals, torn and damaged ones
 	f.Fuzz(func(t *testing.T, data []byte) {
-		recs, n, err := decode(data)
+		var recs []Record
+		var n int64
+		var err error
+		bounded(t, "decode", func() { recs, n, err = decode(data) })
 		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode error is not ErrCorrupt: %v", err)
+			}
 			return
 		}
 		if n > int64(len(data)) {
@@ -233,6 +241,29 @@ func FuzzDecode(f *testing.F) {
 			if r.Seq != uint64(i+1) {
 				t.Fatalf("record %d has seq %d", i, r.Seq)
 			}
+		}
+		// What Open keeps (the first n bytes) decodes to the same records
+		// with nothing cut: a repaired journal is a clean one.
+		again, n2, err := decode(data[:n])
+		if err != nil || n2 != n || len(again) != len(recs) {
+			t.Fatalf("the valid prefix does not decode to itself: %d records, %d bytes, %v (want %d, %d)", len(again), n2, err, len(recs), n)
+		}
+		// Every record read back re-encodes to a journal that decodes to
+		// the same records.
+		var enc []byte
+		for _, r := range recs {
+			line, err := encode(r)
+			if err != nil {
+				t.Fatalf("record %d does not re-encode: %v", r.Seq, err)
+			}
+			enc = append(enc, line...)
+		}
+		back, n3, err := decode(enc)
+		if err != nil || n3 != int64(len(enc)) {
+			t.Fatalf("re-encoded records do not decode: %v (%d of %d bytes)", err, n3, len(enc))
+		}
+		if diff := cmp.Diff(recs, back, cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("records change through encode/decode (-read +re-read):\n%s", diff)
 		}
 	})
 }

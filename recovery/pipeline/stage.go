@@ -32,7 +32,13 @@ type Options struct {
 	// control-plane node for a worker, which has no CA key. It is installed
 	// as the kubelet's rotating pem instead of signing one here.
 	KubeletClientBundle string
-	DryRun              bool
+	// APIServerCertExtraSANs are IP addresses and DNS names the API server
+	// certificate must carry besides its own (--apiserver-cert-extra-sans,
+	// as kubeadm's flag): it is re-issued with them added, or created with
+	// them when missing. The kubeadm config's apiServer.certSANs are added
+	// the same way.
+	APIServerCertExtraSANs []string
+	DryRun                 bool
 }
 
 // Data is the narrow view a stage has of the run: paths, clock, options,

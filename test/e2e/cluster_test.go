@@ -69,7 +69,7 @@ func TestClusterRecoversQuorum(t *testing.T) {
 		return []string{"--cri-socket", rn.Socket, "--kubelet-restart-command", rn.KubeletRestartCommand}
 	}
 	// 1. One node alone: renewed, but no quorum.
-	r := kubecpr(t, nodes[0], append([]string{"run", "--component-timeout", "25s"}, nodeArgs(nodes[0])...)...)
+	r := kubecpr(t, nodes[0], append([]string{"run", "--component-timeout", "15s"}, nodeArgs(nodes[0])...)...)
 	if r.code != 6 || !strings.Contains(r.stderr, "etcd did not come back") {
 		t.Fatalf("kubecpr run on node 1 alone: exit %d, want 6 and etcd not coming back\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -108,6 +108,9 @@ func TestClusterRecoversQuorum(t *testing.T) {
 		t.Fatalf("kubecpr cluster run: exit %d\n%s%s\n%s", res.Code, res.Stdout, res.Stderr, run.Diagnostics())
 	}
 	lap("cluster run")
+	if i := strings.Index(res.Stdout, "NODE "); i >= 0 {
+		t.Logf("kubecpr cluster run summary:\n%s", res.Stdout[i:])
+	}
 	for _, want := range []string{"== restart: cp-1, cp-2, cp-3", "NODE", "worker-2", "kubelet authenticates as system:node:worker-1"} {
 		if !strings.Contains(res.Stdout, want) {
 			t.Errorf("cluster run output lacks %q", want)
