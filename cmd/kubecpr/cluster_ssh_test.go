@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -61,6 +62,28 @@ func TestClusterOverSSH(t *testing.T) {
 		}
 	}
 
+	// A node that does not answer: refused before any change, named.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	unreachable := strings.Replace(string(mustRead(t, sshInventory(t, invFile, srv, srv.KnownHostsFile))), fmt.Sprintf("port: %d", srv.Port), fmt.Sprintf("port: %d", port), 1)
+	uf := filepath.Join(t.TempDir(), "unreachable.yaml")
+	if err := os.WriteFile(uf, []byte(unreachable), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = kubecpr(t, nil, "cluster", "run", "--inventory", uf, "--ca-from", "cp-1", "--root", driver, "--now", clock)
+	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "cp-1") {
+		t.Fatalf("an unreachable node: exit %d, want %d naming cp-1\n%s%s", r.code, ExitPrecondition, r.stdout, r.stderr)
+	}
+	for name, root := range roots {
+		if d := diffSnapshots(before[name], snapshot(t, root)); d != "" {
+			t.Fatalf("a refused cluster run changed %s:\n%s", name, d)
+		}
+	}
+
 	// --ca-from needs a local tree: the CA is read from cp-1's copy here,
 	// as on a control-plane node that drives its own cluster.
 	inv := sshInventory(t, invFile, srv, srv.KnownHostsFile)
@@ -83,4 +106,13 @@ func TestClusterOverSSH(t *testing.T) {
 			t.Errorf("rollback over ssh: %s not byte-identical:\n%s", name, d)
 		}
 	}
+}
+
+func mustRead(t testing.TB, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

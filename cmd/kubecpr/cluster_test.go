@@ -234,6 +234,7 @@ func TestClusterBadInventory(t *testing.T) {
 		{"unknown node", "name: cp-3", "cp-3"},
 		{"another cluster's CA", "root: " + roots["cp-3"], "another cluster CA"},
 		{"worker called control plane", "name: w-1, role: worker", "w-1"},
+		{"worker not kubeadm-shaped", "", "w-2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := string(good)
@@ -244,6 +245,12 @@ func TestClusterBadInventory(t *testing.T) {
 				s = strings.Replace(s, "root: "+roots["cp-3"], "root: "+other, 1)
 			case "worker called control plane":
 				s = strings.Replace(s, "name: w-1, role: worker", "name: w-1, role: control-plane", 1)
+			case "worker not kubeadm-shaped":
+				empty := t.TempDir()
+				if err := os.MkdirAll(filepath.Join(empty, "etc/rancher/k3s"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				s = strings.Replace(s, "root: "+roots["w-2"], "root: "+empty, 1)
 			}
 			f := filepath.Join(t.TempDir(), "inv.yaml")
 			if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
