@@ -352,7 +352,22 @@ func contains(outer, p string) bool {
 func prune(root string, m *Manifest, inScope func(string) bool, only []string, backupHost string, dryRun bool) ([]string, error) {
 	var removed []string
 	var errs []error
+	// Only what the backup covered is ever pruned: a path below one of its
+	// sources (a damaged or hand-edited manifest listing "/etc" as absent
+	// must not remove the node's /etc).
+	inSources := func(np string) bool {
+		for _, src := range m.Sources {
+			if within(np, cleanNode(src)) && (np != "/" || cleanNode(src) == "/") {
+				return true
+			}
+		}
+		return false
+	}
 	remove := func(np string) {
+		if !inSources(np) {
+			errs = append(errs, fmt.Errorf("refusing to prune %s: it is outside the backup's sources %s (the manifest is damaged)", np, strings.Join(m.Sources, ", ")))
+			return
+		}
 		_, host, err := resolve(root, np, false)
 		if err != nil {
 			errs = append(errs, err)

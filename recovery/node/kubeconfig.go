@@ -81,6 +81,14 @@ func (n *Node) RESTConfig(p string) (*rest.Config, error) {
 		if err := n.embed(k, &u.ClientKey, &u.ClientKeyData); err != nil {
 			return nil, err
 		}
+		if u.TokenFile != "" && u.Token == "" {
+			b, err := n.ReadFile(k.Ref(u.TokenFile))
+			if err != nil {
+				return nil, fmt.Errorf("%s refers to %s: %w", k.Path, u.TokenFile, err)
+			}
+			u.Token = strings.TrimSpace(string(b))
+		}
+		u.TokenFile = ""
 	}
 	if c := cfg.Clusters[ctx.Cluster]; c != nil {
 		if err := n.embed(k, &c.CertificateAuthority, &c.CertificateAuthorityData); err != nil {
