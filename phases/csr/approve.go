@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -234,7 +235,17 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 		return res, fmt.Errorf("listing CSRs: %w", err)
 	}
 
-	// Decide every CSR (no writes), in name order.
+	// Decide every CSR (no writes), in name order. The checks verify each
+	// request's signature: spread over the cores.
+	decisions := make([]Decision, len(items))
+	forEach(ctx, len(items), runtime.GOMAXPROCS(0), func(i int) {
+		if pending(&items[i]) {
+			decisions[i] = a.Policy.Evaluate(&items[i])
+		}
+	})
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
 	type entry struct {
 		c        *certificatesv1.CertificateSigningRequest
 		d        Decision
@@ -251,7 +262,7 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 		c := &items[i]
 		switch {
 		case pending(c):
-			d := a.Policy.Evaluate(c)
+			d := decisions[i]
 			e := entry{c: c, d: d, refused: !d.Approve, approve: d.Approve}
 			if e.approve && !a.DryRun {
 				writes = append(writes, len(entries))
@@ -322,7 +333,7 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 	}
 	if a.CA == nil || a.CA.Key == nil {
 		_, err := Sign(a.CA, toSign[0], a.Now(), a.Policy.MaxLifetime)
-		return res, fmt.Errorf("signing %d approved CSR(s) (%s first): %w", len(toSign), toSign[0].Name, err)
+		return res, errors.Join(fmt.Errorf("signing %d approved CSR(s) (%s first): %w", len(toSign), toSign[0].Name, err), a.failed(res))
 	}
 
 	now := a.Now()
