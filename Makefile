@@ -51,3 +51,9 @@ bench: build testbin
 
 clean:
 	rm -rf bin
+
+# The man page, from the command tree itself (urfave/cli's ToMan through the
+# hidden `kubecpr man`): docs/kubecpr.1, replaced only when generation worked.
+.PHONY: man
+man:
+	$(GO) run ./cmd/kubecpr man > docs/kubecpr.1.tmp && mv docs/kubecpr.1.tmp docs/kubecpr.1 || { rm -f docs/kubecpr.1.tmp; exit 1; }

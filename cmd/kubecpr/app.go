@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"gopkg.in/yaml.v3"
 
+	"github.com/kubecpr/kubecpr/recovery/distro"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
@@ -51,10 +52,14 @@ func newApp() *cli.App {
 			clusterCommand(),
 			factsCommand(),
 			kubeletAuthCommand(),
+			timerCommand(),
+			completionCommand(),
+			manCommand(),
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // main exits, after deferred cleanup
-		Writer:         os.Stdout,
-		ErrWriter:      os.Stderr,
+		EnableBashCompletion: true,
+		ExitErrHandler:       func(*cli.Context, error) {}, // main exits, after deferred cleanup
+		Writer:               os.Stdout,
+		ErrWriter:            os.Stderr,
 	}
 	refuseStrayArgs(app.Commands)
 	return app
@@ -97,6 +102,12 @@ func setup(c *cli.Context) (*env, error) {
 	}
 	if e.node, err = node.New(c.String("root")); err != nil {
 		return nil, withCode(ExitFailed, err)
+	}
+	// k3s and RKE2 rotate their own certificates: say so, change nothing.
+	if d, err := distro.Detect(e.node); err != nil {
+		return nil, withCode(ExitPrecondition, err)
+	} else if msg := d.Notice(); msg != "" {
+		fmt.Fprintf(c.App.ErrWriter, "kubecpr: note: %s\n", msg)
 	}
 	cl, err := e.node.Discover(c.String("config"))
 	if err != nil {

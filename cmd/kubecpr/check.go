@@ -14,6 +14,7 @@ func checkCommand() *cli.Command {
 			"STATUS column (ok, expiring, expired, not-yet-valid, missing, invalid).\n" +
 			"Exit codes: 0 all ok, 1 something expiring within --warn, 2 something expired or invalid,\n" +
 			"3 the tool could not run.",
+		Flags: []cli.Flag{textfileFlag()},
 		Action: func(c *cli.Context) error {
 			e, err := setup(c)
 			if err != nil {
@@ -24,6 +25,9 @@ func checkCommand() *cli.Command {
 				return err
 			}
 			rep := inv.Report()
+			if err := writeTextfile(c, e, rep); err != nil {
+				return err
+			}
 			return report(e, rep.WriteTable, rep, inv.ExitCode())
 		},
 	}

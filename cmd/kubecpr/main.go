@@ -13,7 +13,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	app := newApp()
-	err := app.RunContext(ctx, normalizeArgs(app, os.Args))
+	err := app.RunContext(ctx, completionArgs(app, os.Args))
 	stop()
 	code := exitCode(err)
 	if err != nil && code != 0 {
