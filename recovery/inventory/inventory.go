@@ -205,28 +205,30 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		}
 		inv.add(it, cas)
 	}
-	kubeletClientMissing := false
 	if n.Exists(node.KubeletCurrent) || kubeletRef == node.KubeletCurrent {
 		it := &Item{Name: "kubelet-client-current.pem", Kind: KindKubeletClient, Path: node.KubeletCurrent, CAName: "ca"}
 		it.Store = &KubeletPEMStore{Node: n, Link: node.KubeletCurrent}
 		inv.add(it, cas)
-		if kubeletClientMissing = it.Status == pki.StatusMissing; kubeletClientMissing && !n.Exists(node.KubeletCurrent) {
+		if it.Status == pki.StatusMissing && !n.Exists(node.KubeletCurrent) {
 			it.Problems = []string{fmt.Sprintf("%s refers to %s, which is missing (was /var/lib/kubelet/pki deleted?): "+
 				"the kubelet cannot authenticate; kubecpr run issues it a new client certificate from the cluster CA",
 				path.Join(node.KubernetesDir, "kubelet.conf"), node.KubeletCurrent)}
 		}
 	}
 	servingPath := path.Join(node.KubeletPKIDir, "kubelet.crt")
-	// A missing kubelet.crt is the kubelet's to make when it starts; it is
-	// listed as missing with its client certificate (the pki dir deleted),
-	// unless the kubelet serves with a bootstrapped or given certificate.
-	if n.Exists(servingPath) || kubeletClientMissing && selfSignedServing(n) {
+	// A kubelet that has bootstrapped (kubelet.conf refers to its rotating
+	// pem, or only the pem is left) serves with the self-signed kubelet.crt
+	// it made at its first start, unless it serves with a bootstrapped or
+	// given certificate: listed as missing when gone (a deleted pki dir).
+	bootstrapped := kubeletRef == node.KubeletCurrent || !n.Exists(path.Join(node.KubernetesDir, "kubelet.conf")) && n.Exists(node.KubeletCurrent)
+	if n.Exists(servingPath) || bootstrapped && selfSignedServing(n) {
 		it := &Item{Name: "kubelet.crt", Kind: KindKubeletServing, Path: servingPath,
 			KeyPath: path.Join(node.KubeletPKIDir, "kubelet.key")}
 		it.Store = &PairStore{Node: n, CertPath: it.Path, KeyPath: it.KeyPath}
 		inv.add(it, cas)
 		if it.Status == pki.StatusMissing {
-			it.Problems = []string{servingPath + " is missing with the kubelet's client certificate: kubecpr run re-creates the kubelet's self-signed serving certificate"}
+			it.Problems = []string{servingPath + " is missing: the kubelet serves with this self-signed certificate and makes one only when it starts; " +
+				"kubecpr run re-creates it"}
 		}
 	}
 	for _, p := range n.UserKubeconfigs() {
