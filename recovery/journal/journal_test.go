@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/kubecpr/kubecpr/test/fuzzseed"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -222,12 +223,12 @@ func FuzzDecode(f *testing.F) {
 	f.Add(good)
 	f.Add(good[:len(good)-7])
 	f.Add([]byte("00000000 {}\n"))
-	addTopLevelSeeds(f, "journal") // real runs' journals, torn and damaged ones
+	fuzzseed.AddSeeds(f, "journal") // real runs' journals, torn and damaged ones
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var recs []Record
 		var n int64
 		var err error
-		bounded(t, "decode", func() { recs, n, err = decode(data) })
+		fuzzseed.Bounded(t, "decode", func() { recs, n, err = decode(data) })
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("decode error is not ErrCorrupt: %v", err)

@@ -11,11 +11,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/kubecpr/kubecpr/test/fuzzseed"
 	"math/big"
 	"os"
 	"path"
 	"path/filepath"
-	"runtime/metrics"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,7 +40,7 @@ const adminConf = node.KubernetesDir + "/admin.conf"
 // FuzzParseKubeconfig covers ParseKubeconfig and the same bytes read
 // through a Node (Kubeconfig, RESTConfig).
 func FuzzParseKubeconfig(f *testing.F) {
-	addTopLevelSeeds(f, "kubeconfig")
+	fuzzseed.AddSeeds(f, "kubeconfig")
 	addGeneratedKubeconfigs(f)
 	root := f.TempDir()
 	n, err := node.New(root)
@@ -55,7 +55,7 @@ func FuzzParseKubeconfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var k *node.Kubeconfig
 		var err error
-		bounded(t, "ParseKubeconfig", func() { k, err = node.ParseKubeconfig(adminConf, data) })
+		fuzzseed.Bounded(t, "ParseKubeconfig", func() { k, err = node.ParseKubeconfig(adminConf, data) })
 		if err != nil {
 			if !strings.Contains(err.Error(), adminConf) {
 				t.Errorf("the error does not name the file: %v", err)
@@ -72,14 +72,14 @@ func FuzzParseKubeconfig(f *testing.F) {
 		writeNodeFile(t, root, adminConf, data)
 		var nk *node.Kubeconfig
 		var nerr error
-		bounded(t, "Node.Kubeconfig", func() { nk, nerr = n.Kubeconfig(adminConf) })
+		fuzzseed.Bounded(t, "Node.Kubeconfig", func() { nk, nerr = n.Kubeconfig(adminConf) })
 		if (err == nil) != (nerr == nil) || (err != nil && err.Error() != nerr.Error()) || (k == nil) != (nk == nil) {
 			t.Fatalf("Node.Kubeconfig disagrees with ParseKubeconfig: %v / %v", nerr, err)
 		}
 		if err != nil {
 			return
 		}
-		bounded(t, "Node.RESTConfig", func() {
+		fuzzseed.Bounded(t, "Node.RESTConfig", func() {
 			rc, err := n.RESTConfig(adminConf)
 			if err != nil {
 				return
@@ -156,7 +156,7 @@ func checkUndefinedContext(t *testing.T, k *node.Kubeconfig, err error) {
 // written into a node root, and Discover, which reads the flags of the API
 // server's and etcd's manifests.
 func FuzzReadManifest(f *testing.F) {
-	addTopLevelSeeds(f, "manifest")
+	fuzzseed.AddSeeds(f, "manifest")
 	root := f.TempDir()
 	n, err := node.New(root)
 	if err != nil {
@@ -169,7 +169,7 @@ func FuzzReadManifest(f *testing.F) {
 		writeNodeFile(t, root, etcd, data)
 		var m *node.Manifest
 		var err error
-		bounded(t, "ReadManifest", func() { m, err = n.ReadManifest(api) })
+		fuzzseed.Bounded(t, "ReadManifest", func() { m, err = n.ReadManifest(api) })
 		if err != nil {
 			if m != nil {
 				t.Errorf("ReadManifest returned a manifest with error %v", err)
@@ -180,7 +180,7 @@ func FuzzReadManifest(f *testing.F) {
 		} else {
 			checkManifest(t, m, api)
 		}
-		bounded(t, "Discover", func() {
+		fuzzseed.Bounded(t, "Discover", func() {
 			c, err := n.Discover("")
 			var unknown *node.UnknownError
 			if err != nil && !errors.As(err, &unknown) && m != nil {
@@ -328,115 +328,5 @@ func writeNodeFile(tb testing.TB, root, p string, data []byte) {
 	}
 	if err := os.WriteFile(host, data, 0o600); err != nil {
 		tb.Fatal(err)
-	}
-}
-
-// bounded runs fn and fails when it allocates without bound; when fn does
-// not return within a time limit, the process panics (a hang has no other
-// way out), which the fuzzer reports as a crash with the input.
-func bounded(t *testing.T, what string, fn func()) {
-	t.Helper()
-	const limit = 10 * time.Second
-	const maxAlloc = 256 << 20
-	timer := time.AfterFunc(limit, func() { panic(fmt.Sprintf("%s did not return within %v", what, limit)) })
-	before := heapAllocated()
-	fn()
-	timer.Stop()
-	if n := heapAllocated() - before; n > maxAlloc {
-		t.Fatalf("%s allocated %d MiB", what, n>>20)
-	}
-}
-
-// heapAllocated is the cumulative count of bytes allocated on the heap.
-func heapAllocated() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
-
-// addTopLevelSeeds seeds f from the module's top-level testdata (the
-// layout the project keeps its corpora in; Go itself only reads the
-// package's own testdata/fuzz): every file of testdata/fuzz-seeds/<kind>/
-// as it is, and every entry of testdata/fuzz/<FuzzName>/ in Go's corpus
-// format. "@KEY@" in a seed stands for "PRIVATE KEY". A missing seed
-// directory fails the test: a fuzz target that lost its corpus says so.
-func addTopLevelSeeds(f *testing.F, kind string) {
-	f.Helper()
-	td := moduleTestdata(f)
-	add := func(b []byte) {
-		f.Add(bytes.ReplaceAll(b, []byte("@KEY@"), []byte("PRIVATE"+" KEY")))
-	}
-	seeds, err := filepath.Glob(filepath.Join(td, "fuzz-seeds", kind, "*"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	n := 0
-	for _, p := range seeds {
-		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
-			continue
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			f.Fatal(err)
-		}
-		add(b)
-		n++
-	}
-	if n == 0 {
-		f.Fatalf("no seeds in %s", filepath.Join(td, "fuzz-seeds", kind))
-	}
-	corpus, _ := filepath.Glob(filepath.Join(td, "fuzz", f.Name(), "*"))
-	for _, p := range corpus {
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			f.Fatal(err)
-		}
-		b, err := parseCorpusEntry(raw)
-		if err != nil {
-			f.Fatalf("%s: %v", p, err)
-		}
-		add(b)
-	}
-}
-
-// parseCorpusEntry decodes a one-value []byte entry in Go's corpus format.
-func parseCorpusEntry(raw []byte) ([]byte, error) {
-	var lines []string
-	for _, l := range strings.Split(string(raw), "\n") {
-		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) != 2 || lines[0] != "go test fuzz v1" {
-		return nil, errors.New(`not a Go fuzz corpus entry ("go test fuzz v1" and one value)`)
-	}
-	v := lines[1]
-	if !strings.HasPrefix(v, "[]byte(") || !strings.HasSuffix(v, ")") {
-		return nil, fmt.Errorf("value %.40q is not []byte(...)", v)
-	}
-	s, err := strconv.Unquote(v[len("[]byte(") : len(v)-1])
-	if err != nil {
-		return nil, fmt.Errorf("value: %w", err)
-	}
-	return []byte(s), nil
-}
-
-// moduleTestdata is the module's top-level testdata directory: go test runs
-// in the package directory, so walk up to go.mod.
-func moduleTestdata(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "testdata")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			tb.Fatal("no go.mod above the package directory")
-		}
-		dir = parent
 	}
 }

@@ -1,6 +1,10 @@
-package journal
+// Package fuzzseed is what the fuzz tests share: seeds from the module's
+// top-level testdata/ (fuzz-seeds/<kind>/ as they are, fuzz/<FuzzName>/ in
+// Go's corpus format) and a bound on time and allocation per input.
+package fuzzseed
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -12,17 +16,41 @@ import (
 	"time"
 )
 
-// The journal's corpus lives in the module's top-level testdata, as every
-// fuzz corpus of this project does (see testdata/fuzz-seeds/README.md).
+// Bounded runs fn and fails when it allocates without bound; when fn does
+// not return within a time limit, the process panics (a hang has no other
+// way out), which the fuzzer reports as a crash with the input.
+func Bounded(t *testing.T, what string, fn func()) {
+	t.Helper()
+	const limit = 10 * time.Second
+	const maxAlloc = 256 << 20
+	timer := time.AfterFunc(limit, func() { panic(fmt.Sprintf("%s did not return within %v", what, limit)) })
+	before := heapAllocated()
+	fn()
+	timer.Stop()
+	if n := heapAllocated() - before; n > maxAlloc {
+		t.Fatalf("%s allocated %d MiB", what, n>>20)
+	}
+}
 
-// addTopLevelSeeds seeds f from the module's top-level testdata (Go itself
-// only reads the package's own testdata/fuzz): every file of
-// testdata/fuzz-seeds/<kind>/ as it is, and every entry of
-// testdata/fuzz/<FuzzName>/ in Go's corpus format. A missing seed
+// heapAllocated is the cumulative count of bytes allocated on the heap.
+func heapAllocated() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// AddSeeds seeds f from the module's top-level testdata (the
+// layout the project keeps its corpora in; Go itself only reads the
+// package's own testdata/fuzz): every file of testdata/fuzz-seeds/<kind>/
+// as it is, and every entry of testdata/fuzz/<FuzzName>/ in Go's corpus
+// format. "@KEY@" in a seed stands for "PRIVATE KEY". A missing seed
 // directory fails the test: a fuzz target that lost its corpus says so.
-func addTopLevelSeeds(f *testing.F, kind string) {
+func AddSeeds(f *testing.F, kind string) {
 	f.Helper()
-	td := moduleTestdata(f)
+	td := ModuleTestdata(f)
+	add := func(b []byte) {
+		f.Add(bytes.ReplaceAll(b, []byte("@KEY@"), []byte("PRIVATE"+" KEY")))
+	}
 	seeds, err := filepath.Glob(filepath.Join(td, "fuzz-seeds", kind, "*"))
 	if err != nil {
 		f.Fatal(err)
@@ -36,7 +64,7 @@ func addTopLevelSeeds(f *testing.F, kind string) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b)
+		add(b)
 		n++
 	}
 	if n == 0 {
@@ -52,7 +80,7 @@ func addTopLevelSeeds(f *testing.F, kind string) {
 		if err != nil {
 			f.Fatalf("%s: %v", p, err)
 		}
-		f.Add(b)
+		add(b)
 	}
 }
 
@@ -78,9 +106,9 @@ func parseCorpusEntry(raw []byte) ([]byte, error) {
 	return []byte(s), nil
 }
 
-// moduleTestdata is the module's top-level testdata directory: go test runs
+// ModuleTestdata is the module's top-level testdata directory: go test runs
 // in the package directory, so walk up to go.mod.
-func moduleTestdata(tb testing.TB) string {
+func ModuleTestdata(tb testing.TB) string {
 	tb.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
@@ -96,27 +124,4 @@ func moduleTestdata(tb testing.TB) string {
 		}
 		dir = parent
 	}
-}
-
-// bounded runs fn and fails when it allocates without bound; when fn does
-// not return within a time limit, the process panics (a hang has no other
-// way out), which the fuzzer reports as a crash with the input.
-func bounded(t *testing.T, what string, fn func()) {
-	t.Helper()
-	const limit = 10 * time.Second
-	const maxAlloc = 256 << 20
-	timer := time.AfterFunc(limit, func() { panic(fmt.Sprintf("%s did not return within %v", what, limit)) })
-	before := heapAllocated()
-	fn()
-	timer.Stop()
-	if n := heapAllocated() - before; n > maxAlloc {
-		t.Fatalf("%s allocated %d MiB", what, n>>20)
-	}
-}
-
-// heapAllocated is the cumulative count of bytes allocated on the heap.
-func heapAllocated() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
 }
