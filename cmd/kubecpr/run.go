@@ -27,6 +27,7 @@ func renewFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "migrate-organizations", Usage: "apply kubeadm 1.29+ organisations: admin.conf O=kubeadm:cluster-admins, super-admin.conf O=system:masters"},
 		&cli.BoolFlag{Name: "update-user-kubeconfigs", Usage: "also refresh users' ~/.kube/config files that trust this cluster"},
 		&cli.StringFlag{Name: "cluster-run", Hidden: true, Usage: "set by kubecpr cluster: the cluster run this node run belongs to (a step re-run after a crash finds its run complete)"},
+		&cli.StringFlag{Name: "apiserver-cert-extra-sans", Usage: "comma-separated IP addresses and DNS names the API server certificate must carry (as kubeadm's flag): it is re-issued with them added, or created with them when missing; the --config certSANs are added too"},
 		&cli.StringFlag{Name: "kubelet-client-bundle", Usage: "worker: install this kubelet client certificate+key (PEM, signed on a control-plane node; `kubecpr cluster` makes it) instead of signing one"},
 	}
 }
@@ -128,7 +129,7 @@ func options(c *cli.Context) pipeline.Options {
 		Validity: c.Duration("validity"), RenewWithin: c.Duration("renew-within"), RotateKeys: c.Bool("rotate-keys"),
 		CSRDir: c.String("csr-dir"), MigrateOrganizations: c.Bool("migrate-organizations"),
 		UpdateUserKubeconfigs: c.Bool("update-user-kubeconfigs"), DryRun: c.Bool("dry-run"),
-		KubeletClientBundle: c.String("kubelet-client-bundle"),
+		KubeletClientBundle: c.String("kubelet-client-bundle"), APIServerCertExtraSANs: splitList(c.String("apiserver-cert-extra-sans")),
 	}
 }
 

@@ -97,7 +97,7 @@ func PlanItems(d pipeline.Data, inv *inventory.Inventory, items []*inventory.Ite
 				}
 				bad = append(bad, fmt.Sprintf("%s is missing and the %s CA key is not on this node, so it cannot be created here: %s", it.Path, it.CAName, hint))
 			default:
-				a, err := createAction(d, inv, it, ca.CA, stage)
+				a, err := createAction(d, it, ca.CA, stage)
 				if err != nil {
 					bad = append(bad, err.Error())
 					continue

@@ -82,7 +82,7 @@ func isECDSA(pub crypto.PublicKey) bool {
 // createAction plans the creation of a missing item from its kubeadm
 // profile, signed by ca. Missing identity (no node name, no advertise
 // address...) is an error before any change.
-func createAction(d pipeline.Data, inv *inventory.Inventory, it *inventory.Item, ca *pki.CA, stage string) (pipeline.Action, error) {
+func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) (pipeline.Action, error) {
 	o := d.Options()
 	validity := o.Validity
 	if validity == 0 {

@@ -161,7 +161,7 @@ func (r *Report) inventorySymptoms(inv *inventory.Inventory) {
 	if len(invalid) > 0 {
 		r.add(Symptom{ID: "invalid-credentials", Severity: Critical,
 			Message: "some credentials are missing, corrupt, mismatched or belong to another node", Evidence: invalid,
-			Next: "fix or restore the named files before kubecpr run (it refuses to renew from bad input)"})
+			Next: "missing files: kubecpr run creates them from the CA with kubeadm's profiles; corrupt, mismatched or foreign ones: fix or restore them first (kubecpr run refuses to renew from bad input)"})
 	}
 }
 
