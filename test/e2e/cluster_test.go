@@ -47,6 +47,7 @@ func credentials(t *testing.T, n *cluster.Node) map[string]string {
 //  3. `kubecpr cluster rollback` puts every node's credentials back byte for
 //     byte.
 func TestClusterRecoversQuorum(t *testing.T) {
+	t.Parallel() // its own containerd daemons, ports and trees; mostly waiting
 	start := time.Now()
 	lap := func(what string) { t.Logf("%s at %s", what, time.Since(start).Round(100*time.Millisecond)) }
 	nodes := cluster.ControlPlanes(t, 3, cluster.Options{})
