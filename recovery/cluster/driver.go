@@ -596,8 +596,8 @@ func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
 // verify proves each node: no credential expired (`kubecpr check`), and
 // its kubelet authenticates against the API server with its credential.
 func (d *Driver) verify(ctx context.Context, n cinv.Node) error {
-	if _, err := d.kubecpr(ctx, n, true, "check"); err != nil {
-		return fmt.Errorf("kubecpr check: %w", err)
+	if err := d.checkNode(ctx, n); err != nil {
+		return err
 	}
 	if !d.live(n) {
 		fmt.Fprintf(d.o.Out, "[%s] a copy of a node (root: without --kubelet-restart-command or --cri-socket): the kubelet's credential is checked offline only\n", n.Name)
@@ -612,6 +612,48 @@ func (d *Driver) verify(ctx context.Context, n cinv.Node) error {
 		return fmt.Errorf("the kubelet authenticates as %q, want system:node:%s", user, n.Name)
 	}
 	fmt.Fprintf(d.o.Out, "[%s] kubelet authenticates as %s\n", n.Name, user)
+	return nil
+}
+
+// checkNode runs `kubecpr check -o json` on the node: every credential
+// must be valid, except users' kubeconfigs when the run was not asked to
+// refresh them (the node run noted those).
+func (d *Driver) checkNode(ctx context.Context, n cinv.Node) error {
+	out, err := d.kubecpr(ctx, n, true, "check", "-o", "json")
+	var ee *transport.ExitError
+	if err != nil && !(errors.As(err, &ee) && (ee.Code == 1 || ee.Code == 2)) {
+		return fmt.Errorf("kubecpr check: %w", err)
+	}
+	var rep struct {
+		Certificates []struct {
+			Name, Kind, Status string
+		} `json:"certificates"`
+		CAs []struct {
+			Name, Status string
+		} `json:"certificateAuthorities"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		return fmt.Errorf("kubecpr check -o json: %v", err)
+	}
+	users := false
+	for _, a := range d.o.RunArgs {
+		users = users || strings.HasPrefix(a, "--update-user-kubeconfigs") && !strings.HasSuffix(a, "=false")
+	}
+	var bad []string
+	for _, c := range rep.Certificates {
+		if c.Status == "ok" || c.Kind == "user-kubeconfig" && !users {
+			continue
+		}
+		bad = append(bad, c.Name+" "+c.Status)
+	}
+	for _, c := range rep.CAs {
+		if c.Status != "ok" && c.Status != "missing" {
+			bad = append(bad, "CA "+c.Name+" "+c.Status)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("after the run, not valid: %s (`kubecpr check` on the node shows them)", strings.Join(bad, ", "))
+	}
 	return nil
 }
 
