@@ -335,3 +335,35 @@ func TestNoDialAtExit(t *testing.T) {
 		t.Errorf("a run that never needed the runtime took %s: it dialled the silent socket", took)
 	}
 }
+
+// TestStrayTempsAndEveryRun: a temporary file an interrupted atomic write
+// left beside its target is removed when the run is opened again; status
+// lists every run recorded, not only the current one.
+func TestStrayTempsAndEveryRun(t *testing.T) {
+	root := expiredNode(t)
+	// Killed after the intent of the first certificate (apiserver).
+	r := kubecpr(t, []string{"KUBECPR_CRASH_AFTER_RECORD=11"}, rootArgs(root, "run", "--until", "kubeconfigs")...)
+	if !r.killed {
+		t.Fatalf("not killed: exit %d", r.code)
+	}
+	stray := filepath.Join(root, "etc/kubernetes/pki/.apiserver.crt.kubecpr-123456")
+	if err := os.WriteFile(stray, []byte("half a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 || !strings.Contains(r.stdout, "temporary file left by an interrupted write") {
+		t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(stray); !os.IsNotExist(err) {
+		t.Errorf("the stray temporary file is still there: %v", err)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s", r.code, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "certs")...); r.code != 0 {
+		t.Fatalf("second run: exit %d\n%s", r.code, r.stderr)
+	}
+	r = kubecpr(t, nil, rootArgs(root, "status")...)
+	if r.code != 0 || !strings.Contains(r.stdout, "rolled-back") || !strings.Contains(r.stdout, "runs recorded here") {
+		t.Errorf("status does not list every run:\n%s", r.stdout)
+	}
+}

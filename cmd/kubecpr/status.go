@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"text/tabwriter"
@@ -31,6 +32,31 @@ type RunStatus struct {
 	Journal string         `json:"journal"`
 	Stages  []string       `json:"stagesDone"`
 	Actions []ActionStatus `json:"actions"`
+	// Runs lists every run recorded in the state dir, oldest first.
+	Runs []RunSummary `json:"runs,omitempty"`
+}
+
+// RunSummary is one recorded run in `kubecpr status`.
+type RunSummary struct {
+	RunID  string `json:"runID"`
+	Status string `json:"status"` // open, complete, rolled-back, restored, unreadable
+}
+
+// allRuns lists every run directory of the state dir with its status.
+func allRuns(stateDir string) []RunSummary {
+	ents, _ := os.ReadDir(filepath.Join(stateDir, "runs"))
+	var out []RunSummary
+	for _, d := range ents {
+		if !d.IsDir() {
+			continue
+		}
+		st := "unreadable"
+		if recs, err := journal.ReadFile(filepath.Join(stateDir, "runs", d.Name(), "journal.log")); err == nil && len(recs) > 0 {
+			st = pipeline.RunStatus(recs)
+		}
+		out = append(out, RunSummary{RunID: d.Name(), Status: st})
+	}
+	return out
 }
 
 func statusCommand() *cli.Command {
@@ -53,12 +79,20 @@ func statusCommand() *cli.Command {
 			}
 			st := summarize(id, open, recs)
 			st.Journal = filepath.Join(dir, "runs", id, "journal.log")
+			st.Runs = allRuns(dir)
 			if e.format != "table" {
 				return emit(e.out, e.format, st)
 			}
 			state := "open (resume or rollback)"
 			if !open {
 				state = "closed"
+			}
+			if len(st.Runs) > 1 {
+				fmt.Fprintln(e.out, "runs recorded here (oldest first):")
+				for _, r := range st.Runs {
+					fmt.Fprintf(e.out, "  %s  %s\n", r.RunID, r.Status)
+				}
+				fmt.Fprintln(e.out)
 			}
 			fmt.Fprintf(e.out, "run %s: %s\njournal %s\n\n", id, state, st.Journal)
 			tw := tabwriter.NewWriter(e.out, 4, 4, 2, ' ', 0)

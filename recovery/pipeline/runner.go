@@ -198,6 +198,7 @@ func (r *Runner) Open(forceNew bool) (continued bool, err error) {
 	if rep := j.Repaired(); rep != nil && rep.Truncated {
 		fmt.Fprintf(r.Out, "journal: a torn last record from a crash was cut off at byte %d (copy kept at %s)\n", rep.Offset, rep.BrokenCopy)
 	}
+	r.sweepTemps()
 	if !continued && len(r.records) == 0 {
 		if err := r.appendRunStart(); err != nil {
 			return false, err
@@ -554,6 +555,48 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 		fmt.Fprintf(r.Out, "      %s done in %s\n", ps.Stage.Name, round(d))
 	}
 	return nil
+}
+
+// sweepTemps removes the temporary files an atomic write left beside its
+// target when the process was killed between creating and renaming them
+// (".NAME.kubecpr-*", never the target itself): for every path the run's
+// journal names.
+func (r *Runner) sweepTemps() {
+	seen := map[string]bool{}
+	for _, rec := range r.records {
+		if rec.Kind != journal.KindIntent {
+			continue
+		}
+		n, _ := strconv.Atoi(rec.Data["files"])
+		for i := 0; i < n; i++ {
+			p := rec.Data["path."+strconv.Itoa(i)]
+			if p == "" || seen[p] {
+				continue
+			}
+			seen[p] = true
+			host := r.Node.Path(p)
+			pattern := filepath.Join(filepath.Dir(host), "."+globEscape(filepath.Base(host))+".kubecpr-*")
+			matches, _ := filepath.Glob(pattern)
+			for _, m := range matches {
+				if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() {
+					if os.Remove(m) == nil {
+						fmt.Fprintf(r.Out, "removed %s, a temporary file left by an interrupted write\n", m)
+					}
+				}
+			}
+		}
+	}
+}
+
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if strings.ContainsRune(`*?[\`, c) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
 
 func (r *Runner) appendRunStart() error {
