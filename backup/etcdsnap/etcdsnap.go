@@ -329,16 +329,10 @@ func explain(ep string, v *serverVerifier, err error) error {
 // an earlier, interrupted call for the same dest are removed first.
 func writeSnapshot(r io.Reader, dest string) (res Result, err error) {
 	dir := filepath.Dir(dest)
-	prefix := "." + filepath.Base(dest) + ".kubecpr-"
+	prefix := atomicfile.TempPrefix(dest)
 	// Temporary files of an earlier Save to the same destination that was
 	// killed: snapshots of etcd (its whole data), not to be left lying.
-	if stale, _ := filepath.Glob(filepath.Join(dir, globEscape(prefix)+"*")); len(stale) > 0 {
-		for _, f := range stale {
-			if st, err := os.Lstat(f); err == nil && st.Mode().IsRegular() {
-				os.Remove(f)
-			}
-		}
-	}
+	atomicfile.SweepTemps(dest)
 	tmp, err := os.CreateTemp(dir, prefix+"*")
 	if err != nil {
 		return Result{}, fmt.Errorf("creating a temporary file beside %s: %w", dest, err)
@@ -418,16 +412,4 @@ func SaveToBackup(ctx context.Context, o Options, m *backup.Manifest, dir string
 	}
 	res.Path = filepath.Join(dir, filepath.FromSlash(m.EtcdSnapshot.Blob))
 	return res, nil
-}
-
-// globEscape quotes the glob metacharacters of a literal file name.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[\\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }

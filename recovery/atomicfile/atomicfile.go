@@ -191,3 +191,35 @@ func describe(m fs.FileMode) string {
 	}
 	return "non-regular file"
 }
+
+// TempPrefix is the name prefix of the temporary files WriteFile (and
+// other writers that follow its protocol) create beside path.
+func TempPrefix(path string) string { return "." + filepath.Base(path) + ".kubecpr-" }
+
+// SweepTemps removes the regular files a killed write left beside path
+// (TempPrefix(path) followed by anything; never path itself) and returns
+// the ones it removed.
+func SweepTemps(path string) []string {
+	pattern := filepath.Join(filepath.Dir(path), globEscape(TempPrefix(path))+"*")
+	matches, _ := filepath.Glob(pattern)
+	var removed []string
+	for _, m := range matches {
+		if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() && os.Remove(m) == nil {
+			removed = append(removed, m)
+		}
+	}
+	return removed
+}
+
+// globEscape quotes the glob metacharacters of a literal file name.
+func globEscape(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', '\\':
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}

@@ -24,6 +24,7 @@ import (
 	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
 	"github.com/kubecpr/kubecpr/recovery/cluster/transport"
 	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
 
@@ -339,8 +340,19 @@ func (d *Driver) binary(n cinv.Node) string {
 }
 
 // hostPath is where node path p is, as the node's kubecpr process sees it.
+//
+// A local root: tree goes through kubecpr's one rooted resolver, so a
+// linked /var/lib/kubecpr in a copy never sends the bundle (a private key)
+// outside it. A remote root is joined as written: its links are resolved
+// by the remote kubecpr, not from here.
 func hostPath(n cinv.Node, p string) string {
-	if n.Root != "" {
+	switch {
+	case n.Root != "" && n.SSH == nil:
+		if _, host, err := node.ResolveIn(n.Root, p, false); err == nil {
+			return host
+		}
+		return filepath.Join(n.Root, filepath.FromSlash(p))
+	case n.Root != "":
 		return filepath.Join(n.Root, filepath.FromSlash(p))
 	}
 	return p

@@ -574,29 +574,11 @@ func (r *Runner) sweepTemps() {
 				continue
 			}
 			seen[p] = true
-			host := r.Node.Path(p)
-			pattern := filepath.Join(filepath.Dir(host), "."+globEscape(filepath.Base(host))+".kubecpr-*")
-			matches, _ := filepath.Glob(pattern)
-			for _, m := range matches {
-				if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() {
-					if os.Remove(m) == nil {
-						fmt.Fprintf(r.Out, "removed %s, a temporary file left by an interrupted write\n", m)
-					}
-				}
+			for _, m := range atomicfile.SweepTemps(r.Node.Path(p)) {
+				fmt.Fprintf(r.Out, "removed %s, a temporary file left by an interrupted write\n", m)
 			}
 		}
 	}
-}
-
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if strings.ContainsRune(`*?[\`, c) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
 }
 
 func (r *Runner) appendRunStart() error {
