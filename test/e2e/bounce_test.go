@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/kubecpr/kubecpr/backup"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/ctrd"
@@ -238,6 +240,25 @@ func TestBounceThroughContainerd(t *testing.T) {
 	cn.assertServesNewCerts(t)
 	if _, err := os.Stat(cn.Path("/kubelet-restarted")); err != nil {
 		t.Error("the kubelet was not restarted")
+	}
+	// The backup holds an etcd snapshot taken from the running etcd (on its
+	// expired certificates), recorded with its sha256; etcd's own etcdctl
+	// reads it.
+	backups, _ := filepath.Glob(cn.Path("/var/lib/kubecpr/backups/*"))
+	if len(backups) != 1 {
+		t.Fatalf("backups: %v", backups)
+	}
+	m, err := backup.Load(backups[0])
+	if err != nil || m.EtcdSnapshot == nil {
+		t.Fatalf("no etcd snapshot in the backup (%v)\n%s", err, r.stdout)
+	}
+	if err := backup.Verify(backups[0]); err != nil {
+		t.Errorf("backup with the snapshot does not verify: %v", err)
+	}
+	snap := filepath.Join(backups[0], filepath.FromSlash(m.EtcdSnapshot.Blob))
+	out, err := exec.Command(filepath.Join(cluster.Binaries(t), "etcdctl"), "snapshot", "status", snap, "-w", "json").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "totalKey") {
+		t.Errorf("etcdctl snapshot status %s: %v\n%s", snap, err, out)
 	}
 	got, err := cn.Client(t, "/etc/kubernetes/admin.conf").AppsV1().DaemonSets("kube-system").Get(context.Background(), "etcd-defrag", metav1.GetOptions{})
 	if err != nil || got.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] == "" {
