@@ -536,16 +536,44 @@ func (d *Daemon) stop(t testing.TB) {
 			}
 		}
 	}
-	for _, cg := range d.cgroupDirs() {
-		if err := syscall.Rmdir(cg); err != nil && !errors.Is(err, syscall.ENOENT) {
-			problems = append(problems, fmt.Sprintf("rmdir %s: %v", cg, err))
-		}
-	}
+	problems = append(problems, d.removeCgroups(10*time.Second)...)
 	if err := os.RemoveAll(d.Dir); err != nil {
 		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
 		t.Errorf("ctrd: cleanup of %s left:\n  %s", d.Dir, strings.Join(problems, "\n  "))
+	}
+}
+
+// removeCgroups removes the daemon's cgroups, deepest first. A cgroup
+// stays busy while anything in it has not finished exiting: a process
+// forked in a container after the kill above, or one the kernel is still
+// tearing down (seen in CI: EBUSY on every level right after the kills).
+// So it kills what is still in them and tries again until the deadline,
+// and reports what was left with the processes still inside.
+func (d *Daemon) removeCgroups(timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var busy []string
+		for _, cg := range d.cgroupDirs() {
+			if err := syscall.Rmdir(cg); err != nil && !errors.Is(err, syscall.ENOENT) {
+				busy = append(busy, fmt.Sprintf("rmdir %s: %v", cg, err))
+			}
+		}
+		if len(busy) == 0 {
+			return nil
+		}
+		procs := d.cgroupProcs()
+		if time.Now().After(deadline) {
+			if len(procs) > 0 {
+				busy = append(busy, fmt.Sprintf("processes still in the cgroups: %v", procs))
+			}
+			return busy
+		}
+		for _, p := range procs {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
