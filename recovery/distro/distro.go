@@ -63,8 +63,8 @@ var (
 	// node (kube-apiserver-pod-N, ...) decide alone; on a worker, the
 	// bootstrap kubeconfig together with the kubelet's own kubeconfig
 	// (kubeadm names them bootstrap-kubelet.conf and kubelet.conf).
-	openshiftControlPlane = "/etc/kubernetes/static-pod-resources"
-	openshiftNode         = []string{"/etc/kubernetes/kubeconfig", "/var/lib/kubelet/kubeconfig"}
+	openshiftControlPlane = StaticPodResources
+	openshiftNode         = []string{OpenShiftBootstrapKubeconfig, OpenShiftKubeletKubeconfig}
 )
 
 // Detect reads the node tree under n.Root and names its distribution. The
@@ -79,6 +79,11 @@ func Detect(n *node.Node) (Distro, error) {
 	k3s := found(n, k3sConfig, k3sServer, k3sAgent)
 	rke2 := found(n, rke2Config, rke2Server, rke2Agent)
 	kubeadm := found(n, kubeadmPaths)
+	// OpenShift keeps a KubeletConfiguration where kubeadm keeps the
+	// kubelet's kubeconfig: that file alone is no kubeadm evidence.
+	if len(kubeadm) == 1 && kubeadm[0] == "/etc/kubernetes/kubelet.conf" && isKubeletConfiguration(n, kubeadm[0]) {
+		kubeadm = nil
+	}
 
 	if n.Exists(openshiftControlPlane) {
 		d := Distro{Kind: OpenShift, Evidence: []string{openshiftControlPlane}}
@@ -137,24 +142,8 @@ func (d Distro) Notice() string {
 }
 
 // openshiftNotice says what kubecpr does on an OpenShift 4 node and what to
-// run instead for the rest: the documented recovery of expired control
-// plane certificates (OpenShift 4 "Recovering from expired control plane
-// certificates"), done with `oc` and the cluster-kube-apiserver-operator
-// image.
-func openshiftNotice(d Distro) string {
-	return fmt.Sprintf("this is an OpenShift 4 node (found %s): kubecpr's OpenShift support is limited to the node part, "+
-		"the kubelet's credentials and the node CSRs; it does not regenerate OpenShift control-plane certificates, "+
-		"which the cluster operators own (since 4.2 they recover the API server's and controller-manager's by themselves). "+
-		"For expired control-plane certificates follow OpenShift's documented recovery with oc: on a master, "+
-		"`podman run ... --entrypoint=/usr/bin/cluster-kube-apiserver-operator KAO_IMAGE recovery-apiserver create` "+
-		"(KAO_IMAGE from `oc adm release info --image-for=cluster-kube-apiserver-operator`), then `... regenerate-certificates`, "+
-		"then `oc patch kubeapiserver cluster`, `oc patch kubecontrollermanager cluster` and `oc patch kubescheduler cluster` "+
-		"with a new spec.forceRedeploymentReason, then `recover-kubeconfig.sh > /etc/kubernetes/kubeconfig` on every master, "+
-		"restart each node's kubelet without /var/lib/kubelet/pki and /var/lib/kubelet/kubeconfig, "+
-		"approve the node-bootstrapper CSRs with `oc adm certificate approve NAME`, "+
-		"and finally `... recovery-apiserver destroy`",
-		strings.Join(d.Evidence, ", "))
-}
+// run instead for the rest, in one message.
+func openshiftNotice(d Distro) string { return OpenShiftDoesNot(d.Evidence) }
 
 // UnsupportedError refuses a node whose certificates belong to another
 // product's own tooling. kubecpr changed nothing when it is returned.

@@ -15,6 +15,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubecpr/kubecpr/recovery/distro"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
@@ -28,6 +29,17 @@ const (
 	KindKubeletClient  Kind = "kubelet-client"  // kubelet-client-current.pem
 	KindKubeletServing Kind = "kubelet-serving" // kubelet.crt (self-signed by the kubelet)
 	KindUserKubeconfig Kind = "user-kubeconfig" // ~/.kube/config that trusts this cluster
+	// KindKubeletServer is kubelet-server-current.pem, the serving
+	// certificate a kubelet with serverTLSBootstrap requests through a
+	// kubelet-serving CSR. kubecpr never writes it: the kubelet requests a
+	// new one when it starts, and the csr stage approves that CSR.
+	KindKubeletServer Kind = "kubelet-server"
+	// OpenShift 4 (BuildOpenShift): the bootstrap kubeconfig (a token; its
+	// CA bundle is what expires) and the certificates the cluster
+	// operators sync onto a control-plane node, which kubecpr lists and
+	// never renews.
+	KindBootstrapKubeconfig Kind = "bootstrap-kubeconfig"
+	KindOperatorManaged     Kind = "operator-managed"
 )
 
 // Item is one certificate on the node.
@@ -76,7 +88,12 @@ type Inventory struct {
 	Notes []string
 	// Worker is true for a kubeadm worker node: no control-plane static
 	// pods and no cluster CA key, so its only credentials are the kubelet's.
+	// On OpenShift: a node without static pod resources.
 	Worker bool
+	// OpenShift is true for an OpenShift 4 node (BuildOpenShift): its
+	// control-plane certificates belong to the cluster operators, and
+	// kubecpr's kubeadm pipeline must not act on it.
+	OpenShift bool
 }
 
 // IsWorker reports whether the node under n is a kubeadm worker: it has
@@ -122,8 +139,14 @@ var ErrUnknownLayout = errors.New("unknown layout")
 
 // Build reads and judges every credential on the node.
 func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*Inventory, error) {
+	if d, _ := distro.Detect(n); d.Kind == distro.OpenShift {
+		return BuildOpenShift(n, c, now, warn)
+	}
 	inv := &Inventory{Node: n, Cluster: c, Now: now, Warn: warn}
-	pkiDir := c.PKIDir
+	pkiDir := ""
+	if c != nil {
+		pkiDir = c.PKIDir
+	}
 	if pkiDir == "" {
 		pkiDir = node.DefaultPKIDir
 	}
@@ -215,6 +238,8 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 				path.Join(node.KubernetesDir, "kubelet.conf"), node.KubeletCurrent)}
 		}
 	}
+	inv.addKubeletServer("ca", cas, "`kubecpr run` restarts the kubelet (bounce stage) and its csr stage approves the kubelet-serving CSR "+
+		"after checking the node's names and addresses")
 	servingPath := path.Join(node.KubeletPKIDir, "kubelet.crt")
 	// A kubelet that has bootstrapped (kubelet.conf refers to its rotating
 	// pem, or only the pem is left) serves with the self-signed kubelet.crt
@@ -247,6 +272,54 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		inv.checkSA(pkiDir)
 	}
 	return inv, nil
+}
+
+// KubeletServerCurrent is the kubelet's rotating serving certificate with
+// serverTLSBootstrap: a link to kubelet-server-<time>.pem (certificate and
+// key), as kubelet-client-current.pem is for the client certificate.
+const KubeletServerCurrent = node.KubeletPKIDir + "/kubelet-server-current.pem"
+
+// addKubeletServer lists kubelet-server-current.pem when the kubelet has
+// one (or a link to one that is gone). recovery says what brings a new one
+// on this kind of node.
+func (inv *Inventory) addKubeletServer(caName string, cas map[string]*CAItem, recovery string) {
+	n := inv.Node
+	if _, err := n.Lstat(KubeletServerCurrent); err != nil {
+		if servingBootstrap(n, node.KubeletConfig) {
+			inv.Notes = append(inv.Notes, fmt.Sprintf("%s has serverTLSBootstrap but there is no %s yet: the kubelet requests it "+
+				"with a kubelet-serving CSR when it starts; %s", node.KubeletConfig, KubeletServerCurrent, recovery))
+		}
+		return
+	}
+	it := &Item{Name: "kubelet-server-current.pem", Kind: KindKubeletServer, Path: KubeletServerCurrent, CAName: caName}
+	it.Store = &KubeletPEMStore{Node: n, Link: KubeletServerCurrent}
+	inv.add(it, cas)
+	what := "the kubelet serves its API (logs, exec, metrics, probes through the API server) with it"
+	renew := "with serverTLSBootstrap the kubelet requests a new one itself when it restarts (a kubelet-serving CSR), and it is " +
+		"issued once that CSR is approved: " + recovery
+	switch it.Status {
+	case pki.StatusMissing:
+		it.Problems = []string{fmt.Sprintf("%s points at a file that is gone: %s; %s", KubeletServerCurrent, what, renew)}
+	case pki.StatusExpired:
+		it.Problems = append(it.Problems, fmt.Sprintf("%s expired on %s: %s; %s", KubeletServerCurrent,
+			it.Cert.NotAfter.UTC().Format(time.RFC3339), what, renew))
+	case pki.StatusExpiring:
+		it.Problems = append(it.Problems, fmt.Sprintf("%s expires on %s: a kubelet that can reach the API server rotates it by itself; "+
+			"if it cannot, %s", KubeletServerCurrent, it.Cert.NotAfter.UTC().Format(time.RFC3339), renew))
+	}
+}
+
+// servingBootstrap reports whether the kubelet configuration at p sets
+// serverTLSBootstrap.
+func servingBootstrap(n *node.Node, p string) bool {
+	data, err := n.ReadFile(p)
+	if err != nil {
+		return false
+	}
+	var kc struct {
+		ServerTLSBootstrap bool `json:"serverTLSBootstrap"`
+	}
+	return yaml.Unmarshal(data, &kc) == nil && kc.ServerTLSBootstrap
 }
 
 // nonCertAuth names how a kubeconfig's current user authenticates when it
@@ -406,7 +479,7 @@ func (inv *Inventory) checkIdentity(it *Item) {
 	switch it.Name {
 	case "apiserver", "etcd-server", "etcd-peer":
 		probs = c.NodeSANsFit(it.Cert)
-	case "kubelet-client-current.pem", "kubelet.conf":
+	case "kubelet-client-current.pem", "kubelet.conf", "kubelet-server-current.pem", "kubelet kubeconfig":
 		want := "system:node:" + c.NodeName
 		if c.NodeName != "" && it.Cert.Subject.CommonName != want {
 			probs = append(probs, fmt.Sprintf("CN is %q, want %q (a kubelet credential of another node?)", it.Cert.Subject.CommonName, want))
