@@ -42,6 +42,7 @@ type Runner struct {
 	n       int
 	Created map[string][]string // component → container ids, in order
 	Errors  []string
+	pods    []Pod // other pods the stand-in keeps running (pods.go)
 }
 
 type manifest struct {
@@ -94,7 +95,11 @@ func Start(t testing.TB, root, nodeName, socket string) *Runner {
 func (r *Runner) loop(ctx context.Context) {
 	defer close(r.done)
 	for {
-		if err := r.sync(ctx); err != nil && ctx.Err() == nil {
+		err := r.sync(ctx)
+		if perr := r.syncPods(ctx); err == nil {
+			err = perr
+		}
+		if err != nil && ctx.Err() == nil {
 			r.mu.Lock()
 			if len(r.Errors) < 50 {
 				r.Errors = append(r.Errors, err.Error())
@@ -123,6 +128,9 @@ func (r *Runner) sync(ctx context.Context) error {
 		info, err := c.Info(ctx)
 		if err != nil {
 			continue
+		}
+		if info.Labels[podLabel] != "" {
+			continue // one of the other pods (pods.go)
 		}
 		name := info.Labels[runtime.LabelContainerName]
 		alive := false
