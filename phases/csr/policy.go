@@ -23,6 +23,16 @@ const (
 	SignerKubeletServing = "kubernetes.io/kubelet-serving"
 )
 
+// OpenShift 4's kubelet bootstrap identity: the machine-config server
+// writes the node-bootstrapper service account's token into every node's
+// /etc/kubernetes/kubeconfig, and the kubelet files its client CSR with it
+// (openshift/cluster-machine-approver README, "Node Client CSR Approval
+// Workflow": the same user and groups).
+const (
+	OpenShiftNodeBootstrapper      = "system:serviceaccount:openshift-machine-config-operator:node-bootstrapper"
+	OpenShiftNodeBootstrapperGroup = "system:serviceaccounts:openshift-machine-config-operator"
+)
+
 // Node is what the approver knows of one node of this cluster.
 type Node struct {
 	Name      string
@@ -35,6 +45,10 @@ type Policy struct {
 	MaxLifetime time.Duration // longest expirationSeconds accepted (default 1 year)
 	// OnlyNode, when set, restricts approval to that node (--approve-node).
 	OnlyNode string
+	// AllowedNodes, when not nil, restricts approval to these node names
+	// (kubecpr cluster --workers bootstrap: the inventory's workers): a CSR
+	// for any other name is refused, even one of a Node the API knows.
+	AllowedNodes map[string]bool
 }
 
 // Decision is the verdict on one CSR.
@@ -115,6 +129,9 @@ func (p Policy) Evaluate(c *certificatesv1.CertificateSigningRequest) Decision {
 	if !known {
 		return refuse("CN names node %q, which is not a node of this cluster", nodeName)
 	}
+	if p.AllowedNodes != nil && !p.AllowedNodes[nodeName] {
+		return refuse("node %q is not one of the nodes this pass may approve (the inventory's workers)", nodeName)
+	}
 	if p.OnlyNode != "" && nodeName != p.OnlyNode {
 		return refuse("node %q is not the one --approve-node allows (%s)", nodeName, p.OnlyNode)
 	}
@@ -145,8 +162,12 @@ func (p Policy) Evaluate(c *certificatesv1.CertificateSigningRequest) Decision {
 			d.Reason = "node client certificate renewal requested by the node itself"
 		case has(groups, "system:bootstrappers") && strings.HasPrefix(user, "system:bootstrap:"):
 			d.Reason = "node client certificate requested with a bootstrap token of this cluster (" + user + ")"
+		case user == OpenShiftNodeBootstrapper && has(groups, OpenShiftNodeBootstrapperGroup) && has(groups, "system:serviceaccounts"):
+			// Only for a node this cluster knows (checked above), with a
+			// client certificate's usages, subject and no SANs.
+			d.Reason = "node client certificate requested through OpenShift's node-bootstrapper service account (the kubelet's bootstrap kubeconfig)"
 		default:
-			return refuse("requester %q is neither node %q nor a bootstrap token", user, nodeName)
+			return refuse("requester %q is neither node %q nor a bootstrap token nor OpenShift's node-bootstrapper", user, nodeName)
 		}
 	case SignerKubeletServing:
 		if !allowed(usageSet(c.Spec.Usages), servingUsages...) {
