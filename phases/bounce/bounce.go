@@ -97,6 +97,11 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			},
 		})
 	}
+	users, err := mountActions(ctx, d, live, present)
+	if err != nil {
+		return nil, err
+	}
+	acts = append(acts, users...)
 	for _, ds := range live.RestartDaemonSets {
 		ds := ds
 		acts = append(acts, pipeline.Action{
@@ -124,8 +129,11 @@ func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[strin
 		return nil
 	}
 	name := strings.TrimPrefix(actionID, "bounce/")
-	if strings.HasPrefix(name, "daemonset/") {
-		return nil // a rollout restart needs no undoing
+	if strings.HasPrefix(name, "daemonset/") || strings.HasPrefix(name, "unmanaged/") {
+		return nil // a rollout restart needs no undoing; an unmanaged container was left alone
+	}
+	if strings.HasPrefix(name, "mounts/") {
+		return undoMount(ctx, d, name)
 	}
 	switch name {
 	case "skipped":
