@@ -52,7 +52,6 @@ func newApp() *cli.App {
 			clusterCommand(),
 			factsCommand(),
 			kubeletAuthCommand(),
-			kubeconfigCommand(),
 			timerCommand(),
 			completionCommand(),
 			manCommand(),

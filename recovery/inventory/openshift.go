@@ -39,7 +39,7 @@ var (
 )
 
 // operatorNote is what every operator-managed item says when it is not ok.
-const operatorNote = "owned by the kube-apiserver operator: kubecpr does not renew it; since OpenShift 4.2 the " +
+const operatorNote = "they belong to the kube-apiserver operator and kubecpr does not renew them: since OpenShift 4.2 the " +
 	"cert-regeneration controller in the kube-apiserver static pod regenerates expired ones once the kubelet runs the pod " +
 	"(watch with `oc --kubeconfig " + distro.LocalhostRecoveryKubeconfig + " get clusteroperator kube-apiserver`)"
 
@@ -79,7 +79,9 @@ func BuildOpenShift(n *node.Node, c *node.Cluster, now time.Time, warn time.Dura
 	kk.Store = &KubeconfigStore{Node: n, Path: kk.Path}
 	if n.Exists(kk.Path) {
 		inv.add(kk, cas)
-		if kk.Status != pki.StatusOK {
+		if ref := referencedCert(kk.Store.(*KubeconfigStore)); kk.Status != pki.StatusOK && ref == node.KubeletCurrent {
+			kk.Problems = []string{fmt.Sprintf("%s is %s: it uses %s (below)", kk.Path, kk.Status, node.KubeletCurrent)}
+		} else if kk.Status != pki.StatusOK {
 			kk.Problems = append(kk.Problems, openshiftKubeletClientFix(kk))
 		}
 	}
@@ -104,7 +106,7 @@ func BuildOpenShift(n *node.Node, c *node.Cluster, now time.Time, warn time.Dura
 		rk.Store = &KubeconfigStore{Node: n, Path: rk.Path}
 		inv.add(rk, cas)
 		if rk.Status != pki.StatusOK {
-			rk.Problems = append(rk.Problems, "this is how kubecpr (and the cert-regeneration controllers) reach the local API server "+
+			rk.Problems = append(rk.Problems, rk.Path+" is "+string(rk.Status)+": this is how kubecpr (and the cert-regeneration controllers) reach the local API server "+
 				"while the other certificates are expired; it comes from the node-kubeconfigs secret of openshift-kube-apiserver: "+
 				"kubecpr openshift-node needs another kubeconfig then (--kubeconfig)")
 		}
@@ -123,6 +125,7 @@ func BuildOpenShift(n *node.Node, c *node.Cluster, now time.Time, warn time.Dura
 			inv.Notes = append(inv.Notes, fmt.Sprintf("no %s-N revision under %s: the kube-apiserver's revisioned certificates are not listed",
 				distro.KubeAPIServerPodPrefix, distro.StaticPodResources))
 		}
+		inv.noteOperatorManaged()
 	}
 	return inv, nil
 }
@@ -132,24 +135,45 @@ func BuildOpenShift(n *node.Node, c *node.Cluster, now time.Time, warn time.Dura
 func openshiftKubeletClientFix(it *Item) string {
 	return fmt.Sprintf("%s is %s: the kubelet gets a new client certificate through the bootstrap kubeconfig %s "+
 		"(the node-bootstrapper service account) once it restarts without a usable one and its CSR is approved: "+
-		"`kubecpr openshift-node` sets the old one aside, restarts the kubelet and approves the CSR "+
+		"`kubecpr openshift-node` restarts the kubelet (setting an unusable certificate aside first) and approves the CSR "+
 		"(by hand: stop the kubelet, remove /var/lib/kubelet/pki and %s, start it, `oc adm certificate approve NAME`)",
 		it.Path, it.Status, distro.OpenShiftBootstrapKubeconfig, distro.OpenShiftKubeletKubeconfig)
 }
 
 // addOperatorPair lists one tls.crt/tls.key secret the operator synced.
+// What is wrong with it goes into one note for all of them
+// (noteOperatorManaged), not a problem each.
 func (inv *Inventory) addOperatorPair(name, dir string, optional bool, cas map[string]*CAItem) {
 	it := &Item{Name: name, Kind: KindOperatorManaged, Path: path.Join(dir, "tls.crt"), KeyPath: path.Join(dir, "tls.key"),
 		Optional: optional, External: true}
 	it.Store = &PairStore{Node: inv.Node, CertPath: it.Path, KeyPath: it.KeyPath}
-	before := len(inv.Items)
 	inv.add(it, cas)
-	if len(inv.Items) > before {
-		it.External = true // no CA key on the node: the operator's signers live in the cluster
-		if it.Status != pki.StatusOK {
-			it.Problems = append(it.Problems, it.Path+" is "+string(it.Status)+": "+operatorNote)
+	it.External = true // no CA key on the node: the operator's signers live in the cluster
+}
+
+// noteOperatorManaged says once what happens to the operator-managed
+// certificates that are not ok.
+func (inv *Inventory) noteOperatorManaged() {
+	bad := map[pki.Status][]string{}
+	var order []pki.Status
+	for _, it := range inv.Items {
+		if it.Kind != KindOperatorManaged || it.Status == pki.StatusOK {
+			continue
 		}
+		if len(bad[it.Status]) == 0 {
+			order = append(order, it.Status)
+		}
+		bad[it.Status] = append(bad[it.Status], it.Name)
 	}
+	if len(order) == 0 {
+		return
+	}
+	var parts []string
+	for _, st := range order {
+		parts = append(parts, fmt.Sprintf("%d %s (%s)", len(bad[st]), st, strings.Join(bad[st], ", ")))
+	}
+	inv.Notes = append(inv.Notes, fmt.Sprintf("operator-managed certificates under %s: %s; %s",
+		distro.StaticPodResources, strings.Join(parts, "; "), operatorNote))
 }
 
 // addBootstrapKubeconfig lists the kubelet's bootstrap kubeconfig. It
