@@ -52,6 +52,7 @@ func newApp() *cli.App {
 			clusterCommand(),
 			factsCommand(),
 			kubeletAuthCommand(),
+			kubeconfigCommand(),
 			timerCommand(),
 			completionCommand(),
 			manCommand(),
