@@ -379,7 +379,9 @@ staticPodPath: /etc/kubernetes/manifests
 	if err != nil {
 		return err
 	}
-	if err := g.write(BootstrapKubeconfig, boot, 0o600); err != nil {
+	// Mode 0644: the machine-config server's appendFileToIgnition writes
+	// every file it appends with mode 420.
+	if err := g.write(BootstrapKubeconfig, boot, 0o644); err != nil {
 		return err
 	}
 	// What the kubelet wrote after bootstrapping.
