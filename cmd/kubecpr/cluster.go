@@ -22,7 +22,7 @@ import (
 func clusterFlags() []cli.Flag {
 	return append(append([]cli.Flag{
 		&cli.StringFlag{Name: "inventory", Aliases: []string{"i"}, Usage: "the cluster's nodes: kubecpr's inventory YAML or a kubespray/Ansible YAML inventory (docs/cluster.md)"},
-		&cli.StringFlag{Name: "workers", Value: "bundle", Usage: "how workers get their kubelet credential: bundle (signed here, installed journaled on the worker)"},
+		&cli.StringFlag{Name: "workers", Value: "bundle", Usage: "how workers get their kubelet credential: bundle (signed here, installed journaled on the worker) or bootstrap (a short-lived bootstrap token, bootstrap-kubelet.conf written on the worker, kubelet restarted, its CSR approved here after checking it names an inventory worker)"},
 		&cli.IntFlag{Name: "parallel", Value: 10, Usage: "nodes worked on at once (control planes restart all at once regardless: etcd needs a majority)"},
 		&cli.StringFlag{Name: "ca-from", Usage: "node of the inventory (root: nodes) whose cluster CA signs the workers' kubelet certificates (default: this node, --root)"},
 	}, renewFlags()...), liveFlags()...)
@@ -62,11 +62,8 @@ func clusterStateDir(c *cli.Context) (string, *env, error) {
 // setupLight is setup without discovering the driving node: a workstation
 // driving a cluster has no kubeadm tree of its own.
 func setupLight(c *cli.Context) (*env, error) {
-	format, err := outputFormat(c)
-	if err != nil {
-		return nil, err
-	}
-	e := &env{out: c.App.Writer, data: c.App.Writer, warn: c.Duration("warn"), format: format}
+	e := &env{out: c.App.Writer, warn: c.Duration("warn"), format: c.String("output")}
+	var err error
 	if e.now, err = parseNow(c.String("now")); err != nil {
 		return nil, err
 	}
@@ -164,9 +161,10 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 			}
 		}
 	}
-	if o.CA, err = clusterCA(e, o.Inventory, o.CAFrom); err != nil && len(o.Inventory.Workers()) > 0 && !dryRun {
+	if o.CA, err = clusterCA(e, o.Inventory, o.CAFrom); err != nil && len(o.Inventory.Workers()) > 0 && !dryRun && o.Workers != "bootstrap" {
 		return withCode(ExitPrecondition, err)
 	}
+	o.Control = controlTree(e, o.Inventory, o.CAFrom)
 	d, continued, err := cluster.New(o)
 	if err != nil {
 		return err
@@ -176,7 +174,7 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		if err := d.Prepare(c.Context); err != nil {
 			return withCode(ExitPrecondition, err)
 		}
-		printClusterPlan(e, o.Inventory)
+		printClusterPlan(e, o.Inventory, o.Workers)
 		return nil
 	}
 	start := time.Now()
@@ -213,6 +211,23 @@ func fileSHA(p string) (string, error) {
 	return pki.SHA256(b), nil
 }
 
+// controlTree is the control-plane tree on this machine: --ca-from's
+// root: node, else the driving node (--root) when it has admin.conf.
+func controlTree(e *env, inv *cinv.Inventory, from string) *node.Node {
+	if from != "" {
+		if nd, ok := inv.Find(from); ok && nd.Root != "" {
+			if n, err := node.New(nd.Root); err == nil {
+				return n
+			}
+		}
+		return nil
+	}
+	if e.node.Exists(node.KubernetesDir + "/admin.conf") {
+		return e.node
+	}
+	return nil
+}
+
 // clusterCA finds the cluster CA (with its key) that signs the workers'
 // kubelet certificates: the driving node's, or a root: node's.
 func clusterCA(e *env, inv *cinv.Inventory, from string) (*pki.CA, error) {
@@ -246,7 +261,7 @@ func clusterCA(e *env, inv *cinv.Inventory, from string) (*pki.CA, error) {
 	return &pki.CA{Name: "ca", Cert: cert, Key: k}, nil
 }
 
-func printClusterPlan(e *env, inv *cinv.Inventory) {
+func printClusterPlan(e *env, inv *cinv.Inventory, workers string) {
 	w := e.out
 	fmt.Fprintf(w, "cluster plan for %s (dry run: nothing will be changed); every node matches the inventory\n", inv.Source)
 	names := func(ns []cinv.Node) string {
@@ -261,7 +276,11 @@ func printClusterPlan(e *env, inv *cinv.Inventory) {
 	}
 	fmt.Fprintf(w, "1. offline, control planes (%s): diagnose, backup, certs with each node's own names, kubeconfigs\n", names(inv.ControlPlanes()))
 	fmt.Fprintf(w, "2. restart, all control planes at once (%s): etcd (quorum), API servers, controller-managers, schedulers; csr; verify\n", names(inv.ControlPlanes()))
-	fmt.Fprintf(w, "3. workers (%s): kubelet client certificate signed here, installed journaled, kubelet restarted\n", names(inv.Workers()))
+	if workers == "bootstrap" {
+		fmt.Fprintf(w, "3. workers (%s): a bootstrap token (1h, deleted after), bootstrap-kubelet.conf written journaled on each, kubelet restarted, its client CSR approved here only for an inventory worker\n", names(inv.Workers()))
+	} else {
+		fmt.Fprintf(w, "3. workers (%s): kubelet client certificate signed here, installed journaled, kubelet restarted\n", names(inv.Workers()))
+	}
 	fmt.Fprintf(w, "4. verify, every node: nothing expired, the kubelet authenticates as system:node:NAME\n")
 }
 
@@ -279,7 +298,7 @@ func clusterStatus(c *cli.Context) error {
 		return nil
 	}
 	order, state := cluster.NodeStates(recs)
-	if e.machine() {
+	if e.format != "table" {
 		type row struct {
 			Action string `json:"action"`
 			State  string `json:"state"`
@@ -288,7 +307,7 @@ func clusterStatus(c *cli.Context) error {
 		for _, a := range order {
 			rows = append(rows, row{a, state[a]})
 		}
-		return emit(e.data, e.format, map[string]any{"runID": id, "status": cluster.Status(recs), "actions": rows})
+		return emit(e.out, e.format, map[string]any{"runID": id, "status": cluster.Status(recs), "actions": rows})
 	}
 	fmt.Fprintf(e.out, "cluster run %s: %s\n", id, cluster.Status(recs))
 	tw := tabwriter.NewWriter(e.out, 0, 0, 3, ' ', 0)
@@ -366,7 +385,7 @@ func factsCommand() *cli.Command {
 			if err != nil {
 				return withCode(ExitFailed, err)
 			}
-			return emit(e.data, "json", f)
+			return emit(e.out, "json", f)
 		},
 	}
 }

@@ -230,11 +230,17 @@ func TestClusterBadInventory(t *testing.T) {
 	for name, root := range roots {
 		before[name] = snapshot(t, root)
 	}
-	for _, tc := range []struct{ name, edit, want string }{
-		{"unknown node", "name: cp-3", "cp-3"},
-		{"another cluster's CA", "root: " + roots["cp-3"], "another cluster CA"},
-		{"worker called control plane", "name: w-1, role: worker", "w-1"},
-		{"worker not kubeadm-shaped", "", "w-2"},
+	for _, tc := range []struct {
+		name, edit, want string
+		args             []string
+	}{
+		{"unknown node", "name: cp-3", "cp-3", nil},
+		{"another cluster's CA", "root: " + roots["cp-3"], "another cluster CA", nil},
+		{"worker called control plane", "name: w-1, role: worker", "w-1", nil},
+		{"worker not kubeadm-shaped", "", "w-2", nil},
+		// --workers bootstrap needs kubelets that request certificates:
+		// copies of nodes have none.
+		{"bootstrap workers on copies", "", "w-1, w-2 of", []string{"--workers", "bootstrap"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := string(good)
@@ -256,7 +262,7 @@ func TestClusterBadInventory(t *testing.T) {
 			if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			r := kubecpr(t, nil, "cluster", "run", "--inventory", f, "--ca-from", "cp-1", "--root", t.TempDir(), "--now", now.Format(time.RFC3339))
+			r := kubecpr(t, nil, append([]string{"cluster", "run", "--inventory", f, "--ca-from", "cp-1", "--root", t.TempDir(), "--now", now.Format(time.RFC3339)}, tc.args...)...)
 			if r.code != ExitPrecondition || !strings.Contains(r.stderr, tc.want) {
 				t.Errorf("exit %d, want %d naming %q\n%s%s", r.code, ExitPrecondition, tc.want, r.stdout, r.stderr)
 			}

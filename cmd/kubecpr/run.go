@@ -29,6 +29,7 @@ func renewFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cluster-run", Hidden: true, Usage: "set by kubecpr cluster: the cluster run this node run belongs to (a step re-run after a crash finds its run complete)"},
 		&cli.StringFlag{Name: "apiserver-cert-extra-sans", Usage: "comma-separated IP addresses and DNS names the API server certificate must carry (as kubeadm's flag): it is re-issued with them added, or created with them when missing; the --config certSANs are added too"},
 		&cli.StringFlag{Name: "kubelet-client-bundle", Usage: "worker: install this kubelet client certificate+key (PEM, signed on a control-plane node; `kubecpr cluster` makes it) instead of signing one"},
+		&cli.StringFlag{Name: "kubelet-bootstrap-token-file", Usage: "worker: file holding a bootstrap token (id.secret; `kubecpr cluster --workers bootstrap` makes it): write bootstrap-kubelet.conf with it instead of renewing the kubelet's client certificate, so the restarted kubelet requests one"},
 	}
 }
 
@@ -129,7 +130,8 @@ func options(c *cli.Context) pipeline.Options {
 		Validity: c.Duration("validity"), RenewWithin: c.Duration("renew-within"), RotateKeys: c.Bool("rotate-keys"),
 		CSRDir: c.String("csr-dir"), MigrateOrganizations: c.Bool("migrate-organizations"),
 		UpdateUserKubeconfigs: c.Bool("update-user-kubeconfigs"), DryRun: c.Bool("dry-run"),
-		KubeletClientBundle: c.String("kubelet-client-bundle"), APIServerCertExtraSANs: splitList(c.String("apiserver-cert-extra-sans")),
+		KubeletClientBundle: c.String("kubelet-client-bundle"), KubeletBootstrapTokenFile: c.String("kubelet-bootstrap-token-file"),
+		APIServerCertExtraSANs: splitList(c.String("apiserver-cert-extra-sans")),
 	}
 }
 
@@ -291,7 +293,8 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		if err != nil {
 			return err
 		}
-		return printPlan(e.out, planned, e)
+		printPlan(e.out, planned, e)
+		return nil
 	}
 	r, release, err := openRunner(c, e, opts)
 	if err != nil {
@@ -326,13 +329,26 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		}
 		return err
 	}
-	complete := len(chosen) > 0 && chosen[len(chosen)-1].Name == all[len(all)-1].Name
-	if complete {
+	if sk := r.Skipped(); len(sk) > 0 {
+		fmt.Fprintf(e.out, "not done here (%s is not the live node), left to do on the live node:\n", e.node.Root)
+		for _, s := range sk {
+			fmt.Fprintf(e.out, "  - %s\n", s)
+		}
+	}
+	if len(chosen) > 0 && chosen[len(chosen)-1].Name == all[len(all)-1].Name {
 		if err := r.Complete(); err != nil {
 			return err
 		}
+		what := "complete"
+		if len(r.Skipped()) > 0 {
+			what = "finished on this copy (the skipped stages above are not done)"
+		}
+		fmt.Fprintf(e.out, "run %s %s in %s; backup in %s\n", r.RunID(), what, time.Since(start).Round(time.Millisecond), r.Data().BackupDir())
+	} else {
+		fmt.Fprintf(e.out, "stages done in %s; the run stays open: `kubecpr run --from %s` continues, `kubecpr rollback` undoes it\n",
+			time.Since(start).Round(time.Millisecond), nextStage(all, chosen))
 	}
-	return printSummary(e, r, all, chosen, complete, continued, time.Since(start))
+	return nil
 }
 
 func nextStage(all, chosen []pipeline.Stage) string {
@@ -345,23 +361,7 @@ func nextStage(all, chosen []pipeline.Stage) string {
 	return last
 }
 
-// printPlan writes the plan: text, or a Plan document on e.data.
-func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) error {
-	if e.machine() {
-		p := Plan{TypeMeta: typeMeta(kindPlan), Root: e.node.Root, Now: e.now.UTC(), Stages: []PlanStage{}}
-		for _, ps := range planned {
-			st := PlanStage{Name: ps.Stage.Name, Description: ps.Stage.Short, Note: ps.Note, Actions: []PlanAction{}}
-			for _, a := range ps.Actions {
-				st.Actions = append(st.Actions, PlanAction{ID: a.ID, Summary: a.Summary, Paths: append([]string{}, a.Paths...)})
-			}
-			p.Stages = append(p.Stages, st)
-		}
-		var err error
-		if p.Credentials, err = credentials(e); err != nil {
-			return err
-		}
-		return emitOrFail(e, p)
-	}
+func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) {
 	fmt.Fprintf(w, "plan for %s at %s (dry run: nothing will be changed)\n", e.node.Root, e.now.UTC().Format(time.RFC3339))
 	for i, ps := range planned {
 		fmt.Fprintf(w, "[%d/%d] %s: %s\n", i+1, len(planned), ps.Stage.Name, ps.Stage.Short)
@@ -372,44 +372,6 @@ func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) error {
 			fmt.Fprintf(w, "      • %s\n", a.Summary)
 		}
 	}
-	return nil
-}
-
-// printSummary ends a run that applied its stages: the text summary on
-// e.out, and with -o json|yaml a RunReport on e.data as well.
-func printSummary(e *env, r *pipeline.Runner, all, chosen []pipeline.Stage, complete, continued bool, took time.Duration) error {
-	took = took.Round(time.Millisecond)
-	if sk := r.Skipped(); len(sk) > 0 {
-		fmt.Fprintf(e.out, "not done here (%s is not the live node), left to do on the live node:\n", e.node.Root)
-		for _, s := range sk {
-			fmt.Fprintf(e.out, "  - %s\n", s)
-		}
-	}
-	rep := RunReport{TypeMeta: typeMeta(kindRunReport), RunID: r.RunID(), Root: e.node.Root, Now: e.now.UTC(), Continued: continued,
-		Duration: took.String(), Journal: r.JournalPath(), Backup: r.Data().BackupDir(), Skipped: append([]string{}, r.Skipped()...)}
-	if complete {
-		rep.Result = "complete"
-		what := "complete"
-		if len(r.Skipped()) > 0 {
-			rep.Result = "finished-on-copy"
-			what = "finished on this copy (the skipped stages above are not done)"
-		}
-		fmt.Fprintf(e.out, "run %s %s in %s; backup in %s\n", r.RunID(), what, took, rep.Backup)
-	} else {
-		rep.Result, rep.NextStage = "open", nextStage(all, chosen)
-		fmt.Fprintf(e.out, "stages done in %s; the run stays open: `kubecpr run --from %s` continues, `kubecpr rollback` undoes it\n",
-			took, rep.NextStage)
-	}
-	if !e.machine() {
-		return nil
-	}
-	st := summarize(r.RunID(), !complete, r.Records())
-	rep.Stages, rep.Actions = st.Stages, st.Actions
-	var err error
-	if rep.Credentials, err = credentials(e); err != nil {
-		return err
-	}
-	return emitOrFail(e, rep)
 }
 
 func doResume(c *cli.Context) error {

@@ -47,6 +47,17 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 				extra = append(extra, a)
 				continue
 			}
+			if o.KubeletBootstrapTokenFile != "" {
+				if it.Status == pki.StatusOK && !(o.RenewWithin > 0 && certs.Want(it, d.Now(), o)) {
+					continue // valid: the kubelet would not re-bootstrap, nor need to
+				}
+				a, err := bootstrapAction(d, inv, it)
+				if err != nil {
+					return nil, &pipeline.PreconditionError{Stage: "kubeconfigs", Err: err}
+				}
+				extra = append(extra, a)
+				continue
+			}
 			// The kubelet rotates this itself while it can reach the API;
 			// renew it when it is no longer valid (or within --renew-within),
 			// and issue a new one when it is gone (a deleted pki dir).

@@ -66,6 +66,16 @@ type Options struct {
 	Now      time.Time
 	Validity time.Duration
 	Out      io.Writer
+
+	// Control is the control-plane tree on this machine (the driving
+	// node's --root, or --ca-from): its admin.conf reaches the recovered
+	// API (--workers bootstrap) and its etcd CA signs verify's etcd client.
+	Control *node.Node
+	// BootstrapTTL is the lifetime of --workers bootstrap's token,
+	// BootstrapWait how long each worker's kubelet may take to
+	// authenticate again (defaults DefaultBootstrapTTL, DefaultBootstrapWait).
+	BootstrapTTL, BootstrapWait time.Duration
+
 	// Dial connects to a node; nil uses Connect.
 	Dial func(ctx context.Context, n cinv.Node) (transport.Transport, error)
 }
@@ -407,6 +417,9 @@ const lockedExit = 4
 // a wrong inventory stops here, before any change anywhere.
 func (d *Driver) Prepare(ctx context.Context) error {
 	inv := d.o.Inventory
+	if err := d.checkWorkersMode(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
 	facts := map[string]*Facts{}
 	var mu sync.Mutex
 	res := transport.FanOut(ctx, wrap(inv.Nodes), d.o.Parallel, func(ctx context.Context, n namedNode) error {
@@ -562,7 +575,7 @@ func (d *Driver) Run(ctx context.Context, continued bool) error {
 		return err
 	}
 	// Phase 3: workers.
-	if err := d.step(ctx, PhaseWorkers, workers, d.o.Parallel, d.worker); err != nil {
+	if err := d.workers(ctx, workers); err != nil {
 		return err
 	}
 	if err := d.step(ctx, PhaseVerify, inv.Nodes, d.o.Parallel, d.verify); err != nil {
@@ -576,9 +589,6 @@ func (d *Driver) Run(ctx context.Context, continued bool) error {
 
 // worker recovers one worker's kubelet credential and restarts its kubelet.
 func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
-	if d.o.Workers != "bundle" {
-		return fmt.Errorf("--workers %s is not implemented yet: use --workers bundle", d.o.Workers)
-	}
 	if d.o.CA == nil || d.o.CA.Key == nil {
 		return errors.New("no cluster CA key to sign the workers' kubelet certificates: run kubecpr cluster on a control-plane node (or give --ca-from a root: control-plane node of the inventory)")
 	}

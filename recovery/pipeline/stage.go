@@ -32,6 +32,12 @@ type Options struct {
 	// control-plane node for a worker, which has no CA key. It is installed
 	// as the kubelet's rotating pem instead of signing one here.
 	KubeletClientBundle string
+	// KubeletBootstrapTokenFile is a host path holding a bootstrap token
+	// ("<id>.<secret>", made by `kubecpr cluster --workers bootstrap`):
+	// instead of renewing the kubelet's client credential, the kubeconfigs
+	// stage writes bootstrap-kubelet.conf with it, so the restarted kubelet
+	// requests a new certificate itself.
+	KubeletBootstrapTokenFile string
 	// APIServerCertExtraSANs are IP addresses and DNS names the API server
 	// certificate must carry besides its own (--apiserver-cert-extra-sans,
 	// as kubeadm's flag): it is re-issued with them added, or created with
