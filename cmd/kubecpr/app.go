@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"gopkg.in/yaml.v3"
 
 	"github.com/kubecpr/kubecpr/recovery/distro"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
@@ -33,7 +31,7 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "node root: every node path is resolved under it (a copy of a node for rehearsals)", EnvVars: []string{"KUBECPR_ROOT"}},
 			&cli.StringFlag{Name: "now", Usage: "the clock every expiry decision uses, RFC 3339 (default: the system clock)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table, json or yaml"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: formatText, Usage: "output format: text, json or yaml (json and yaml on stdout, progress on stderr; docs/schema.md)"},
 			&cli.StringFlag{Name: "config", Usage: "kubeadm config file (InitConfiguration/ClusterConfiguration) when the node's files do not say enough"},
 			&cli.StringFlag{Name: "state-dir", Value: node.DefaultState, Usage: "node path of kubecpr's journal, lock and backups"},
 			&cli.DurationFlag{Name: "warn", Value: 30 * 24 * time.Hour, Usage: "a certificate expiring within this is reported as expiring"},
@@ -72,7 +70,8 @@ type env struct {
 	cluster *node.Cluster
 	now     time.Time
 	warn    time.Duration
-	out     io.Writer
+	out     io.Writer // text, progress and notes (stderr when format is json or yaml)
+	data    io.Writer // the json/yaml document (stdout)
 	format  string
 	// updatedOptions are live options given anew to an open run: the
 	// runner journals them so that resume reuses them.
@@ -91,13 +90,14 @@ func parseNow(s string) (time.Time, error) {
 }
 
 func setup(c *cli.Context) (*env, error) {
-	e := &env{out: c.App.Writer, warn: c.Duration("warn"), format: c.String("output")}
-	switch e.format {
-	case "table", "json", "yaml":
-	default:
-		return nil, withCode(ExitFailed, fmt.Errorf("-o %q: want table, json or yaml", e.format))
+	format, err := outputFormat(c)
+	if err != nil {
+		return nil, err
 	}
-	var err error
+	e := &env{out: c.App.Writer, data: c.App.Writer, warn: c.Duration("warn"), format: format}
+	if e.machine() {
+		e.out = c.App.ErrWriter
+	}
 	if e.now, err = parseNow(c.String("now")); err != nil {
 		return nil, err
 	}
@@ -135,30 +135,6 @@ func (e *env) inventory() (*inventory.Inventory, error) {
 	return inv, nil
 }
 
-// emit writes v as json or yaml; table output is the caller's.
-func emit(w io.Writer, format string, v any) error {
-	switch format {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "yaml":
-		// Through JSON, so the yaml keys are the documented json names.
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		var generic any
-		if err := yaml.Unmarshal(b, &generic); err != nil {
-			return err
-		}
-		enc := yaml.NewEncoder(w)
-		enc.SetIndent(2)
-		return enc.Encode(generic)
-	}
-	return fmt.Errorf("unknown format %q", format)
-}
-
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -190,10 +166,10 @@ func locked(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
 // exit code.
 func report(e *env, table func(io.Writer) error, v any, code int) error {
 	var err error
-	if e.format == "table" {
-		err = table(e.out)
+	if e.machine() {
+		err = emit(e.data, e.format, v)
 	} else {
-		err = emit(e.out, e.format, v)
+		err = table(e.out)
 	}
 	if err != nil {
 		return withCode(ExitFailed, err)

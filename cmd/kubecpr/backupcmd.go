@@ -42,17 +42,31 @@ func backupCommand() *cli.Command {
 						names = append(names, d.Name())
 					}
 					sort.Strings(names)
+					list := BackupList{TypeMeta: typeMeta(kindBackupList), Dir: base, Backups: []BackupEntry{}}
 					for _, n := range names {
-						m, err := backup.Load(filepath.Join(base, n))
+						b := BackupEntry{RunID: n, Dir: filepath.Join(base, n), Sources: []string{}}
+						m, err := backup.Load(b.Dir)
 						if err != nil {
-							fmt.Fprintf(e.out, "%s\tINCOMPLETE: %v\n", n, err)
+							b.Error = err.Error()
+							list.Backups = append(list.Backups, b)
+							if !e.machine() {
+								fmt.Fprintf(e.out, "%s\tINCOMPLETE: %v\n", n, err)
+							}
 							continue
 						}
-						var size int64
+						created := m.Created.UTC()
+						b.Complete, b.Created, b.Entries, b.EtcdSnapshot = true, &created, len(m.Entries), m.EtcdSnapshot != nil
+						b.Sources = append(b.Sources, m.Sources...)
 						for _, en := range m.Entries {
-							size += en.Size
+							b.Bytes += en.Size
 						}
-						fmt.Fprintf(e.out, "%s\t%s\t%d entries\t%d bytes\n", n, m.Created.UTC().Format("2006-01-02T15:04:05Z"), len(m.Entries), size)
+						list.Backups = append(list.Backups, b)
+						if !e.machine() {
+							fmt.Fprintf(e.out, "%s\t%s\t%d entries\t%d bytes\n", n, created.Format("2006-01-02T15:04:05Z"), b.Entries, b.Bytes)
+						}
+					}
+					if e.machine() {
+						return emitOrFail(e, list)
 					}
 					return nil
 				},

@@ -62,8 +62,11 @@ func clusterStateDir(c *cli.Context) (string, *env, error) {
 // setupLight is setup without discovering the driving node: a workstation
 // driving a cluster has no kubeadm tree of its own.
 func setupLight(c *cli.Context) (*env, error) {
-	e := &env{out: c.App.Writer, warn: c.Duration("warn"), format: c.String("output")}
-	var err error
+	format, err := outputFormat(c)
+	if err != nil {
+		return nil, err
+	}
+	e := &env{out: c.App.Writer, data: c.App.Writer, warn: c.Duration("warn"), format: format}
 	if e.now, err = parseNow(c.String("now")); err != nil {
 		return nil, err
 	}
@@ -298,7 +301,7 @@ func clusterStatus(c *cli.Context) error {
 		return nil
 	}
 	order, state := cluster.NodeStates(recs)
-	if e.format != "table" {
+	if e.machine() {
 		type row struct {
 			Action string `json:"action"`
 			State  string `json:"state"`
@@ -307,7 +310,7 @@ func clusterStatus(c *cli.Context) error {
 		for _, a := range order {
 			rows = append(rows, row{a, state[a]})
 		}
-		return emit(e.out, e.format, map[string]any{"runID": id, "status": cluster.Status(recs), "actions": rows})
+		return emit(e.data, e.format, map[string]any{"runID": id, "status": cluster.Status(recs), "actions": rows})
 	}
 	fmt.Fprintf(e.out, "cluster run %s: %s\n", id, cluster.Status(recs))
 	tw := tabwriter.NewWriter(e.out, 0, 0, 3, ' ', 0)
@@ -385,7 +388,7 @@ func factsCommand() *cli.Command {
 			if err != nil {
 				return withCode(ExitFailed, err)
 			}
-			return emit(e.out, "json", f)
+			return emit(e.data, "json", f)
 		},
 	}
 }

@@ -69,13 +69,19 @@ func recoveryServerCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					pid, port, expires, ok := apiserver.Running(e.stateDir(c))
-					if !ok {
+					st, err := recoveryServerStatus(e.stateDir(c))
+					if err != nil {
+						return err
+					}
+					if e.machine() {
+						return emitOrFail(e, st)
+					}
+					if !st.Running {
 						fmt.Fprintln(e.out, "no recovery API server is running")
 						return nil
 					}
-					fmt.Fprintf(e.out, "recovery API server: pid %d, https://127.0.0.1:%d, credentials valid until %s\nkubeconfig (0600): %s\n",
-						pid, port, expires, filepath.Join(e.stateDir(c), apiserver.DirName, "kubeconfig"))
+					fmt.Fprintf(e.out, "recovery API server: pid %d, %s, credentials valid until %s\nkubeconfig (0600): %s\n",
+						st.PID, st.URL, st.Expires.Format(time.RFC3339), st.Kubeconfig)
 					return nil
 				},
 			},
@@ -92,4 +98,25 @@ func recoveryServerCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// recoveryServerStatus reads the recovery server's record: its pid, port
+// and the expiry of its credentials. The kubeconfig is named, never read.
+func recoveryServerStatus(stateDir string) (RecoveryServerStatus, error) {
+	st := RecoveryServerStatus{TypeMeta: typeMeta(kindRecoveryServerStatus)}
+	pid, port, expires, ok := apiserver.Running(stateDir)
+	if !ok {
+		return st, nil
+	}
+	t, err := time.Parse(time.RFC3339, expires)
+	if err != nil {
+		rec := filepath.Join(stateDir, apiserver.DirName, "pid")
+		return st, withCode(ExitFailed, fmt.Errorf("%s: the credentials' expiry %q is not RFC 3339: the record is damaged; "+
+			"`kubecpr recovery-server stop` tears the server down", rec, expires))
+	}
+	t = t.UTC()
+	st.Running, st.PID, st.Port, st.Expires = true, pid, port, &t
+	st.URL = fmt.Sprintf("https://127.0.0.1:%d", port)
+	st.Kubeconfig = filepath.Join(stateDir, apiserver.DirName, "kubeconfig")
+	return st, nil
 }

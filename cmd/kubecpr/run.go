@@ -293,8 +293,7 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		if err != nil {
 			return err
 		}
-		printPlan(e.out, planned, e)
-		return nil
+		return printPlan(e.out, planned, e)
 	}
 	r, release, err := openRunner(c, e, opts)
 	if err != nil {
@@ -329,26 +328,13 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 		}
 		return err
 	}
-	if sk := r.Skipped(); len(sk) > 0 {
-		fmt.Fprintf(e.out, "not done here (%s is not the live node), left to do on the live node:\n", e.node.Root)
-		for _, s := range sk {
-			fmt.Fprintf(e.out, "  - %s\n", s)
-		}
-	}
-	if len(chosen) > 0 && chosen[len(chosen)-1].Name == all[len(all)-1].Name {
+	complete := len(chosen) > 0 && chosen[len(chosen)-1].Name == all[len(all)-1].Name
+	if complete {
 		if err := r.Complete(); err != nil {
 			return err
 		}
-		what := "complete"
-		if len(r.Skipped()) > 0 {
-			what = "finished on this copy (the skipped stages above are not done)"
-		}
-		fmt.Fprintf(e.out, "run %s %s in %s; backup in %s\n", r.RunID(), what, time.Since(start).Round(time.Millisecond), r.Data().BackupDir())
-	} else {
-		fmt.Fprintf(e.out, "stages done in %s; the run stays open: `kubecpr run --from %s` continues, `kubecpr rollback` undoes it\n",
-			time.Since(start).Round(time.Millisecond), nextStage(all, chosen))
 	}
-	return nil
+	return printSummary(e, r, all, chosen, complete, continued, time.Since(start))
 }
 
 func nextStage(all, chosen []pipeline.Stage) string {
@@ -361,7 +347,23 @@ func nextStage(all, chosen []pipeline.Stage) string {
 	return last
 }
 
-func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) {
+// printPlan writes the plan: text, or a Plan document on e.data.
+func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) error {
+	if e.machine() {
+		p := Plan{TypeMeta: typeMeta(kindPlan), Root: e.node.Root, Now: e.now.UTC(), Stages: []PlanStage{}}
+		for _, ps := range planned {
+			st := PlanStage{Name: ps.Stage.Name, Description: ps.Stage.Short, Note: ps.Note, Actions: []PlanAction{}}
+			for _, a := range ps.Actions {
+				st.Actions = append(st.Actions, PlanAction{ID: a.ID, Summary: a.Summary, Paths: append([]string{}, a.Paths...)})
+			}
+			p.Stages = append(p.Stages, st)
+		}
+		var err error
+		if p.Credentials, err = credentials(e); err != nil {
+			return err
+		}
+		return emitOrFail(e, p)
+	}
 	fmt.Fprintf(w, "plan for %s at %s (dry run: nothing will be changed)\n", e.node.Root, e.now.UTC().Format(time.RFC3339))
 	for i, ps := range planned {
 		fmt.Fprintf(w, "[%d/%d] %s: %s\n", i+1, len(planned), ps.Stage.Name, ps.Stage.Short)
@@ -372,6 +374,44 @@ func printPlan(w io.Writer, planned []pipeline.PlannedStage, e *env) {
 			fmt.Fprintf(w, "      • %s\n", a.Summary)
 		}
 	}
+	return nil
+}
+
+// printSummary ends a run that applied its stages: the text summary on
+// e.out, and with -o json|yaml a RunReport on e.data as well.
+func printSummary(e *env, r *pipeline.Runner, all, chosen []pipeline.Stage, complete, continued bool, took time.Duration) error {
+	took = took.Round(time.Millisecond)
+	if sk := r.Skipped(); len(sk) > 0 {
+		fmt.Fprintf(e.out, "not done here (%s is not the live node), left to do on the live node:\n", e.node.Root)
+		for _, s := range sk {
+			fmt.Fprintf(e.out, "  - %s\n", s)
+		}
+	}
+	rep := RunReport{TypeMeta: typeMeta(kindRunReport), RunID: r.RunID(), Root: e.node.Root, Now: e.now.UTC(), Continued: continued,
+		Duration: took.String(), Journal: r.JournalPath(), Backup: r.Data().BackupDir(), Skipped: append([]string{}, r.Skipped()...)}
+	if complete {
+		rep.Result = "complete"
+		what := "complete"
+		if len(r.Skipped()) > 0 {
+			rep.Result = "finished-on-copy"
+			what = "finished on this copy (the skipped stages above are not done)"
+		}
+		fmt.Fprintf(e.out, "run %s %s in %s; backup in %s\n", r.RunID(), what, took, rep.Backup)
+	} else {
+		rep.Result, rep.NextStage = "open", nextStage(all, chosen)
+		fmt.Fprintf(e.out, "stages done in %s; the run stays open: `kubecpr run --from %s` continues, `kubecpr rollback` undoes it\n",
+			took, rep.NextStage)
+	}
+	if !e.machine() {
+		return nil
+	}
+	st := summarize(r.RunID(), !complete, r.Records())
+	rep.Stages, rep.Actions = st.Stages, st.Actions
+	var err error
+	if rep.Credentials, err = credentials(e); err != nil {
+		return err
+	}
+	return emitOrFail(e, rep)
 }
 
 func doResume(c *cli.Context) error {

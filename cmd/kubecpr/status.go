@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -14,38 +15,42 @@ import (
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 )
 
-// ActionStatus is one action in `kubecpr status -o json`.
+// ActionStatus is one action of a run, in RunStatus and RunReport.
 type ActionStatus struct {
-	Action   string    `json:"action"`
-	Stage    string    `json:"stage"`
-	State    string    `json:"state"` // done, in-flight, failed, undone
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished,omitempty"`
-	Duration string    `json:"duration,omitempty"`
-	Error    string    `json:"error,omitempty"`
+	Action   string     `json:"action" yaml:"action"`
+	Stage    string     `json:"stage" yaml:"stage"`
+	State    string     `json:"state" yaml:"state"` // in-flight, done, failed, undoing, undone
+	Started  time.Time  `json:"started" yaml:"started"`
+	Finished *time.Time `json:"finished,omitempty" yaml:"finished,omitempty"`
+	Duration string     `json:"duration,omitempty" yaml:"duration,omitempty"`
+	Error    string     `json:"error,omitempty" yaml:"error,omitempty"`
 }
 
-// RunStatus is `kubecpr status -o json`.
+// RunStatus is `kubecpr status -o json|yaml` (docs/schema.md).
 type RunStatus struct {
-	RunID   string         `json:"runID"`
-	Open    bool           `json:"open"`
-	Journal string         `json:"journal"`
-	Stages  []string       `json:"stagesDone"`
-	Actions []ActionStatus `json:"actions"`
+	TypeMeta `yaml:",inline"`
+	StateDir string `json:"stateDir" yaml:"stateDir"`
+	// RunID is the last run's id, "" when none is recorded.
+	RunID   string         `json:"runID" yaml:"runID"`
+	Status  string         `json:"status,omitempty" yaml:"status,omitempty"` // open, complete, rolled-back, restored
+	Open    bool           `json:"open" yaml:"open"`
+	Journal string         `json:"journal,omitempty" yaml:"journal,omitempty"`
+	Stages  []string       `json:"stagesDone" yaml:"stagesDone"`
+	Actions []ActionStatus `json:"actions" yaml:"actions"`
 	// Runs lists every run recorded in the state dir, oldest first.
-	Runs []RunSummary `json:"runs,omitempty"`
+	Runs []RunSummary `json:"runs" yaml:"runs"`
 }
 
 // RunSummary is one recorded run in `kubecpr status`.
 type RunSummary struct {
-	RunID  string `json:"runID"`
-	Status string `json:"status"` // open, complete, rolled-back, restored, unreadable
+	RunID  string `json:"runID" yaml:"runID"`
+	Status string `json:"status" yaml:"status"` // open, complete, rolled-back, restored, unreadable
 }
 
 // allRuns lists every run directory of the state dir with its status.
 func allRuns(stateDir string) []RunSummary {
 	ents, _ := os.ReadDir(filepath.Join(stateDir, "runs"))
-	var out []RunSummary
+	out := []RunSummary{}
 	for _, d := range ents {
 		if !d.IsDir() {
 			continue
@@ -74,14 +79,19 @@ func statusCommand() *cli.Command {
 				return err
 			}
 			if id == "" {
+				if e.machine() {
+					return emit(e.data, e.format, RunStatus{TypeMeta: typeMeta(kindRunStatus), StateDir: dir,
+						Stages: []string{}, Actions: []ActionStatus{}, Runs: allRuns(dir)})
+				}
 				fmt.Fprintln(e.out, "no run recorded in "+dir)
 				return nil
 			}
 			st := summarize(id, open, recs)
+			st.StateDir = dir
 			st.Journal = filepath.Join(dir, "runs", id, "journal.log")
 			st.Runs = allRuns(dir)
-			if e.format != "table" {
-				return emit(e.out, e.format, st)
+			if e.machine() {
+				return emit(e.data, e.format, st)
 			}
 			state := "open (resume or rollback)"
 			if !open {
@@ -106,11 +116,12 @@ func statusCommand() *cli.Command {
 }
 
 func summarize(id string, open bool, recs []journal.Record) RunStatus {
-	st := RunStatus{RunID: id, Open: open}
+	st := RunStatus{TypeMeta: typeMeta(kindRunStatus), RunID: id, Open: open, Status: pipeline.RunStatus(recs),
+		Stages: []string{}, Actions: []ActionStatus{}}
 	idx := map[string]int{}
 	for _, r := range recs {
-		if r.Kind == journal.KindStageEnd {
-			st.Stages = append(st.Stages, r.Stage)
+		if r.Kind == journal.KindStageEnd && !slices.Contains(st.Stages, r.Stage) {
+			st.Stages = append(st.Stages, r.Stage) // once, however often a continued run repeats it
 		}
 		if r.Action == "" {
 			continue
@@ -127,7 +138,8 @@ func summarize(id string, open bool, recs []journal.Record) RunStatus {
 			a.State = "in-flight"
 			a.Error = ""
 		case journal.KindDone:
-			a.State, a.Finished = "done", r.Time
+			finished := r.Time
+			a.State, a.Finished = "done", &finished
 			a.Duration = r.Time.Sub(a.Started).Round(time.Millisecond).String()
 		case journal.KindFailed:
 			a.State, a.Error = "failed", r.Data["error"]
