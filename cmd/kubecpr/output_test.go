@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,10 +18,14 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"gopkg.in/yaml.v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/backup"
 	"github.com/kubecpr/kubecpr/phases"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/test/cluster"
 )
 
 // The documents of docs/schema.md, written here from the documentation and
@@ -619,5 +625,93 @@ func TestCheckOutputCompatible(t *testing.T) {
 				t.Errorf("check -o json into inventory.Report: %v", err)
 			}
 		}
+	}
+}
+
+// recovery-server status of a real recovery API server (kube-apiserver on
+// a kubeadm node's etcd): the document names the running process, its
+// port, and the expiry of the credentials in its kubeconfig, which it
+// names without reading out; the server answers with them.
+func TestRecoveryServerStatusDocument(t *testing.T) {
+	n := cluster.Kubeadm(t, cluster.Options{})
+	etcd := n.StartEtcd(t)
+	defer etcd.Stop()
+	stateDir := n.Path("/var/lib/kubecpr")
+	start := time.Now()
+	r := kubecpr(t, nil, "--root", n.Root, "recovery-server", "start", "--apiserver-binary", filepath.Join(n.Bin, "kube-apiserver"), "--recovery-ttl", "1h")
+	if r.code != 0 {
+		t.Fatalf("recovery-server start: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			kubecpr(t, nil, "--root", n.Root, "recovery-server", "stop")
+		}
+	}()
+	b, err := os.ReadFile(filepath.Join(stateDir, "recovery-server", "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid, port int
+	if _, err := fmt.Sscan(string(b), &pid, &port); err != nil {
+		t.Fatalf("pid record %q: %v", b, err)
+	}
+	for _, format := range []string{"json", "yaml"} {
+		r := kubecpr(t, nil, "--root", n.Root, "recovery-server", "status", "-o", format)
+		if r.code != 0 {
+			t.Fatalf("status -o %s: exit %d\n%s", format, r.code, r.stderr)
+		}
+		var st docRecoveryServerStatus
+		decodeDoc(t, format, r.stdout, "RecoveryServerStatus", &st)
+		kc := filepath.Join(stateDir, "recovery-server", "kubeconfig")
+		if !st.Running || st.PID != pid || st.Port != port || st.URL != fmt.Sprintf("https://127.0.0.1:%d", port) || st.Kubeconfig != kc || st.Expires == nil {
+			t.Fatalf("status -o %s: %+v, want pid %d port %d kubeconfig %s", format, st, pid, port, kc)
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", st.PID)); err != nil {
+			t.Errorf("pid %d is not running: %v", st.PID, err)
+		}
+		if fi, err := os.Stat(st.Kubeconfig); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("kubeconfig %s: %v %v, want 0600", st.Kubeconfig, fi, err)
+		}
+		cfg, err := clientcmd.LoadFromFile(st.Kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var notAfter time.Time
+		for _, ai := range cfg.AuthInfos {
+			blk, _ := pem.Decode(ai.ClientCertificateData)
+			if blk == nil {
+				t.Fatalf("%s: no client certificate", st.Kubeconfig)
+			}
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notAfter = c.NotAfter
+		}
+		if !st.Expires.Equal(notAfter) || st.Expires.Before(start.Add(time.Hour-time.Minute)) || st.Expires.After(time.Now().Add(time.Hour)) {
+			t.Errorf("status -o %s: expires %s; the kubeconfig's client certificate expires %s, started %s with a 1h TTL", format, st.Expires, notAfter, start)
+		}
+		// The document describes a server that answers, with those credentials.
+		rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rc.Host != st.URL {
+			t.Errorf("kubeconfig server %s, status url %s", rc.Host, st.URL)
+		}
+		if _, err := kubernetes.NewForConfigOrDie(rc).CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{}); err != nil {
+			t.Errorf("the recovery server at %s: %v", st.URL, err)
+		}
+	}
+	if r := kubecpr(t, nil, "--root", n.Root, "recovery-server", "stop"); r.code != 0 {
+		t.Fatalf("stop: exit %d\n%s", r.code, r.stderr)
+	}
+	stopped = true
+	r = kubecpr(t, nil, "--root", n.Root, "-o", "json", "recovery-server", "status")
+	var st docRecoveryServerStatus
+	decodeDoc(t, "json", r.stdout, "RecoveryServerStatus", &st)
+	if st.Running || st.PID != 0 || st.Kubeconfig != "" {
+		t.Errorf("after stop: %+v", st)
 	}
 }
