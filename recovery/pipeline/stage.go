@@ -94,6 +94,10 @@ type Live struct {
 	// RestartDaemonSets are NAMESPACE/NAME DaemonSets to roll once the API
 	// server is back (workloads holding their own client certificates).
 	RestartDaemonSets []string
+	// Inspect connects to the container runtime for reading only: a dry
+	// run has it instead of Runtime, so that the plan lists the containers
+	// the bounce stage would restart (found by their mounts).
+	Inspect func() (runtime.Runtime, error)
 	// Close releases the runtime connection if one was made (it never
 	// dials: a run that did not need the runtime exits at once).
 	Close func()
