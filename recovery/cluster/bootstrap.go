@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -240,7 +239,7 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 	deadline := time.Now().Add(wait)
 	var last string
 	for {
-		out, err := d.kubecprQuiet(ctx, n, "kubelet-auth")
+		out, err := d.kubecpr(ctx, n, true, "kubelet-auth")
 		user := strings.TrimSpace(out)
 		if err == nil && user == want {
 			b.mu.Lock()
@@ -276,28 +275,6 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 		case <-time.After(2 * time.Second):
 		}
 	}
-}
-
-// kubecprQuiet runs the node's kubecpr for a poll: stdout returned, stderr
-// kept for the error only (a poll failing until it succeeds is not news).
-func (d *Driver) kubecprQuiet(ctx context.Context, n cinv.Node, args ...string) (string, error) {
-	t, err := d.conn(ctx, n)
-	if err != nil {
-		return "", err
-	}
-	argv := []string{d.binary(n)}
-	if n.Root != "" {
-		argv = append(argv, "--root", n.Root)
-	}
-	argv = append(append(argv, d.o.GlobalArgs...), args...)
-	var out, errb bytes.Buffer
-	if err := t.Run(ctx, argv, &out, &errb); err != nil {
-		if msg := strings.TrimSpace(errb.String()); msg != "" {
-			err = fmt.Errorf("%w: %s", err, msg)
-		}
-		return out.String(), err
-	}
-	return out.String(), nil
 }
 
 func lastLine(s string) string {
