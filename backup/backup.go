@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
-	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 // EntryType of a manifest entry.
@@ -273,12 +272,6 @@ func walkSource(root, src, skipHost string, fn func(visit) error) (sourceResult,
 // by an interrupted Create (no manifest, nothing but Create's own files) is
 // cleared and the backup taken again.
 func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err error) {
-	return CreateOn(fsys.OS, root, dir, sources, now)
-}
-
-// CreateOn is Create writing through fsy (the run's filesystem).
-func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m *Manifest, err error) {
-	fsy = fsys.Or(fsy)
 	if root, err = filepath.Abs(root); err != nil {
 		return nil, err
 	}
@@ -300,7 +293,7 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 	} else if !errors.Is(err, ErrIncomplete) {
 		return nil, err
 	}
-	if err := clearPartial(fsy, dir); err != nil {
+	if err := clearPartial(dir); err != nil {
 		return nil, err
 	}
 
@@ -312,16 +305,16 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 		return nil, err
 	}
 
-	top, err := mkdirAll(fsy, dir, 0o700)
+	top, err := mkdirAll(dir, 0o700)
 	if err != nil {
 		return nil, fmt.Errorf("backup dir %s: %w", dir, err)
 	}
 	defer func() {
 		if err != nil && top != "" {
-			fsy.RemoveAll(top)
+			os.RemoveAll(top)
 		}
 	}()
-	if err := fsy.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
 
@@ -358,7 +351,7 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 				}
 			case TypeFile:
 				e.Blob = filesDir + e.Path
-				if err := copyBlob(fsy, v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e); err != nil {
+				if err := copyBlob(v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e); err != nil {
 					return err
 				}
 			}
@@ -378,18 +371,18 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 			m.Resolved[src] = res.resolved
 		}
 	}
-	if err := syncTree(fsy, filepath.Join(dir, filesDir)); err != nil {
+	if err := syncTree(filepath.Join(dir, filesDir)); err != nil {
 		return nil, err
 	}
-	if err := m.saveOn(fsy, dir); err != nil {
+	if err := m.Save(dir); err != nil {
 		return nil, err
 	}
 	// make the backup directory's own entry durable
-	if err := fsy.SyncDir(filepath.Dir(dir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
 		return nil, err
 	}
 	if top != dir {
-		if err := fsy.SyncDir(filepath.Dir(top)); err != nil {
+		if err := atomicfile.SyncDir(filepath.Dir(top)); err != nil {
 			return nil, err
 		}
 	}
@@ -398,7 +391,7 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 
 // clearPartial removes what an interrupted Create left in dir; anything
 // else in dir is refused rather than deleted.
-func clearPartial(fsy fsys.FS, dir string) error {
+func clearPartial(dir string) error {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -413,12 +406,12 @@ func clearPartial(fsy fsys.FS, dir string) error {
 				"refusing to delete it: move it away or choose another --state-dir", dir, n)
 		}
 	}
-	return fsy.RemoveAll(dir)
+	return os.RemoveAll(dir)
 }
 
 // mkdirAll is os.MkdirAll that also returns the top-most directory it
 // created ("" when dir existed).
-func mkdirAll(fsy fsys.FS, dir string, perm fs.FileMode) (string, error) {
+func mkdirAll(dir string, perm fs.FileMode) (string, error) {
 	top := ""
 	for p := dir; ; p = filepath.Dir(p) {
 		if _, err := os.Lstat(p); err == nil {
@@ -429,10 +422,10 @@ func mkdirAll(fsy fsys.FS, dir string, perm fs.FileMode) (string, error) {
 			break
 		}
 	}
-	return top, fsy.MkdirAll(dir, perm)
+	return top, os.MkdirAll(dir, perm)
 }
 
-func syncTree(fsy fsys.FS, dir string) error {
+func syncTree(dir string) error {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -447,7 +440,7 @@ func syncTree(fsy fsys.FS, dir string) error {
 		return err
 	}
 	for _, d := range dirs {
-		if err := fsy.SyncDir(d); err != nil {
+		if err := atomicfile.SyncDir(d); err != nil {
 			return err
 		}
 	}
@@ -475,8 +468,8 @@ func entryOf(np string, info fs.FileInfo) Entry {
 
 // copyBlob copies the regular file src to dst (0600, fsynced) and fills
 // e's hash, size and metadata from the very file it copied.
-func copyBlob(fsy fsys.FS, src, dst string, e *Entry) error {
-	if err := fsy.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+func copyBlob(src, dst string, e *Entry) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return err
 	}
 	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
@@ -491,7 +484,7 @@ func copyBlob(fsy fsys.FS, src, dst string, e *Entry) error {
 	if !info.Mode().IsRegular() {
 		return fmt.Errorf("%s changed into a %v while being backed up", src, info.Mode().Type())
 	}
-	out, err := fsy.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -523,15 +516,13 @@ func (m *Manifest) buildIndex() {
 }
 
 // Save writes m as dir/manifest.json atomically (0600).
-func (m *Manifest) Save(dir string) error { return m.saveOn(fsys.OS, dir) }
-
-func (m *Manifest) saveOn(fsy fsys.FS, dir string) error {
+func (m *Manifest) Save(dir string) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
 	b = append(b, '\n')
-	if err := atomicfile.On(fsy).WriteFile(filepath.Join(dir, manifestName), b, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, manifestName), b, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
 		return err
 	}
 	m.buildIndex()
@@ -553,7 +544,7 @@ func (m *Manifest) AddEtcdSnapshot(dir, src string) error {
 	}
 	e := Entry{Path: src, Type: TypeFile, Blob: etcdBlob}
 	dst := filepath.Join(dir, filepath.FromSlash(etcdBlob))
-	if err := copyBlob(fsys.OS, src, dst, &e); err != nil {
+	if err := copyBlob(src, dst, &e); err != nil {
 		os.Remove(dst)
 		return err
 	}

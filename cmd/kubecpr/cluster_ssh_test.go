@@ -87,9 +87,37 @@ func TestClusterOverSSH(t *testing.T) {
 	// --ca-from needs a local tree: the CA is read from cp-1's copy here,
 	// as on a control-plane node that drives its own cluster.
 	inv := sshInventory(t, invFile, srv, srv.KnownHostsFile)
+	// The plan copies kubecpr to every node; the run then finds the same
+	// binary (sha256) there and copies nothing, except to the node whose
+	// copy differs.
+	r = kubecpr(t, nil, "cluster", "plan", "--inventory", inv, "--root", roots["cp-1"], "--now", clock)
+	if r.code != 0 || strings.Contains(r.stdout, "[cp-1] kubecpr already at") {
+		// (cp-2 and w-1 got their copy in the run refused above for cp-1.)
+		t.Fatalf("cluster plan over ssh: exit %d (want 0 and cp-1, never reached before, copied)\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	stale := filepath.Join(roots["cp-2"], "var/lib/kubecpr/bin/kubecpr")
+	f, err := os.OpenFile(stale, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 	r = kubecpr(t, nil, "cluster", "run", "--inventory", inv, "--update-user-kubeconfigs", "--root", roots["cp-1"], "--now", clock)
 	if r.code != 0 {
 		t.Fatalf("cluster run over ssh: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, name := range []string{"cp-1", "w-1"} {
+		if !strings.Contains(r.stdout, "["+name+"] kubecpr already at") {
+			t.Errorf("%s: kubecpr copied again although the same binary was there:\n%s", name, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "[cp-2] kubecpr already at") {
+		t.Errorf("cp-2's copy differs (a byte appended) but was not copied again:\n%s", r.stdout)
+	}
+	if got, want := mustRead(t, stale), mustRead(t, kubecprBin(t)); string(got) != string(want) {
+		t.Errorf("cp-2's kubecpr after the run: %d bytes, want the driver's %d", len(got), len(want))
 	}
 	for _, want := range []string{"[cp-1] ", "[cp-2] ", "[w-1] ", "install the kubelet client certificate"} {
 		if !strings.Contains(r.stdout, want) {

@@ -189,19 +189,35 @@ func usesText(uses []MountUse) string {
 // mountActions plans one restart per kubelet-managed container that
 // mounts renewed files (after the static pods: the API server is back when
 // they reconnect), and one notice per container nobody would restart.
+//
+// A dry run (plan) has no Runtime, only Inspect: it lists the containers
+// and says which it would restart; a runtime it cannot reach is a note in
+// the plan, not a failure, as the plan never needed it before.
 func mountActions(ctx context.Context, d pipeline.Data, live *pipeline.Live, handled []string) ([]pipeline.Action, error) {
-	if live.Runtime == nil {
+	dial, dry := live.Runtime, false
+	if dial == nil {
+		dial, dry = live.Inspect, true
+	}
+	if dial == nil {
 		return nil, nil
 	}
-	rt, err := live.Runtime()
-	if err != nil {
-		return nil, err
+	rt, err := dial()
+	var ml runtime.MountLister
+	if err == nil {
+		var ok bool
+		if ml, ok = rt.(runtime.MountLister); !ok {
+			return nil, nil
+		}
 	}
-	ml, ok := rt.(runtime.MountLister)
-	if !ok {
-		return nil, nil
+	var cs []runtime.Mounted
+	if err == nil {
+		cs, err = ml.Mounted(ctx)
 	}
-	cs, err := ml.Mounted(ctx)
+	if err != nil && dry {
+		return []pipeline.Action{{ID: "bounce/mounts-unknown",
+			Summary: fmt.Sprintf("restart every container that mounts renewed files (could not list them now: %v)", err),
+			Run:     func(context.Context) (map[string]string, error) { return map[string]string{"skipped": "dry run"}, nil }}}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("finding the containers that mount renewed files: %w", err)
 	}

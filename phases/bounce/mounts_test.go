@@ -293,6 +293,16 @@ func TestRestartsContainersThatMountRenewedFiles(t *testing.T) {
 		t.Errorf("the plan does not say why the hand-made container is left alone: %s", s)
 	}
 
+	// plan (a dry run) lists the same through Inspect, stopping nothing.
+	dry := &pipeline.Live{Inspect: live.Runtime, Services: live.Services, RestartMethod: "containerd"}
+	dacts, err := Plan(context.Background(), &liveData{data: ld.data, live: dry, cluster: ld.cluster})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dacts) != len(acts) || dacts[2].Summary != acts[2].Summary || dacts[3].ID != acts[3].ID {
+		t.Errorf("the dry run's plan differs: %d actions", len(dacts))
+	}
+
 	start := time.Now()
 	for _, a := range acts[2:] {
 		facts, err := a.Run(context.Background())
@@ -343,5 +353,25 @@ func TestRestartsContainersThatMountRenewedFiles(t *testing.T) {
 	}
 	if b, a := before["//"], after["//"]; !alive(a.Pid) || b.Pid != a.Pid {
 		t.Errorf("the hand-made container was touched")
+	}
+}
+
+// A plan whose runtime cannot be reached says so for the mount users and
+// still plans (a dry run never needed the runtime); a run stops.
+func TestPlanWithoutRuntime(t *testing.T) {
+	n := mountNode(t)
+	down := func() (runtime.Runtime, error) { return nil, fmt.Errorf("cannot reach containerd at /nowhere.sock") }
+	d := &liveData{data: &data{n: n}, live: &pipeline.Live{Inspect: down, Services: &service.Fake{}, RestartMethod: "containerd"}}
+	acts, err := Plan(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := acts[len(acts)-1]
+	if last.ID != "bounce/mounts-unknown" || !strings.Contains(last.Summary, "/nowhere.sock") {
+		t.Errorf("last action %s: %s", last.ID, last.Summary)
+	}
+	d.live = &pipeline.Live{Runtime: down, Services: &service.Fake{}, RestartMethod: "containerd"}
+	if _, err := Plan(context.Background(), d); err == nil || !strings.Contains(err.Error(), "/nowhere.sock") {
+		t.Errorf("a run's plan with no runtime: %v", err)
 	}
 }

@@ -13,15 +13,16 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
 	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
 	"github.com/kubecpr/kubecpr/recovery/cluster/transport"
-	"github.com/kubecpr/kubecpr/recovery/crashpoint"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -88,6 +89,14 @@ type Driver struct {
 	records []journal.Record
 	results map[string]*result
 	conns   map[string]transport.Transport
+	// appended counts journal records written by this process.
+	appended int
+
+	checks verifyState // what verify proved, node by node
+
+	sumOnce sync.Once // sha256 of Binary, for the uploads
+	sum     string
+	sumErr  error
 }
 
 type result struct {
@@ -255,9 +264,17 @@ func (d *Driver) append(r journal.Record) error {
 		return fmt.Errorf("cluster journal %s: %w", d.journalPath(), err)
 	}
 	d.records = append(d.records, out)
-	crashpoint.At(crashpoint.ClusterRecord)
+	d.appended++
+	if crashAfter > 0 && d.appended == crashAfter {
+		// Crash-test seam: die like a power cut right after the record is
+		// durable (KUBECPR_CLUSTER_CRASH_AFTER_RECORD).
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
 	return nil
 }
+
+var crashAfter, _ = strconv.Atoi(os.Getenv("KUBECPR_CLUSTER_CRASH_AFTER_RECORD"))
 
 // done reports whether the journal shows action done (and not undone).
 func (d *Driver) done(action string) bool {
@@ -471,12 +488,23 @@ func (d *Driver) upload(ctx context.Context, n cinv.Node) error {
 	if err != nil {
 		return err
 	}
+	sum, err := d.binarySum()
+	if err != nil {
+		return err
+	}
+	dst := d.binary(n)
+	// The same kubecpr already there (a resumed run, a second run, a plan
+	// before the run): nothing to copy.
+	var out bytes.Buffer
+	if err := t.Run(ctx, []string{"sha256sum", dst}, &out, io.Discard); err == nil && strings.HasPrefix(out.String(), sum+" ") {
+		fmt.Fprintf(d.o.Out, "[%s] kubecpr already at %s (sha256 %.12s…): not copied\n", n.Name, dst, sum)
+		return nil
+	}
 	f, err := os.Open(d.o.Binary)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	dst := d.binary(n)
 	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(dst)}, io.Discard, io.Discard); err != nil {
 		return fmt.Errorf("creating %s: %w", filepath.Dir(dst), err)
 	}
@@ -484,6 +512,25 @@ func (d *Driver) upload(ctx context.Context, n cinv.Node) error {
 		return fmt.Errorf("copying kubecpr to %s: %w", dst, err)
 	}
 	return nil
+}
+
+// binarySum is the sha256 of this kubecpr (computed once).
+func (d *Driver) binarySum() (string, error) {
+	d.sumOnce.Do(func() {
+		f, err := os.Open(d.o.Binary)
+		if err != nil {
+			d.sumErr = err
+			return
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			d.sumErr = fmt.Errorf("reading %s: %w", d.o.Binary, err)
+			return
+		}
+		d.sum = hex.EncodeToString(h.Sum(nil))
+	})
+	return d.sum, d.sumErr
 }
 
 // step runs fn on nodes (parallel bound p) as journaled cluster actions
@@ -608,21 +655,29 @@ func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
 // its kubelet authenticates against the API server with its credential.
 func (d *Driver) verify(ctx context.Context, n cinv.Node) error {
 	if err := d.checkNode(ctx, n); err != nil {
+		d.setRow(n, func(r *verifyRow) { r.check = "FAILED" })
 		return err
 	}
+	d.setRow(n, func(r *verifyRow) { r.check = "nothing expired" })
 	if !d.live(n) {
+		d.setRow(n, func(r *verifyRow) { r.kubelet = "copy: checked offline" })
 		fmt.Fprintf(d.o.Out, "[%s] a copy of a node (root: without --kubelet-restart-command or --cri-socket): the kubelet's credential is checked offline only\n", n.Name)
 		return nil
 	}
 	out, err := d.kubecpr(ctx, n, true, "kubelet-auth")
 	if err != nil {
+		d.setRow(n, func(r *verifyRow) { r.kubelet = "FAILED" })
 		return fmt.Errorf("the kubelet's credential: %w", err)
 	}
 	user := strings.TrimSpace(out)
+	d.setRow(n, func(r *verifyRow) { r.kubelet = user })
 	if user != "system:node:"+n.Name {
 		return fmt.Errorf("the kubelet authenticates as %q, want system:node:%s", user, n.Name)
 	}
 	fmt.Fprintf(d.o.Out, "[%s] kubelet authenticates as %s\n", n.Name, user)
+	if n.Role == cinv.ControlPlane {
+		return d.verifyControlPlane(ctx, n)
+	}
 	return nil
 }
 
@@ -742,6 +797,7 @@ func (d *Driver) Summary(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.node, r.role, r.phase, r.state, took)
 	}
 	tw.Flush()
+	d.VerifyTable(w)
 }
 
 // NodeStates summarises a cluster journal: action → state.

@@ -13,7 +13,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"path"
+	"strings"
 	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pki"
 )
 
 // Facts is what one node says about itself, offline (`kubecpr facts`):
@@ -36,6 +39,15 @@ type Facts struct {
 	// stacked control-plane node.
 	EtcdName           string `json:"etcdName,omitempty"`
 	EtcdInitialCluster string `json:"etcdInitialCluster,omitempty"`
+	// Where this control plane serves, from its manifests (cluster
+	// verify dials them): etcd's advertised client and peer URLs, the API
+	// server's advertise address and secure port (host:port).
+	EtcdClientURL string `json:"etcdClientURL,omitempty"`
+	EtcdPeerURL   string `json:"etcdPeerURL,omitempty"`
+	APIServer     string `json:"apiServer,omitempty"`
+	// Serials of the serving certificates on disk (hex): apiserver,
+	// etcd-server, etcd-peer. Cluster verify expects them on the wire.
+	Serials map[string]string `json:"serials,omitempty"`
 }
 
 // Role names.
@@ -67,9 +79,35 @@ func ReadFacts(n *node.Node, c *node.Cluster, inv *inventory.Inventory) (*Facts,
 		if m, err := n.ReadManifest(path.Join(dir, "etcd.yaml")); err == nil {
 			f.EtcdName = m.Flags["name"]
 			f.EtcdInitialCluster = m.Flags["initial-cluster"]
+			f.EtcdClientURL = firstURL(m.Flags["advertise-client-urls"])
+			f.EtcdPeerURL = firstURL(m.Flags["initial-advertise-peer-urls"])
+		}
+		if m, err := n.ReadManifest(path.Join(dir, "kube-apiserver.yaml")); err == nil && m.Flags["advertise-address"] != "" {
+			port := m.Flags["secure-port"]
+			if port == "" {
+				port = "6443"
+			}
+			f.APIServer = net.JoinHostPort(m.Flags["advertise-address"], port)
+		}
+		pkiDir := node.DefaultPKIDir
+		if c != nil && c.PKIDir != "" {
+			pkiDir = c.PKIDir
+		}
+		f.Serials = map[string]string{}
+		for name, file := range map[string]string{"apiserver": "apiserver.crt", "etcd-server": "etcd/server.crt", "etcd-peer": "etcd/peer.crt"} {
+			if b, err := n.ReadFile(path.Join(pkiDir, file)); err == nil {
+				if crt, err := pki.ParseCertificate(b); err == nil {
+					f.Serials[name] = crt.SerialNumber.Text(16)
+				}
+			}
 		}
 	}
 	return f, nil
+}
+
+func firstURL(list string) string {
+	first, _, _ := strings.Cut(list, ",")
+	return strings.TrimSpace(first)
 }
 
 // KubeletIdentity proves that the kubelet's current client credential

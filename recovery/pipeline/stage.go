@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kubecpr/kubecpr/recovery/fsys"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
@@ -69,9 +68,6 @@ type Data interface {
 	// old and new hashes, atomic writes, done), as its own action id:
 	// rollback restores them like any other file change.
 	ApplyFiles(ctx context.Context, stage, actionID string, ops []node.FileOp) error
-	// FS is how a stage changes files itself (a directory it creates):
-	// the run's filesystem.
-	FS() fsys.FS
 }
 
 // Live carries the interfaces to the node's running parts.
@@ -98,6 +94,10 @@ type Live struct {
 	// RestartDaemonSets are NAMESPACE/NAME DaemonSets to roll once the API
 	// server is back (workloads holding their own client certificates).
 	RestartDaemonSets []string
+	// Inspect connects to the container runtime for reading only: a dry
+	// run has it instead of Runtime, so that the plan lists the containers
+	// the bounce stage would restart (found by their mounts).
+	Inspect func() (runtime.Runtime, error)
 	// Close releases the runtime connection if one was made (it never
 	// dials: a run that did not need the runtime exits at once).
 	Close func()

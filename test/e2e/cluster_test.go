@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/kubecprbin"
@@ -184,4 +188,172 @@ func quoteArgs(args []string) string {
 		q[i] = "'" + strings.ReplaceAll(a, "'", "''") + "'"
 	}
 	return strings.Join(q, ", ")
+}
+
+// TestClusterWorkersBootstrap: `kubecpr cluster run --workers bootstrap`
+// against a real control plane (kubeadm layout, etcd and kube-apiserver in
+// real containerd), two expired workers whose kubelets re-bootstrap.
+//
+// The worker side is the stand-in kubelet (cluster.BootstrapKubelet): on
+// the restart kubecpr's worker run makes, it finds its client certificate
+// expired and files a real CSR through client-go with the bootstrap
+// token from the bootstrap-kubelet.conf kubecpr wrote, exactly as the
+// kubelet does. worker-1's stand-in also files one for "intruder" (a Node
+// the API knows, not in the inventory) with the same token: the approver
+// must refuse it.
+//
+// Proven: each worker's new certificate authenticates as
+// system:node:NAME against the real API server (SelfSubjectReview), its
+// CSR was filed by system:bootstrap:<id> and approved by kubecpr; the
+// intruder's CSR is still pending, without a certificate, and the run
+// named it with the reason; the bootstrap token's Secret is gone;
+// bootstrap-kubelet.conf is 0600 and the token file pushed to the worker
+// is gone; the token's secret is not in kubecpr's output or journals.
+func TestClusterWorkersBootstrap(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	lap := func(what string) { t.Logf("%s at %s", what, time.Since(start).Round(100*time.Millisecond)) }
+	cp := cluster.ControlPlanes(t, 1, cluster.Options{})[0]
+	workers := []*cluster.Node{
+		cluster.Worker(t, cp, "worker-1", "127.0.0.2"),
+		cluster.Worker(t, cp, "worker-2", "127.0.0.3"),
+	}
+	run := cluster.StartControlPlanes(t, []*cluster.Node{cp}, cluster.RunOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := cp.GrantNodeBootstrappers(ctx, t); err != nil {
+		t.Fatal(err)
+	}
+	// "intruder" is a Node the cluster knows (say, one taken out of the
+	// inventory) but not a worker of this run: only the inventory check
+	// refuses its CSR.
+	if _, err := cp.Client(t, cluster.AdminConf).CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "intruder"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cluster.ExpireAll(t, append([]*cluster.Node{cp}, workers...), 48*time.Hour)
+	run.RestartAll(t)
+	lap("cluster up, expired, restarted")
+	kubelets := []*cluster.BootstrapKubelet{
+		cluster.StartBootstrapKubelet(t, workers[0], "intruder"),
+		cluster.StartBootstrapKubelet(t, workers[1], ""),
+	}
+
+	dir := t.TempDir()
+	rn := run.Node(cp)
+	var inv strings.Builder
+	inv.WriteString("apiVersion: kubecpr.io/v1alpha1\nkind: Inventory\nnodes:\n")
+	fmt.Fprintf(&inv, "  - name: %s\n    role: control-plane\n    address: %s\n    root: %s\n    args: [%s]\n",
+		cp.Name, cp.Address, cp.Root, quoteArgs([]string{"--cri-socket", rn.Socket, "--kubelet-restart-command", rn.KubeletRestartCommand}))
+	for i, w := range workers {
+		// The bounce stage lists the node's containers (those mounting
+		// renewed files are restarted): a worker's runtime is a real
+		// containerd too, here cp-1's (whose containers mount only cp-1's
+		// tree, so none is the worker's).
+		fmt.Fprintf(&inv, "  - name: %s\n    role: worker\n    root: %s\n    args: [%s]\n", w.Name, w.Root,
+			quoteArgs([]string{"--kubelet-restart-command", kubelets[i].RestartCommand, "--cri-socket", rn.Socket}))
+	}
+	invFile := filepath.Join(dir, "inventory.yaml")
+	if err := os.WriteFile(invFile, []byte(inv.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	driver := filepath.Join(dir, "driver")
+	if err := os.MkdirAll(driver, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res := kubecprbin.Run(t, nil, "--root", driver, "cluster", "run", "--inventory", invFile, "--ca-from", cp.Name,
+		"--workers", "bootstrap", "--component-timeout", "3m")
+	lap("cluster run")
+	if res.Code != 0 {
+		t.Fatalf("kubecpr cluster run --workers bootstrap: exit %d\n%s%s\n%s", res.Code, res.Stdout, res.Stderr, run.Diagnostics())
+	}
+	if i := strings.Index(res.Stdout, "NODE "); i >= 0 {
+		t.Logf("kubecpr cluster run summary:\n%s", res.Stdout[i:])
+	}
+
+	admin := cp.Client(t, cluster.AdminConf)
+	tokenID := ""
+	for i, w := range workers {
+		user, err := w.WhoAmI(ctx, cluster.KubeletConf)
+		if err != nil || user != "system:node:"+w.Name {
+			t.Errorf("%s: the kubelet's new certificate authenticates as %q (%v), want system:node:%s", w.Name, user, err, w.Name)
+		}
+		csrs := kubelets[i].CSRs()
+		if len(csrs) == 0 {
+			t.Errorf("%s: the stand-in kubelet filed no CSR (errors %v)", w.Name, kubelets[i].Errors())
+			continue
+		}
+		c, err := admin.CertificatesV1().CertificateSigningRequests().Get(ctx, csrs[len(csrs)-1], metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, ok := strings.CutPrefix(c.Spec.Username, "system:bootstrap:")
+		if !ok || len(c.Status.Certificate) == 0 || !approvedBy(c, "KubecprApproved") {
+			t.Errorf("%s: CSR %s by %q, approved by kubecpr %v, certificate %d bytes", w.Name, c.Name, c.Spec.Username, approvedBy(c, "KubecprApproved"), len(c.Status.Certificate))
+		}
+		if tokenID != "" && id != tokenID {
+			t.Errorf("workers used different tokens: %s and %s", tokenID, id)
+		}
+		tokenID = id
+		if st, err := os.Stat(w.Path(cluster.BootstrapKubeconfig)); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %s: %v %v, want a 0600 file", w.Name, cluster.BootstrapKubeconfig, st, err)
+		}
+		if _, err := os.Stat(w.Path("/var/lib/kubecpr/incoming/bootstrap-token")); !os.IsNotExist(err) {
+			t.Errorf("%s: the pushed token file is still there (%v)", w.Name, err)
+		}
+	}
+	// The intruder's CSR: refused, reported, left pending.
+	csrs := kubelets[0].CSRs()
+	if len(csrs) < 2 {
+		t.Fatalf("worker-1's stand-in filed %v, want the intruder's CSR and its own", csrs)
+	}
+	c, err := admin.CertificatesV1().CertificateSigningRequests().Get(ctx, csrs[0], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Status.Conditions) != 0 || len(c.Status.Certificate) != 0 {
+		t.Errorf("the intruder's CSR %s was decided: %+v, certificate %d bytes", c.Name, c.Status.Conditions, len(c.Status.Certificate))
+	}
+	if !strings.Contains(res.Stdout, "refused "+c.Name) || !strings.Contains(res.Stdout, `node "intruder" is not one of the nodes`) {
+		t.Errorf("the run does not report the intruder's CSR %s refused:\n%s", c.Name, res.Stdout)
+	}
+	// The token is gone from the API, and its secret from every output.
+	secrets, err := admin.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{FieldSelector: "type=bootstrap.kubernetes.io/token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets.Items {
+		t.Errorf("bootstrap token Secret %s left in kube-system", s.Name)
+	}
+	bc, err := workers[0].RESTConfig(cluster.BootstrapKubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, secret, _ := strings.Cut(bc.BearerToken, ".")
+	if id != tokenID || len(secret) != 16 {
+		t.Fatalf("bootstrap-kubelet.conf holds token %s.<%d characters>, want %s.<16>", id, len(secret), tokenID)
+	}
+	if strings.Contains(res.Stdout+res.Stderr, secret) {
+		t.Error("the bootstrap token's secret is in kubecpr's output")
+	}
+	for _, root := range []string{driver, workers[0].Root, workers[1].Root} {
+		_ = filepath.WalkDir(filepath.Join(root, "var/lib/kubecpr"), func(p string, de os.DirEntry, err error) error {
+			if err != nil || de.IsDir() || !strings.HasSuffix(p, ".log") {
+				return nil
+			}
+			if b, _ := os.ReadFile(p); strings.Contains(string(b), secret) {
+				t.Errorf("%s holds the bootstrap token's secret", p)
+			}
+			return nil
+		})
+	}
+	lap("proven")
+}
+
+func approvedBy(c *certificatesv1.CertificateSigningRequest, reason string) bool {
+	for _, cond := range c.Status.Conditions {
+		if cond.Type == certificatesv1.CertificateApproved && cond.Reason == reason {
+			return true
+		}
+	}
+	return false
 }
