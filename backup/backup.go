@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 // EntryType of a manifest entry.
@@ -272,6 +273,12 @@ func walkSource(root, src, skipHost string, fn func(visit) error) (sourceResult,
 // by an interrupted Create (no manifest, nothing but Create's own files) is
 // cleared and the backup taken again.
 func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err error) {
+	return CreateOn(fsys.OS, root, dir, sources, now)
+}
+
+// CreateOn is Create writing through fsy (the run's filesystem).
+func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m *Manifest, err error) {
+	fsy = fsys.Or(fsy)
 	if root, err = filepath.Abs(root); err != nil {
 		return nil, err
 	}
@@ -293,7 +300,7 @@ func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err
 	} else if !errors.Is(err, ErrIncomplete) {
 		return nil, err
 	}
-	if err := clearPartial(dir); err != nil {
+	if err := clearPartial(fsy, dir); err != nil {
 		return nil, err
 	}
 
@@ -305,16 +312,16 @@ func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err
 		return nil, err
 	}
 
-	top, err := mkdirAll(dir, 0o700)
+	top, err := mkdirAll(fsy, dir, 0o700)
 	if err != nil {
 		return nil, fmt.Errorf("backup dir %s: %w", dir, err)
 	}
 	defer func() {
 		if err != nil && top != "" {
-			os.RemoveAll(top)
+			fsy.RemoveAll(top)
 		}
 	}()
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := fsy.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
 
@@ -351,7 +358,7 @@ func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err
 				}
 			case TypeFile:
 				e.Blob = filesDir + e.Path
-				if err := copyBlob(v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e); err != nil {
+				if err := copyBlob(fsy, v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e); err != nil {
 					return err
 				}
 			}
@@ -371,18 +378,18 @@ func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err
 			m.Resolved[src] = res.resolved
 		}
 	}
-	if err := syncTree(filepath.Join(dir, filesDir)); err != nil {
+	if err := syncTree(fsy, filepath.Join(dir, filesDir)); err != nil {
 		return nil, err
 	}
-	if err := m.Save(dir); err != nil {
+	if err := m.saveOn(fsy, dir); err != nil {
 		return nil, err
 	}
 	// make the backup directory's own entry durable
-	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
+	if err := fsy.SyncDir(filepath.Dir(dir)); err != nil {
 		return nil, err
 	}
 	if top != dir {
-		if err := atomicfile.SyncDir(filepath.Dir(top)); err != nil {
+		if err := fsy.SyncDir(filepath.Dir(top)); err != nil {
 			return nil, err
 		}
 	}
@@ -391,7 +398,7 @@ func Create(root, dir string, sources []string, now time.Time) (m *Manifest, err
 
 // clearPartial removes what an interrupted Create left in dir; anything
 // else in dir is refused rather than deleted.
-func clearPartial(dir string) error {
+func clearPartial(fsy fsys.FS, dir string) error {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -406,12 +413,12 @@ func clearPartial(dir string) error {
 				"refusing to delete it: move it away or choose another --state-dir", dir, n)
 		}
 	}
-	return os.RemoveAll(dir)
+	return fsy.RemoveAll(dir)
 }
 
 // mkdirAll is os.MkdirAll that also returns the top-most directory it
 // created ("" when dir existed).
-func mkdirAll(dir string, perm fs.FileMode) (string, error) {
+func mkdirAll(fsy fsys.FS, dir string, perm fs.FileMode) (string, error) {
 	top := ""
 	for p := dir; ; p = filepath.Dir(p) {
 		if _, err := os.Lstat(p); err == nil {
@@ -422,10 +429,10 @@ func mkdirAll(dir string, perm fs.FileMode) (string, error) {
 			break
 		}
 	}
-	return top, os.MkdirAll(dir, perm)
+	return top, fsy.MkdirAll(dir, perm)
 }
 
-func syncTree(dir string) error {
+func syncTree(fsy fsys.FS, dir string) error {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -440,7 +447,7 @@ func syncTree(dir string) error {
 		return err
 	}
 	for _, d := range dirs {
-		if err := atomicfile.SyncDir(d); err != nil {
+		if err := fsy.SyncDir(d); err != nil {
 			return err
 		}
 	}
@@ -468,8 +475,8 @@ func entryOf(np string, info fs.FileInfo) Entry {
 
 // copyBlob copies the regular file src to dst (0600, fsynced) and fills
 // e's hash, size and metadata from the very file it copied.
-func copyBlob(src, dst string, e *Entry) error {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+func copyBlob(fsy fsys.FS, src, dst string, e *Entry) error {
+	if err := fsy.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return err
 	}
 	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
@@ -484,7 +491,7 @@ func copyBlob(src, dst string, e *Entry) error {
 	if !info.Mode().IsRegular() {
 		return fmt.Errorf("%s changed into a %v while being backed up", src, info.Mode().Type())
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	out, err := fsy.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -516,13 +523,15 @@ func (m *Manifest) buildIndex() {
 }
 
 // Save writes m as dir/manifest.json atomically (0600).
-func (m *Manifest) Save(dir string) error {
+func (m *Manifest) Save(dir string) error { return m.saveOn(fsys.OS, dir) }
+
+func (m *Manifest) saveOn(fsy fsys.FS, dir string) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
 	b = append(b, '\n')
-	if err := atomicfile.WriteFile(filepath.Join(dir, manifestName), b, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
+	if err := atomicfile.On(fsy).WriteFile(filepath.Join(dir, manifestName), b, atomicfile.Options{Mode: 0o600, ForceMode: true}); err != nil {
 		return err
 	}
 	m.buildIndex()
@@ -544,7 +553,7 @@ func (m *Manifest) AddEtcdSnapshot(dir, src string) error {
 	}
 	e := Entry{Path: src, Type: TypeFile, Blob: etcdBlob}
 	dst := filepath.Join(dir, filepath.FromSlash(etcdBlob))
-	if err := copyBlob(src, dst, &e); err != nil {
+	if err := copyBlob(fsys.OS, src, dst, &e); err != nil {
 		os.Remove(dst)
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kubecpr/kubecpr/recovery/distro"
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
@@ -50,6 +51,7 @@ func newApp() *cli.App {
 			clusterCommand(),
 			factsCommand(),
 			kubeletAuthCommand(),
+			openshiftNodeCommand(),
 			kubeconfigCommand(),
 			timerCommand(),
 			completionCommand(),
@@ -105,10 +107,14 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, withCode(ExitFailed, err)
 	}
 	// k3s and RKE2 rotate their own certificates: say so, change nothing.
-	if d, err := distro.Detect(e.node); err != nil {
+	d, err := distro.Detect(e.node)
+	if err != nil {
 		return nil, withCode(ExitPrecondition, err)
 	} else if msg := d.Notice(); msg != "" {
 		fmt.Fprintf(c.App.ErrWriter, "kubecpr: note: %s\n", msg)
+	}
+	if err := refuseOpenShift(c, d); err != nil {
+		return nil, err
 	}
 	cl, err := e.node.Discover(c.String("config"))
 	if err != nil {
@@ -117,7 +123,7 @@ func setup(c *cli.Context) (*env, error) {
 			// The node name is unknown: checks that need it are skipped,
 			// and the report says so.
 			fmt.Fprintf(c.App.ErrWriter, "kubecpr: warning: %v\n", err)
-		} else {
+		} else if !openshiftDiscovered(c, d, cl, ue) {
 			return nil, withCode(ExitFailed, err)
 		}
 	}
@@ -145,6 +151,11 @@ func splitList(s string) []string {
 	return out
 }
 
+// runFS is how runs change files: nil, the real disk. Only this
+// package's tests set it (the power-loss filesystem); nothing in the
+// shipped binary does.
+var runFS fsys.FS
+
 // locked runs fn with the environment set up and the node lock held: the
 // shape of every command that changes the node outside the pipeline.
 func locked(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
@@ -153,7 +164,7 @@ func locked(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
 		if err != nil {
 			return err
 		}
-		lock, err := journal.Acquire(e.stateDir(c), time.Now())
+		lock, err := journal.AcquireOn(runFS, e.stateDir(c), time.Now())
 		if err != nil {
 			return err
 		}

@@ -130,3 +130,44 @@ func fileSet(s map[string]string) map[string]string {
 	}
 	return out
 }
+
+// The shipped binary has no crash seam: built as `make build` builds it
+// (no kubecpr_crashtest tag), it carries none of the seam's environment
+// variable names, and a run with them set completes instead of dying.
+func TestShippedBinaryHasNoCrashSeam(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "kubecpr")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"KUBECPR_CRASH_AT", "KUBECPR_CRASH_AFTER_RECORD", "KUBECPR_CLUSTER_CRASH_AFTER_RECORD"} {
+		if strings.Contains(string(b), name) {
+			t.Errorf("the shipped binary contains %s: the crash seam must be compiled only with -tags kubecpr_crashtest", name)
+		}
+	}
+	// The test build does contain it (else this test proves nothing).
+	tb, err := os.ReadFile(kubecprBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(tb), "KUBECPR_CRASH_AFTER_RECORD") {
+		t.Error("the test build lacks the crash seam: crash tests would not crash")
+	}
+
+	root := copyNode(t, expiredNode(t))
+	run := exec.Command(bin, "--root", root, "run", "--until", "kubeconfigs")
+	run.Env = append(os.Environ(), "KUBECPR_CRASH_AFTER_RECORD=1", "KUBECPR_CRASH_AT=backup")
+	out, err := run.CombinedOutput()
+	if err != nil {
+		t.Fatalf("shipped binary with the crash variables set: %v\n%s", err, out)
+	}
+	// --until kubeconfigs: the run stops, open, after its last stage
+	if recs := journalRecords(t, root); len(recs) < 10 || recs[len(recs)-1].Kind != journal.KindStageEnd || recs[len(recs)-1].Stage != "kubeconfigs" {
+		t.Errorf("run did not get through kubeconfigs: %d records, last %+v", len(recs), recs[len(recs)-1])
+	}
+}

@@ -186,13 +186,13 @@ func resumeCommand() *cli.Command {
 // openRunner sets up a runner with the node lock held.
 func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner, func(), error) {
 	r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
-		Out: e.out, StateDir: e.stateDir(c), Stages: phases.All()}
+		Out: e.out, StateDir: e.stateDir(c), Stages: phases.All(), FS: runFS}
 	lv, err := live(c, e)
 	if err != nil {
 		return nil, nil, err
 	}
 	r.LiveNode = lv
-	lock, err := journal.Acquire(r.StateDir, time2(e))
+	lock, err := journal.AcquireOn(runFS, r.StateDir, time2(e))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/crashpoint"
 	"github.com/kubecpr/kubecpr/recovery/health"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
@@ -219,7 +220,7 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 			if err := rt.Stop(cctx, oldID, stopGrace(live, timeout)); err != nil {
 				return fail(err)
 			}
-			pipeline.CrashPoint("bounce-stopped-" + comp)
+			crashpoint.At("bounce-stopped-" + comp)
 		}
 	}
 	if rt != nil {
@@ -304,7 +305,7 @@ func cycleManifest(ctx context.Context, d pipeline.Data, rt runtime.Runtime, com
 	if err := atomicfile.Rename(in, out); err != nil {
 		return false, fmt.Errorf("moving %s out: %w", in, err)
 	}
-	pipeline.CrashPoint("bounce-manifest-out-" + comp)
+	crashpoint.At("bounce-manifest-out-" + comp)
 	if rt != nil && oldID != "" {
 		wait := live.ManifestWait
 		if wait == 0 {

@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
@@ -333,19 +333,19 @@ func EnsureDirs(d pipeline.Data, stage string, acts []pipeline.Action) []pipelin
 	sort.Strings(dirs) // parents first
 	var out []pipeline.Action
 	for _, dir := range dirs {
-		out = append(out, mkdirAction(n, stage, dir))
+		out = append(out, mkdirAction(d.FS(), n, stage, dir))
 	}
 	return append(out, acts...)
 }
 
-func mkdirAction(n *node.Node, stage, dir string) pipeline.Action {
+func mkdirAction(fsy fsys.FS, n *node.Node, stage, dir string) pipeline.Action {
 	return pipeline.Action{
 		ID:      stage + mkdirPrefix + dir,
 		Summary: fmt.Sprintf("create directory %s (missing), mode 0755", dir),
 		Paths:   []string{dir},
 		Run: func(ctx context.Context) (map[string]string, error) {
 			host := n.Path(dir)
-			err := os.Mkdir(host, 0o755)
+			err := fsy.Mkdir(host, 0o755)
 			if errors.Is(err, fs.ErrExist) {
 				if st, serr := os.Lstat(host); serr == nil && st.IsDir() {
 					// Made by someone else since the plan: not ours to remove.
@@ -355,10 +355,10 @@ func mkdirAction(n *node.Node, stage, dir string) pipeline.Action {
 			if err != nil {
 				return nil, fmt.Errorf("creating %s: %w", dir, err)
 			}
-			if err := os.Chmod(host, 0o755); err != nil { // whatever the umask
+			if err := fsy.Chmod(host, 0o755); err != nil { // whatever the umask
 				return nil, err
 			}
-			if err := atomicfile.SyncDir(filepath.Dir(host)); err != nil {
+			if err := fsy.SyncDir(filepath.Dir(host)); err != nil {
 				return nil, err
 			}
 			return map[string]string{"dir": dir, "created": "true"}, nil
@@ -383,13 +383,13 @@ func UndoDir(ctx context.Context, d pipeline.Data, actionID string, facts map[st
 	}
 	dir := actionID[i+len(mkdirPrefix):]
 	host := d.Node().Path(dir)
-	if err := os.Remove(host); err != nil {
+	if err := d.FS().Remove(host); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
 		return fmt.Errorf("removing %s, created by this run: %w (it holds files kubecpr did not create: left in place)", dir, err)
 	}
-	return atomicfile.SyncDir(filepath.Dir(host))
+	return d.FS().SyncDir(filepath.Dir(host))
 }
 
 // sansFit reports, for an API server certificate judged invalid only

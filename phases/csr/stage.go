@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
+	"github.com/kubecpr/kubecpr/recovery/crashpoint"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -161,7 +162,7 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 		if opts.Ready != nil {
 			opts.Ready(srv.Kubeconfig)
 		}
-		pipeline.CrashPoint("csr-recovery-server-ready")
+		crashpoint.At("csr-recovery-server-ready")
 	}
 	if opts.BootstrapToken > 0 {
 		caPEM, err := d.Node().ReadFile(path.Join(pkiDir, "ca.crt"))

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 // Options control the metadata of the file written.
@@ -27,6 +29,78 @@ type Options struct {
 	Owner    bool
 	UID, GID int
 }
+
+// Files changes files through one fsys.FS: the run's (the real disk, or
+// the power-loss test filesystem in tests). The package-level functions
+// are Files on fsys.OS.
+type Files struct {
+	FS    fsys.FS
+	batch *batch
+}
+
+// batch holds the directories whose fsync a batch of writes put off.
+type batch struct{ dirs []string }
+
+// Batch returns Files whose WriteFile and ReplaceSymlink put off the fsync
+// of the target's directory until Flush: a group of files written in a
+// few directories costs one directory fsync per directory, not per file.
+// Until Flush returns, none of the renames is known to be durable.
+func (a Files) Batch() Files {
+	a.batch = &batch{}
+	return a
+}
+
+// Flush fsyncs, once each, the directories of the batch's writes.
+func (a Files) Flush() error {
+	if a.batch == nil {
+		return nil
+	}
+	dirs := a.batch.dirs
+	a.batch.dirs = nil
+	for _, d := range dirs {
+		if err := a.FS.SyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncDirOf fsyncs dir now, or at Flush in a batch.
+func (a Files) syncDirOf(dir string) error {
+	if a.batch == nil {
+		return a.FS.SyncDir(dir)
+	}
+	for _, d := range a.batch.dirs {
+		if d == dir {
+			return nil
+		}
+	}
+	a.batch.dirs = append(a.batch.dirs, dir)
+	return nil
+}
+
+// On returns the Files that write through f (fsys.OS when f is nil).
+func On(f fsys.FS) Files { return Files{FS: fsys.Or(f)} }
+
+var onOS = Files{FS: fsys.OS}
+
+// WriteFile is On(fsys.OS).WriteFile.
+func WriteFile(path string, data []byte, opt Options) error { return onOS.WriteFile(path, data, opt) }
+
+// ReplaceSymlink is On(fsys.OS).ReplaceSymlink.
+func ReplaceSymlink(path, target string) error { return onOS.ReplaceSymlink(path, target) }
+
+// Rename is On(fsys.OS).Rename.
+func Rename(oldpath, newpath string) error { return onOS.Rename(oldpath, newpath) }
+
+// Remove is On(fsys.OS).Remove.
+func Remove(path string) error { return onOS.Remove(path) }
+
+// SyncDir is On(fsys.OS).SyncDir.
+func SyncDir(dir string) error { return onOS.SyncDir(dir) }
+
+// Chown is On(fsys.OS).Chown.
+func Chown(path string, uid, gid int) error { return onOS.Chown(path, uid, gid) }
 
 // Syncer is the seam crash tests use: it is called at each durable step so a
 // test can fail or stop the write there. Production code leaves it nil.
@@ -42,7 +116,7 @@ func hook(step, path string) error {
 // WriteFile atomically replaces path with data. It refuses to replace
 // anything that is not a regular file (a directory, a device, a symlink):
 // symlinks are changed with ReplaceSymlink, on purpose.
-func WriteFile(path string, data []byte, opt Options) (err error) {
+func (a Files) WriteFile(path string, data []byte, opt Options) (err error) {
 	mode := opt.Mode
 	if mode == 0 {
 		mode = 0o600
@@ -63,7 +137,7 @@ func WriteFile(path string, data []byte, opt Options) (err error) {
 	}
 
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".kubecpr-*")
+	tmp, err := a.FS.CreateTemp(dir, TempPrefix(path)+"*")
 	if err != nil {
 		return fmt.Errorf("%s: creating a temporary file beside it: %w", path, err)
 	}
@@ -71,7 +145,7 @@ func WriteFile(path string, data []byte, opt Options) (err error) {
 	defer func() {
 		if err != nil {
 			tmp.Close()
-			os.Remove(tmpName)
+			a.FS.Remove(tmpName)
 		}
 	}()
 	// Restrict before writing, so key material is never readable by others
@@ -100,80 +174,70 @@ func WriteFile(path string, data []byte, opt Options) (err error) {
 	if err = hook("rename", path); err != nil {
 		return err
 	}
-	if err = os.Rename(tmpName, path); err != nil {
+	if err = a.FS.Rename(tmpName, path); err != nil {
 		return fmt.Errorf("%s: rename into place: %w", path, err)
 	}
-	return SyncDir(dir)
+	return a.syncDirOf(dir)
 }
 
 // ReplaceSymlink atomically points the symlink at path to target: a new link
 // is made beside it and renamed over the old one. Refuses to replace a
 // regular file or directory.
-func ReplaceSymlink(path, target string) error {
+func (a Files) ReplaceSymlink(path, target string) error {
 	if st, err := os.Lstat(path); err == nil && st.Mode()&fs.ModeSymlink == 0 {
 		return fmt.Errorf("%s: refusing to replace a %s with a symlink", path, describe(st.Mode()))
 	}
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, fmt.Sprintf(".%s.kubecpr-link-%d", filepath.Base(path), os.Getpid()))
-	os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
+	a.FS.Remove(tmp)
+	if err := a.FS.Symlink(target, tmp); err != nil {
 		return fmt.Errorf("%s: creating symlink: %w", path, err)
 	}
 	if err := hook("rename", path); err != nil {
-		os.Remove(tmp)
+		a.FS.Remove(tmp)
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := a.FS.Rename(tmp, path); err != nil {
+		a.FS.Remove(tmp)
 		return fmt.Errorf("%s: rename symlink into place: %w", path, err)
 	}
-	return SyncDir(dir)
+	return a.syncDirOf(dir)
 }
 
 // Rename moves oldpath to newpath (same filesystem) and makes it durable by
 // syncing both directories.
-func Rename(oldpath, newpath string) error {
-	if err := os.Rename(oldpath, newpath); err != nil {
+func (a Files) Rename(oldpath, newpath string) error {
+	if err := a.FS.Rename(oldpath, newpath); err != nil {
 		return err
 	}
-	if err := SyncDir(filepath.Dir(newpath)); err != nil {
+	if err := a.SyncDir(filepath.Dir(newpath)); err != nil {
 		return err
 	}
 	if filepath.Dir(oldpath) != filepath.Dir(newpath) {
-		return SyncDir(filepath.Dir(oldpath))
+		return a.SyncDir(filepath.Dir(oldpath))
 	}
 	return nil
 }
 
 // Remove deletes path (missing is fine) and syncs its directory.
-func Remove(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (a Files) Remove(path string) error {
+	if err := a.FS.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return SyncDir(filepath.Dir(path))
+	return a.SyncDir(filepath.Dir(path))
 }
 
 // SyncDir fsyncs a directory so that renames and creations in it survive a
 // power loss.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("%s: open directory for fsync: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("%s: fsync directory: %w", dir, err)
-	}
-	return nil
-}
+func (a Files) SyncDir(dir string) error { return a.FS.SyncDir(dir) }
 
 // Chown sets owner of a path without following symlinks (root only; a no-op
 // for other users, who cannot give files away).
-func Chown(path string, uid, gid int) error {
+func (a Files) Chown(path string, uid, gid int) error {
 	if os.Geteuid() != 0 {
 		return nil
 	}
-	return os.Lchown(path, uid, gid)
+	return a.FS.Lchown(path, uid, gid)
 }
 
 func describe(m fs.FileMode) string {
@@ -199,12 +263,16 @@ func TempPrefix(path string) string { return "." + filepath.Base(path) + ".kubec
 // SweepTemps removes the regular files a killed write left beside path
 // (TempPrefix(path) followed by anything; never path itself) and returns
 // the ones it removed.
-func SweepTemps(path string) []string {
+func SweepTemps(path string) []string { return onOS.SweepTemps(path) }
+
+// SweepTemps removes the stray temporary files beside path (see the
+// package-level SweepTemps).
+func (a Files) SweepTemps(path string) []string {
 	pattern := filepath.Join(filepath.Dir(path), globEscape(TempPrefix(path))+"*")
 	matches, _ := filepath.Glob(pattern)
 	var removed []string
 	for _, m := range matches {
-		if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() && os.Remove(m) == nil {
+		if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() && a.FS.Remove(m) == nil {
 			removed = append(removed, m)
 		}
 	}

@@ -13,16 +13,15 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
 	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
 	"github.com/kubecpr/kubecpr/recovery/cluster/transport"
+	"github.com/kubecpr/kubecpr/recovery/crashpoint"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -89,8 +88,6 @@ type Driver struct {
 	records []journal.Record
 	results map[string]*result
 	conns   map[string]transport.Transport
-	// appended counts journal records written by this process.
-	appended int
 
 	checks verifyState // what verify proved, node by node
 
@@ -264,17 +261,9 @@ func (d *Driver) append(r journal.Record) error {
 		return fmt.Errorf("cluster journal %s: %w", d.journalPath(), err)
 	}
 	d.records = append(d.records, out)
-	d.appended++
-	if crashAfter > 0 && d.appended == crashAfter {
-		// Crash-test seam: die like a power cut right after the record is
-		// durable (KUBECPR_CLUSTER_CRASH_AFTER_RECORD).
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
-	}
+	crashpoint.At(crashpoint.ClusterRecord)
 	return nil
 }
-
-var crashAfter, _ = strconv.Atoi(os.Getenv("KUBECPR_CLUSTER_CRASH_AFTER_RECORD"))
 
 // done reports whether the journal shows action done (and not undone).
 func (d *Driver) done(action string) bool {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 // Kind of a record.
@@ -61,9 +63,11 @@ type Repair struct {
 type Journal struct {
 	mu      sync.Mutex
 	path    string
-	f       *os.File
+	fsys    fsys.FS
+	f       fsys.File
 	records []Record
 	repair  *Repair
+	dirty   bool // records written since the last fsync
 	now     func() time.Time
 }
 
@@ -73,17 +77,23 @@ func Open(path string) (*Journal, error) { return OpenWithClock(path, time.Now) 
 
 // OpenWithClock is Open with the clock used to stamp records.
 func OpenWithClock(path string, now func() time.Time) (*Journal, error) {
+	return OpenOn(fsys.OS, path, now)
+}
+
+// OpenOn is OpenWithClock writing through fsy (the run's filesystem).
+func OpenOn(fsy fsys.FS, path string, now func() time.Time) (*Journal, error) {
+	fsy = fsys.Or(fsy)
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := fsys.MkdirAll(fsy, dir, 0o700); err != nil {
 		return nil, fmt.Errorf("journal directory %s: %w", dir, err)
 	}
 	_, statErr := os.Stat(path)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := fsy.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("journal %s: %w", path, err)
 	}
 	if errors.Is(statErr, os.ErrNotExist) {
-		if err := syncDir(dir); err != nil {
+		if err := fsy.SyncDir(dir); err != nil {
 			f.Close()
 			return nil, err
 		}
@@ -98,10 +108,10 @@ func OpenWithClock(path string, now func() time.Time) (*Journal, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	j := &Journal{path: path, f: f, records: recs, now: now}
+	j := &Journal{path: path, fsys: fsy, f: f, records: recs, now: now}
 	if good < int64(len(data)) {
 		broken := fmt.Sprintf("%s.broken-%d", path, time.Now().UnixNano())
-		if err := os.WriteFile(broken, data, 0o600); err != nil {
+		if err := writeSynced(fsy, broken, data); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("journal %s: keeping a copy of the torn tail: %w", path, err)
 		}
@@ -223,8 +233,35 @@ func containsSecret(r Record) bool {
 }
 
 // Append stamps, encodes and durably writes a record (write + fsync)
-// before returning it.
-func (j *Journal) Append(r Record) (Record, error) {
+// before returning it; records appended lazily before it become durable
+// with it.
+func (j *Journal) Append(r Record) (Record, error) { return j.append(r, true) }
+
+// AppendLazy writes a record without its own fsync: it becomes durable
+// with the next Append, Sync or Close. For records whose loss a power cut
+// may cause without harm (an action's done record: resume verifies the
+// files, rollback restores them).
+func (j *Journal) AppendLazy(r Record) (Record, error) { return j.append(r, false) }
+
+// Sync makes the records appended lazily durable.
+func (j *Journal) Sync() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.syncLocked()
+}
+
+func (j *Journal) syncLocked() error {
+	if j.f == nil || !j.dirty {
+		return nil
+	}
+	if err := j.f.Sync(); err != nil {
+		return fmt.Errorf("journal %s: fsync: %w", j.path, err)
+	}
+	j.dirty = false
+	return nil
+}
+
+func (j *Journal) append(r Record, durable bool) (Record, error) {
 	if containsSecret(r) {
 		return Record{}, ErrSecret
 	}
@@ -242,8 +279,11 @@ func (j *Journal) Append(r Record) (Record, error) {
 	if _, err := j.f.Write(line); err != nil {
 		return Record{}, fmt.Errorf("journal %s: write: %w", j.path, err)
 	}
-	if err := j.f.Sync(); err != nil {
-		return Record{}, fmt.Errorf("journal %s: fsync: %w", j.path, err)
+	j.dirty = true
+	if durable {
+		if err := j.syncLocked(); err != nil {
+			return Record{}, err
+		}
 	}
 	j.records = append(j.records, r)
 	return r, nil
@@ -256,16 +296,29 @@ func (j *Journal) Close() error {
 	if j.f == nil {
 		return nil
 	}
+	serr := j.syncLocked()
 	err := j.f.Close()
 	j.f = nil
-	return err
+	return errors.Join(serr, err)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// writeSynced writes a new file (0600) and makes it and its directory
+// entry durable.
+func writeSynced(fsy fsys.FS, path string, data []byte) error {
+	f, err := fsy.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return fsy.SyncDir(filepath.Dir(path))
 }

@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 // Lock is the node lock: two kubecpr runs never proceed at once.
 type Lock struct {
-	f    *os.File
+	f    fsys.File
 	path string
 }
 
@@ -33,12 +35,16 @@ func (e *HeldError) Error() string {
 }
 
 // Acquire takes the exclusive lock dir/lock without waiting.
-func Acquire(dir string, now time.Time) (*Lock, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func Acquire(dir string, now time.Time) (*Lock, error) { return AcquireOn(fsys.OS, dir, now) }
+
+// AcquireOn is Acquire creating the lock file through fsy.
+func AcquireOn(fsy fsys.FS, dir string, now time.Time) (*Lock, error) {
+	fsy = fsys.Or(fsy)
+	if err := fsys.MkdirAll(fsy, dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", dir, err)
 	}
 	p := filepath.Join(dir, "lock")
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := fsy.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}

@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +22,8 @@ import (
 	"github.com/kubecpr/kubecpr/backup"
 	"github.com/kubecpr/kubecpr/backup/etcdsnap"
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/crashpoint"
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
@@ -56,20 +57,22 @@ type Runner struct {
 	// UpdatedOptions are live options given anew when an open run
 	// continues: journaled (an "options" record) on top of the run-start's.
 	UpdatedOptions map[string]string
+	// FS is how the run changes files (journal, backup, node files); nil is
+	// the real disk. Tests give the power-loss filesystem.
+	FS fsys.FS
 
 	runID   string
 	journal *journal.Journal
 	records []journal.Record
-	// crashAfter kills the process after that many journal appends in this
-	// process (crash tests: KUBECPR_CRASH_AFTER_RECORD).
-	crashAfter int
-	appended   int
-	skipped    []string
+	skipped []string
 }
 
 // Skipped lists the actions this process journaled as skipped (a stage
 // that needs the live node, run on a copy): what is left to do there.
 func (r *Runner) Skipped() []string { return r.skipped }
+
+// files writes through the run's filesystem.
+func (r *Runner) files() atomicfile.Files { return atomicfile.On(r.FS) }
 
 // data implements Data for stages.
 type data struct{ r *Runner }
@@ -83,6 +86,7 @@ func (d data) Options() Options       { return d.r.Opts }
 func (d data) Out() io.Writer         { return d.r.Out }
 func (d data) RunID() string          { return d.r.runID }
 func (d data) BackupDir() string      { return d.r.backupDir() }
+func (d data) FS() fsys.FS            { return fsys.Or(d.r.FS) }
 func (d data) Live() *Live            { return d.r.LiveNode }
 func (d data) ApplyFiles(ctx context.Context, stage, actionID string, ops []node.FileOp) error {
 	states, _ := d.r.states()
@@ -172,9 +176,6 @@ func (r *Runner) Prepare(forceNew bool) (continued bool, err error) {
 
 // Open opens the journal of the prepared run (creating it for a new run).
 func (r *Runner) Open(forceNew bool) (continued bool, err error) {
-	if v := os.Getenv("KUBECPR_CRASH_AFTER_RECORD"); v != "" {
-		r.crashAfter, _ = strconv.Atoi(v)
-	}
 	if r.runID == "" {
 		if continued, err = r.Prepare(forceNew); err != nil {
 			return false, err
@@ -186,10 +187,10 @@ func (r *Runner) Open(forceNew bool) (continued bool, err error) {
 		}
 		continued = open && id == r.runID
 	}
-	if err := os.MkdirAll(r.runDir(r.runID), 0o700); err != nil {
+	if err := fsys.MkdirAll(r.FS, r.runDir(r.runID), 0o700); err != nil {
 		return false, fmt.Errorf("state dir %s: %w", r.StateDir, err)
 	}
-	j, err := journal.Open(r.JournalPath())
+	j, err := journal.OpenOn(r.FS, r.JournalPath(), time.Now)
 	if err != nil {
 		return false, err
 	}
@@ -214,7 +215,7 @@ func (r *Runner) Open(forceNew bool) (continued bool, err error) {
 		}
 	}
 	if !continued {
-		if err := atomicfile.WriteFile(r.currentFile(), []byte(r.runID+"\n"), atomicfile.Options{Mode: 0o600}); err != nil {
+		if err := r.files().WriteFile(r.currentFile(), []byte(r.runID+"\n"), atomicfile.Options{Mode: 0o600}); err != nil {
 			return false, err
 		}
 	}
@@ -235,19 +236,24 @@ func newRunID(now time.Time) string {
 	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b)
 }
 
-func (r *Runner) append(rec journal.Record) error {
+func (r *Runner) append(rec journal.Record) error { return r.appendRecord(rec, true) }
+
+// appendLazy journals rec without an fsync of its own (see
+// journal.AppendLazy): durable with the next record.
+func (r *Runner) appendLazy(rec journal.Record) error { return r.appendRecord(rec, false) }
+
+func (r *Runner) appendRecord(rec journal.Record, durable bool) error {
 	rec.RunID = r.runID
-	out, err := r.journal.Append(rec)
+	appendFn := r.journal.Append
+	if !durable {
+		appendFn = r.journal.AppendLazy
+	}
+	out, err := appendFn(rec)
 	if err != nil {
 		return fmt.Errorf("journal %s: %w", r.JournalPath(), err)
 	}
 	r.records = append(r.records, out)
-	r.appended++
-	if r.crashAfter > 0 && r.appended == r.crashAfter {
-		// Crash-test seam: die like a power cut, right after the record is durable.
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
-	}
+	crashpoint.At(crashpoint.Record)
 	return nil
 }
 
@@ -397,8 +403,8 @@ func (r *Runner) backupAction(sources []string) Action {
 			if _, err := backup.Load(dir); err == nil {
 				return map[string]string{"dir": dir, "reused": "true"}, nil
 			}
-			_ = os.RemoveAll(dir) // a partial backup from a crash
-			m, err := backup.Create(r.Node.Root, dir, sources, r.Clock)
+			_ = fsys.Or(r.FS).RemoveAll(dir) // a partial backup from a crash
+			m, err := backup.CreateOn(r.FS, r.Node.Root, dir, sources, r.Clock)
 			if err != nil {
 				return nil, err
 			}
@@ -574,7 +580,7 @@ func (r *Runner) sweepTemps() {
 				continue
 			}
 			seen[p] = true
-			for _, m := range atomicfile.SweepTemps(r.Node.Path(p)) {
+			for _, m := range r.files().SweepTemps(r.Node.Path(p)) {
 				fmt.Fprintf(r.Out, "removed %s, a temporary file left by an interrupted write\n", m)
 			}
 		}
@@ -711,6 +717,15 @@ func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *act
 			return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID, Data: map[string]string{"verified": "resume"}})
 		}
 	}
+	if st != nil && st.lastIntent != nil && !st.done {
+		// Redoing an interrupted attempt: the files it created (absent
+		// before the action) go first, so the plan sees the node as the
+		// action found it and picks the same names (a power loss can keep
+		// a new kubelet pem while losing the link's change).
+		if err := r.removeCreated(a.ID, st); err != nil {
+			return err
+		}
+	}
 	ops, err := a.Files(ctx)
 	if err != nil {
 		return err
@@ -742,21 +757,68 @@ func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *act
 	if err := r.append(rec); err != nil {
 		return err
 	}
+	// The action's files: each written, fsynced and renamed in turn, the
+	// directories fsynced once each at the end (a cert and its key, the
+	// kubeconfigs of /etc/kubernetes share one). The done record needs no
+	// fsync of its own: the next record's fsync (or the journal's close)
+	// makes it durable, and without it resume verifies the files by sha256
+	// and rollback restores them — the power-loss tests check both.
+	files := r.files().Batch()
 	for _, op := range ops {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		host := r.Node.Path(op.Path)
 		if op.IsLink() {
-			err = atomicfile.ReplaceSymlink(host, op.Link)
+			err = files.ReplaceSymlink(host, op.Link)
 		} else {
-			err = atomicfile.WriteFile(host, op.Data, atomicfile.Options{Mode: op.Mode, ForceMode: op.Secret, Owner: true})
+			err = files.WriteFile(host, op.Data, atomicfile.Options{Mode: op.Mode, ForceMode: op.Secret, Owner: true})
 		}
 		if err != nil {
 			return err
 		}
 	}
-	return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID})
+	if err := files.Flush(); err != nil {
+		return err
+	}
+	return r.appendLazy(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID})
+}
+
+// removeCreated removes the files that the intents of action (from its
+// first intent on) created and that still hold what was promised: left by
+// an attempt that did not finish. A file holding anything else is not
+// ours to remove and stays.
+func (r *Runner) removeCreated(action string, st *actionState) error {
+	for _, rec := range r.records {
+		if rec.Action != action || rec.Kind != journal.KindIntent || rec.Seq < st.firstIntent.Seq {
+			continue
+		}
+		n, _ := strconv.Atoi(rec.Data["files"])
+		linked := false // a link of this attempt already points at its new file: keep it
+		for i := 0; i < n; i++ {
+			k := strconv.Itoa(i)
+			if strings.HasPrefix(rec.Data["new."+k], "link:") {
+				if got, err := fileState(r.Node.Path(rec.Data["path."+k])); err == nil && got == rec.Data["new."+k] {
+					linked = true
+				}
+			}
+		}
+		for i := 0; i < n && !linked; i++ {
+			k := strconv.Itoa(i)
+			if rec.Data["old."+k] != "absent" {
+				continue
+			}
+			host := r.Node.Path(rec.Data["path."+k])
+			if got, err := fileState(host); err != nil || got != rec.Data["new."+k] {
+				continue
+			}
+			if err := r.files().Remove(host); err != nil {
+				return fmt.Errorf("%s, created by an interrupted attempt of %s: %w", rec.Data["path."+k], action, err)
+			}
+			fmt.Fprintf(r.Out, "      ~ %s: removed %s, left by the interrupted attempt\n", action, rec.Data["path."+k])
+		}
+	}
+	return nil
 }
 
 func (r *Runner) intentReached(rec *journal.Record) bool {
@@ -937,7 +999,7 @@ func (r *Runner) undoFiles(first *journal.Record, st *actionState, m *backup.Man
 				continue
 			}
 		} else if want == "absent" {
-			if err := atomicfile.Remove(host); err != nil {
+			if err := r.files().Remove(host); err != nil {
 				errs = append(errs, err)
 				continue
 			}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
@@ -68,6 +69,9 @@ type Data interface {
 	// old and new hashes, atomic writes, done), as its own action id:
 	// rollback restores them like any other file change.
 	ApplyFiles(ctx context.Context, stage, actionID string, ops []node.FileOp) error
+	// FS is how a stage changes files itself (a directory it creates):
+	// the run's filesystem.
+	FS() fsys.FS
 }
 
 // Live carries the interfaces to the node's running parts.

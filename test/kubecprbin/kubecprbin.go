@@ -20,7 +20,13 @@ var (
 	binErr  error
 )
 
-// Path builds github.com/kubecpr/kubecpr/cmd/kubecpr (once) and returns it.
+// CrashTag is the build tag that compiles the crash-test seam into the
+// binary (cmd/kubecpr/crashseam.go): the tests' binary can be stopped at a
+// point named in its environment; the shipped one cannot.
+const CrashTag = "kubecpr_crashtest"
+
+// Path builds github.com/kubecpr/kubecpr/cmd/kubecpr (once) with CrashTag
+// and returns it.
 func Path(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
@@ -30,7 +36,7 @@ func Path(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "kubecpr")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/kubecpr/kubecpr/cmd/kubecpr").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", CrashTag, "-o", binPath, "github.com/kubecpr/kubecpr/cmd/kubecpr").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
