@@ -58,6 +58,10 @@ func TestOpenShiftCheckAndDiagnoseListTheNode(t *testing.T) {
 					t.Errorf("stderr lacks %q:\n%s", s, r.stderr)
 				}
 			}
+			if args[0] == "diagnose" && (!strings.Contains(r.stdout, "next: kubecpr openshift-node") || strings.Contains(r.stdout, "kubecpr run") ||
+				strings.Contains(r.stdout, "external CA mode")) {
+				t.Errorf("diagnose sends the operator the kubeadm way:\n%s", r.stdout)
+			}
 			if strings.Contains(r.stderr, "--config") {
 				t.Errorf("sends the operator to --config:\n%s", r.stderr)
 			}
