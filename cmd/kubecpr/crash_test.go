@@ -171,3 +171,60 @@ func TestShippedBinaryHasNoCrashSeam(t *testing.T) {
 		t.Errorf("run did not get through kubeconfigs: %d records, last %+v", len(recs), recs[len(recs)-1])
 	}
 }
+
+// Ctrl-C in the middle of a run (SIGINT after a record of the certs stage,
+// and between stages) stops it with exit 130 and a message that says the run
+// stays open with everything journaled and names the commands that go on
+// from there; resume then ends where an uninterrupted run ends.
+func TestInterruptSaysWhatToDo(t *testing.T) {
+	template := expiredNode(t)
+	clean := copyNode(t, template)
+	if r := kubecpr(t, nil, rootArgs(clean, "run", "--until", "kubeconfigs")...); r.code != 0 {
+		t.Fatalf("uninterrupted run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	want := identities(t, clean, false)
+	recs := journalRecords(t, clean)
+	between := 0 // the backup stage's stage-end
+	for i, rec := range recs {
+		if rec.Kind == journal.KindStageEnd && rec.Stage == "backup" {
+			between = i + 1
+			break
+		}
+	}
+	if between == 0 {
+		t.Fatal("no stage-end for the backup stage in a clean run")
+	}
+	for _, n := range []int{between, between + 4} {
+		t.Run(fmt.Sprintf("after-record-%d", n), func(t *testing.T) {
+			root := copyNode(t, template)
+			r := kubecpr(t, []string{fmt.Sprintf("KUBECPR_INTERRUPT_AFTER_RECORD=%d", n)}, rootArgs(root, "run", "--until", "kubeconfigs")...)
+			if r.code != 130 {
+				t.Fatalf("interrupted run: exit %d, want 130\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			id := strings.TrimSpace(readFile(t, filepath.Join(root, "var/lib/kubecpr/current")))
+			for _, s := range []string{"interrupted: run " + id + " stays open", "every change so far is journaled", "kubecpr status", "kubecpr resume", "kubecpr rollback"} {
+				if !strings.Contains(r.stderr, s) {
+					t.Errorf("interrupt message lacks %q:\n%s", s, r.stderr)
+				}
+			}
+			if strings.Contains(r.stderr, "context canceled") {
+				t.Errorf("interrupt message is Go's, not the operator's:\n%s", r.stderr)
+			}
+			if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 {
+				t.Fatalf("resume after Ctrl-C: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			if diff := cmp.Diff(want, identities(t, root, false)); diff != "" {
+				t.Errorf("after resume (-clean +resumed):\n%s", diff)
+			}
+		})
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

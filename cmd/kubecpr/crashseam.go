@@ -9,6 +9,8 @@ package main
 //	KUBECPR_CRASH_AFTER_RECORD=N          after the Nth node-journal record
 //	KUBECPR_CLUSTER_CRASH_AFTER_RECORD=N  after the Nth cluster-journal record
 //	KUBECPR_CRASH_AT=NAME                 at the named point (bounce, csr)
+//	KUBECPR_INTERRUPT_AFTER_RECORD=N      SIGINT (Ctrl-C), not SIGKILL, after
+//	                                      the Nth node-journal record
 
 import (
 	"os"
@@ -24,7 +26,8 @@ func init() {
 	after := map[string]int{}
 	after[crashpoint.Record], _ = strconv.Atoi(os.Getenv("KUBECPR_CRASH_AFTER_RECORD"))
 	after[crashpoint.ClusterRecord], _ = strconv.Atoi(os.Getenv("KUBECPR_CLUSTER_CRASH_AFTER_RECORD"))
-	if at == "" && after[crashpoint.Record] == 0 && after[crashpoint.ClusterRecord] == 0 {
+	interrupt, _ := strconv.Atoi(os.Getenv("KUBECPR_INTERRUPT_AFTER_RECORD"))
+	if at == "" && after[crashpoint.Record] == 0 && after[crashpoint.ClusterRecord] == 0 && interrupt == 0 {
 		return
 	}
 	var mu sync.Mutex
@@ -34,6 +37,10 @@ func init() {
 		seen[point]++
 		n := seen[point]
 		mu.Unlock()
+		if point == crashpoint.Record && n == interrupt {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGINT) // as Ctrl-C: the run goes on until it notices
+			return
+		}
 		if point == at || (after[point] > 0 && n == after[point]) {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}
