@@ -51,7 +51,7 @@ func (d *Driver) workers(ctx context.Context, workers []cinv.Node) error {
 		return fmt.Errorf("phase %s: %w\nnothing was changed on the workers; `kubecpr cluster resume` tries again", PhaseWorkers, err)
 	}
 	err = d.step(ctx, PhaseWorkers, workers, d.o.Parallel, b.worker)
-	if serr := b.stop(); serr != nil && err == nil {
+	if serr := b.stop(err == nil); serr != nil && err == nil {
 		err = serr
 	}
 	return err
@@ -164,19 +164,27 @@ func (b *bootstrapper) loop(ctx context.Context) {
 	}
 }
 
-// stop ends the approver, deletes the token (it stops authenticating at
-// once) and reports the CSRs refused during the phase.
-func (b *bootstrapper) stop() error {
+// stop ends the approver, reports the CSRs refused during the phase and,
+// when every worker is done, deletes the token (it stops authenticating at
+// once). After a failure the token is kept until it expires: a worker
+// whose journaled run already wrote bootstrap-kubelet.conf with it keeps
+// using it when `kubecpr cluster resume` continues within that time.
+func (b *bootstrapper) stop(success bool) error {
 	b.cancel()
 	<-b.stopped
 	b.out.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := bootstraptoken.Delete(ctx, b.cs, b.tok.ID)
-	if err == nil {
-		fmt.Fprintf(b.d.o.Out, "[bootstrap] token %s deleted\n", b.tok.ID)
+	var err error
+	if success {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err = bootstraptoken.Delete(ctx, b.cs, b.tok.ID); err == nil {
+			fmt.Fprintf(b.d.o.Out, "[bootstrap] token %s deleted\n", b.tok.ID)
+		} else {
+			err = fmt.Errorf("%w: it expires at %s by itself; delete it sooner with `kubectl -n kube-system delete secret bootstrap-token-%s`", err, b.tok.Expires.Format(time.RFC3339), b.tok.ID)
+		}
 	} else {
-		err = fmt.Errorf("%w: it expires at %s by itself; delete it sooner with `kubectl -n kube-system delete secret bootstrap-token-%s`", err, b.tok.Expires.Format(time.RFC3339), b.tok.ID)
+		fmt.Fprintf(b.d.o.Out, "[bootstrap] token %s kept until it expires at %s: the workers that wrote it use it when the run is resumed before then (after that, roll the worker back and run again); delete it with `kubectl -n kube-system delete secret bootstrap-token-%s`\n",
+			b.tok.ID, b.tok.Expires.Format(time.RFC3339), b.tok.ID)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -217,8 +225,8 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 		return err
 	}
 	dst := hostPath(n, TokenNodePath)
-	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(dst)}, io.Discard, io.Discard); err != nil {
-		return fmt.Errorf("creating %s: %w", filepath.Dir(dst), err)
+	if err := d.incomingDir(ctx, t, n, dst); err != nil {
+		return err
 	}
 	if err := t.Upload(ctx, strings.NewReader(b.tok.Value()+"\n"), dst, 0o600); err != nil {
 		return fmt.Errorf("copying the bootstrap token to %s: %w", dst, err)
@@ -298,6 +306,18 @@ func (d *Driver) kubecprQuiet(ctx context.Context, n cinv.Node, args ...string) 
 		return out.String(), err
 	}
 	return out.String(), nil
+}
+
+// incomingDir makes the directory of an incoming file (0700) on a local
+// node; on an SSH node Prepare made it with the upload's one session.
+func (d *Driver) incomingDir(ctx context.Context, t transport.Transport, n cinv.Node, file string) error {
+	if n.SSH != nil {
+		return nil
+	}
+	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(file)}, io.Discard, io.Discard); err != nil {
+		return fmt.Errorf("creating %s: %w", filepath.Dir(file), err)
+	}
+	return nil
 }
 
 func lastLine(s string) string {

@@ -484,8 +484,17 @@ func (d *Driver) upload(ctx context.Context, n cinv.Node) error {
 	dst := d.binary(n)
 	// The same kubecpr already there (a resumed run, a second run, a plan
 	// before the run): nothing to copy.
+	// One session: the directories the run uses (the binary's, and the
+	// incoming one for the workers' bundle or token), and the sum of the
+	// copy already there, if any.
+	incoming := filepath.Dir(hostPath(n, BundleNodePath))
+	script := fmt.Sprintf("mkdir -p -m 0700 %s %s && { sha256sum %s 2>/dev/null || true; }",
+		transport.ShellQuote(filepath.Dir(dst)), transport.ShellQuote(incoming), transport.ShellQuote(dst))
 	var out bytes.Buffer
-	if err := t.Run(ctx, []string{"sha256sum", dst}, &out, io.Discard); err == nil && strings.HasPrefix(out.String(), sum+" ") {
+	if err := t.Run(ctx, []string{"sh", "-c", script}, &out, io.Discard); err != nil {
+		return fmt.Errorf("creating %s and %s: %w", filepath.Dir(dst), incoming, err)
+	}
+	if strings.HasPrefix(out.String(), sum+" ") {
 		fmt.Fprintf(d.o.Out, "[%s] kubecpr already at %s (sha256 %.12s…): not copied\n", n.Name, dst, sum)
 		return nil
 	}
@@ -494,9 +503,6 @@ func (d *Driver) upload(ctx context.Context, n cinv.Node) error {
 		return err
 	}
 	defer f.Close()
-	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(dst)}, io.Discard, io.Discard); err != nil {
-		return fmt.Errorf("creating %s: %w", filepath.Dir(dst), err)
-	}
 	if err := t.Upload(ctx, f, dst, 0o755); err != nil {
 		return fmt.Errorf("copying kubecpr to %s: %w", dst, err)
 	}
@@ -626,8 +632,8 @@ func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
 		return err
 	}
 	dst := hostPath(n, BundleNodePath)
-	if err := t.Run(ctx, []string{"mkdir", "-p", "-m", "0700", filepath.Dir(dst)}, io.Discard, io.Discard); err != nil {
-		return fmt.Errorf("creating %s: %w", filepath.Dir(dst), err)
+	if err := d.incomingDir(ctx, t, n, dst); err != nil {
+		return err
 	}
 	if err := t.Upload(ctx, bytes.NewReader(bundle), dst, 0o600); err != nil {
 		return fmt.Errorf("copying the kubelet bundle to %s: %w", dst, err)
