@@ -51,13 +51,14 @@ func liveFlags() []cli.Flag {
 	}
 }
 
-// live decides whether this run may touch processes, and with what.
-func live(c *cli.Context, e *env) (*pipeline.Live, error) {
+// live decides whether this run may touch processes, and with what; and
+// the csr stage's options, which depend on it.
+func live(c *cli.Context, e *env) (*pipeline.Live, pipeline.CSROptions, error) {
 	sign := csr.SignMode(c.String("sign"))
 	switch sign {
 	case "", csr.SignAuto, csr.SignAlways, csr.SignNever:
 	default:
-		return nil, withCode(ExitFailed, fmt.Errorf("--sign %q: want auto, always or never", sign))
+		return nil, pipeline.CSROptions{}, withCode(ExitFailed, fmt.Errorf("--sign %q: want auto, always or never", sign))
 	}
 	socket := c.String("cri-socket")
 	// A copy of a node under --root is never live, unless the operator
@@ -73,15 +74,15 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 	if isLive {
 		csrSocket = socket
 	}
-	csr.Configure(csr.Options{APIServerBinary: c.String("apiserver-binary"), EtcdBinary: c.String("etcd-binary"), BootstrapToken: c.Duration("bootstrap-token"),
+	csrOpts := pipeline.CSROptions{APIServerBinary: c.String("apiserver-binary"), EtcdBinary: c.String("etcd-binary"), BootstrapToken: c.Duration("bootstrap-token"),
 		CRISocket: csrSocket, RecoveryTTL: c.Duration("recovery-ttl"),
-		Wait: c.Duration("csr-wait"), ApproveNode: c.String("approve-node"), Sign: sign, StateDir: e.stateDir(c)})
+		Wait: c.Duration("csr-wait"), ApproveNode: c.String("approve-node"), Sign: string(sign), StateDir: e.stateDir(c)}
 	if !isLive {
-		return nil, nil // a copy of a node: never touch the host's processes
+		return nil, csrOpts, nil // a copy of a node: never touch the host's processes
 	}
 	method := c.String("restart-method")
 	if method != "containerd" && method != "manifests" {
-		return nil, withCode(ExitFailed, fmt.Errorf("--restart-method %q: want containerd or manifests", method))
+		return nil, csrOpts, withCode(ExitFailed, fmt.Errorf("--restart-method %q: want containerd or manifests", method))
 	}
 	var svc service.Manager
 	switch {
@@ -90,13 +91,13 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 	case service.Available():
 		svc = service.Systemd{}
 	default:
-		return nil, withCode(ExitPrecondition, errors.New("systemd is not running on this host, so the kubelet cannot be restarted with systemctl: "+
+		return nil, csrOpts, withCode(ExitPrecondition, errors.New("systemd is not running on this host, so the kubelet cannot be restarted with systemctl: "+
 			"pass --kubelet-restart-command CMD, or run `kubecpr run --until kubeconfigs` and restart the kubelet and static pods yourself"))
 	}
 	var rt runtime.Runtime
 	var rtErr error
 	connected := false
-	return &pipeline.Live{
+	lv := &pipeline.Live{
 		Runtime: func() (runtime.Runtime, error) {
 			if !connected {
 				rt, rtErr = runtime.NewContainerd(socket, 10*time.Second)
@@ -114,7 +115,8 @@ func live(c *cli.Context, e *env) (*pipeline.Live, error) {
 				_ = rt.Close()
 			}
 		},
-	}, nil
+	}
+	return lv, csrOpts, nil
 }
 
 func selectionFlags() []cli.Flag {
@@ -187,11 +189,11 @@ func resumeCommand() *cli.Command {
 func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner, func(), error) {
 	r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
 		Out: e.out, StateDir: e.stateDir(c), Stages: phases.All(), FS: runFS}
-	lv, err := live(c, e)
+	lv, csrOpts, err := live(c, e)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.LiveNode = lv
+	r.LiveNode, r.Opts.CSR = lv, csrOpts
 	lock, err := journal.AcquireOn(runFS, r.StateDir, time2(e))
 	if err != nil {
 		return nil, nil, err
@@ -282,7 +284,9 @@ func runPipeline(c *cli.Context, e *env, opts pipeline.Options, sel pipeline.Sel
 	if dryRun {
 		r := &pipeline.Runner{Node: e.node, Cluster: e.cluster, Opts: opts, Clock: e.now, Warn: e.warn,
 			Out: e.out, StateDir: e.stateDir(c), Stages: all}
-		if lv, err := live(c, e); err == nil && lv != nil {
+		lv, csrOpts, err := live(c, e)
+		r.Opts.CSR = csrOpts
+		if err == nil && lv != nil {
 			lv.Inspect, lv.Runtime = lv.Runtime, nil // a dry run stops nothing: it only lists containers (bounce: who mounts renewed files)
 			r.LiveNode = lv
 		}

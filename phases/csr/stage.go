@@ -18,30 +18,9 @@ import (
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
 
-// Options of the csr stage (set from the CLI).
-type Options struct {
-	APIServerBinary string        // start the recovery server from this binary
-	EtcdBinary      string        // start etcd from its manifest when it is down
-	CRISocket       string        // containerd mode of the recovery server (live node) when no binary is given
-	BootstrapToken  time.Duration // >0: create a bootstrap token of this lifetime and a bootstrap kubeconfig
-	RecoveryTTL     time.Duration // its credentials' lifetime
-	Wait            time.Duration // how long to wait for CSRs (0: one pass)
-	ApproveNode     string        // approve only this node
-	Sign            SignMode
-	MaxLifetime     time.Duration
-	StateDir        string // host path (the recovery server lives there)
-	// Linger keeps the recovery server up after the last approval so
-	// kubelets can fetch their certificates (default 10s).
-	Linger time.Duration
-	// Ready is called with the recovery server's kubeconfig path once it
-	// answers (status output; tests use it to play a kubelet).
-	Ready func(kubeconfig string)
-}
-
-// Configure sets the stage's options (the CLI calls it before planning).
-var Configure = func(o Options) { opts = o }
-
-var opts Options
+// Options of the csr stage: pipeline.CSROptions, set by the CLI in the
+// run's options and read here from Data.Options().
+type Options = pipeline.CSROptions
 
 // Stage is the csr stage.
 var Stage = pipeline.Stage{
@@ -57,6 +36,7 @@ var Stage = pipeline.Stage{
 
 // Plan plans one action: one or more approval passes.
 func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
+	opts := d.Options().CSR
 	if d.Live() == nil && opts.APIServerBinary == "" {
 		return []pipeline.Action{{
 			ID:      "csr/skipped",
@@ -68,7 +48,7 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 	}
 	return []pipeline.Action{{
 		ID:      "csr/approve",
-		Summary: fmt.Sprintf("approve pending node CSRs that pass validation (sign: %s, wait up to %s)", orAuto(opts.Sign), opts.Wait),
+		Summary: fmt.Sprintf("approve pending node CSRs that pass validation (sign: %s, wait up to %s)", orAuto(SignMode(opts.Sign)), opts.Wait),
 		Run: func(ctx context.Context) (map[string]string, error) {
 			return run(ctx, d)
 		},
@@ -104,13 +84,14 @@ func nodeAPI(ctx context.Context, d pipeline.Data) (kubernetes.Interface, bool) 
 }
 
 func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
+	opts := d.Options().CSR
 	facts := map[string]string{}
 	pkiDir := node.DefaultPKIDir
 	if c := d.Cluster(); c != nil && c.PKIDir != "" {
 		pkiDir = c.PKIDir
 	}
 	ca, err := loadCA(d.Node(), pkiDir)
-	if err != nil && opts.Sign != SignNever {
+	if err != nil && SignMode(opts.Sign) != SignNever {
 		return nil, err
 	}
 	server := ""
@@ -184,7 +165,7 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 	if err := NodesFromAPI(ctx, cs, nodes); err != nil {
 		fmt.Fprintf(d.Out(), "      note: could not list Node objects (%v): only this node's CSRs can be approved\n", err)
 	}
-	a := &Approver{Client: cs, CA: ca, Sign: orAuto(opts.Sign), Out: d.Out(), DryRun: d.Options().DryRun,
+	a := &Approver{Client: cs, CA: ca, Sign: orAuto(SignMode(opts.Sign)), Out: d.Out(), DryRun: d.Options().DryRun,
 		Policy: Policy{Nodes: nodes, MaxLifetime: opts.MaxLifetime, OnlyNode: opts.ApproveNode}}
 	want := opts.ApproveNode
 	if want == "" && d.Cluster() != nil {

@@ -46,6 +46,29 @@ type Options struct {
 	// the same way.
 	APIServerCertExtraSANs []string
 	DryRun                 bool
+	// CSR are the csr stage's options.
+	CSR CSROptions
+}
+
+// CSROptions are the csr stage's options (from the CLI; the stage reads
+// them from Data.Options, never from a package variable).
+type CSROptions struct {
+	APIServerBinary string        // start the recovery server from this binary
+	EtcdBinary      string        // start etcd from its manifest when it is down
+	CRISocket       string        // containerd mode of the recovery server (live node) when no binary is given
+	BootstrapToken  time.Duration // >0: create a bootstrap token of this lifetime and a bootstrap kubeconfig
+	RecoveryTTL     time.Duration // its credentials' lifetime
+	Wait            time.Duration // how long to wait for CSRs (0: one pass)
+	ApproveNode     string        // approve only this node
+	Sign            string        // auto, always, never (csr.SignMode)
+	MaxLifetime     time.Duration
+	StateDir        string // host path (the recovery server lives there)
+	// Linger keeps the recovery server up after the last approval so
+	// kubelets can fetch their certificates (default 10s).
+	Linger time.Duration
+	// Ready is called with the recovery server's kubeconfig path once it
+	// answers (status output; tests use it to play a kubelet).
+	Ready func(kubeconfig string)
 }
 
 // Data is the narrow view a stage has of the run: paths, clock, options,
