@@ -218,6 +218,16 @@ func mountActions(ctx context.Context, d pipeline.Data, live *pipeline.Live, han
 			Summary: fmt.Sprintf("restart every container that mounts renewed files (could not list them now: %v)", err),
 			Run:     func(context.Context) (map[string]string, error) { return map[string]string{"skipped": "dry run"}, nil }}}, nil
 	}
+	if err != nil && len(handled) == 0 {
+		// No static pod here (a worker): the run never needed the runtime
+		// before, and a kubelet restarted through its service manager is
+		// what recovers a worker. Say what was not checked, and go on.
+		return []pipeline.Action{{ID: "bounce/mounts-unknown",
+			Summary: fmt.Sprintf("containers that mount renewed files not checked: the container runtime could not be reached (%v); if any pod mounts /etc/kubernetes or its pki, restart it once the node is back (crictl stop ID)", err),
+			Run: func(context.Context) (map[string]string, error) {
+				return map[string]string{"skipped": "container runtime unreachable"}, nil
+			}}}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("finding the containers that mount renewed files: %w", err)
 	}
