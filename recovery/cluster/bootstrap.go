@@ -293,11 +293,7 @@ func (d *Driver) kubecprQuiet(ctx context.Context, n cinv.Node, args ...string) 
 	if err != nil {
 		return "", err
 	}
-	argv := []string{d.binary(n)}
-	if n.Root != "" {
-		argv = append(argv, "--root", n.Root)
-	}
-	argv = append(append(argv, d.o.GlobalArgs...), args...)
+	argv := d.argv(n, args...)
 	var out, errb bytes.Buffer
 	if err := t.Run(ctx, argv, &out, &errb); err != nil {
 		if msg := strings.TrimSpace(errb.String()); msg != "" {

@@ -363,6 +363,16 @@ func hostPath(n cinv.Node, p string) string {
 	return p
 }
 
+// argv is the command line of the node's kubecpr with args: its binary,
+// the node's root when it has one, the run's global flags.
+func (d *Driver) argv(n cinv.Node, args ...string) []string {
+	argv := []string{d.binary(n)}
+	if n.Root != "" {
+		argv = append(argv, "--root", n.Root)
+	}
+	return append(append(argv, d.o.GlobalArgs...), args...)
+}
+
 // kubecpr runs the node's kubecpr with args, its output prefixed with the
 // node's name. Captured output (stdout only) is returned when capture is
 // set instead of being shown.
@@ -371,11 +381,7 @@ func (d *Driver) kubecpr(ctx context.Context, n cinv.Node, capture bool, args ..
 	if err != nil {
 		return "", err
 	}
-	argv := []string{d.binary(n)}
-	if n.Root != "" {
-		argv = append(argv, "--root", n.Root)
-	}
-	argv = append(append(argv, d.o.GlobalArgs...), args...)
+	argv := d.argv(n, args...)
 	prefix := fmt.Sprintf("[%s] ", n.Name)
 	errw := transport.PrefixWriter(d.o.Out, prefix)
 	defer errw.Close()
