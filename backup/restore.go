@@ -201,10 +201,15 @@ func matches(root string, e Entry) (bool, error) {
 // verbatim target and owner, a directory with its mode and owner. Missing
 // parent directories are created 0755. A symlink or other non-directory in
 // the way is replaced; a directory in the way is refused (Restore with
-// Prune removes it first).
+// Prune removes it first). An entry the node already has exactly (a write
+// that never happened: the disk filled up first) is left untouched, so a
+// rollback on a full disk does not need space for what it did not change.
 func RestoreEntry(root, dir string, e Entry) error {
 	if err := validEntry(e); err != nil {
 		return fmt.Errorf("restoring: %w", err)
+	}
+	if same, err := matches(root, e); err == nil && same {
+		return nil
 	}
 	if err := restoreEntry(root, dir, e); err != nil {
 		return fmt.Errorf("restoring %s: %w", e.Path, err)
