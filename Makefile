@@ -33,11 +33,12 @@ lint:
 unit:
 	$(GO) test -race -count=1 $(CORE_PKGS)
 
-# Everything: lint, core packages under the race detector, then the CLI,
-# harness and end-to-end tests against the real binaries.
+# Everything: lint, core packages under the race detector and, at the same
+# time (the end-to-end tests mostly wait for real processes), the CLI,
+# harness and end-to-end tests against the real binaries. The race run's
+# output is printed when both are done; either failing fails the target.
 test: lint deps testbin
-	$(GO) test -race -count=1 $(CORE_PKGS)
-	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -count=1 -timeout 30m ./cmd/... ./test/...
+	@race_log=$$(mktemp); 	  echo "$(GO) test -race -count=1 $(CORE_PKGS)  (in the background, output below)"; 	  $(GO) test -race -count=1 $(CORE_PKGS) > $$race_log 2>&1 & race=$$!; 	  echo "KUBECPR_TESTBIN_DIR=... $(GO) test -count=1 -timeout 30m ./cmd/... ./test/..."; 	  KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -count=1 -timeout 30m ./cmd/... ./test/...; it=$$?; 	  wait $$race; rc=$$?; 	  echo "== race detector on the core packages:"; cat $$race_log; rm -f $$race_log; 	  if [ $$it -ne 0 ] || [ $$rc -ne 0 ]; then echo "make test: FAILED (integration exit $$it, race exit $$rc)"; exit 1; fi
 
 e2e: deps testbin
 	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -count=1 -timeout 30m -v ./test/e2e/...

@@ -126,6 +126,7 @@ func TestPowerLossAtEveryFsync(t *testing.T) {
 	t.Logf("%d fsyncs at %d call sites, %d distinct power-loss states", total, len(sites), len(views))
 	for i, v := range views {
 		t.Run(fmt.Sprintf("state-%03d", i), func(t *testing.T) {
+			t.Parallel() // each state is a tree of its own
 			if problem := c.check(t, v); problem != "" {
 				t.Fatal(problem)
 			}

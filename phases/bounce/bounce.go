@@ -136,8 +136,11 @@ func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[strin
 	if strings.HasPrefix(name, "mounts/") {
 		return undoMount(ctx, d, name)
 	}
+	if facts["skipped"] != "" {
+		return nil // nothing was done (a copy; a runtime that could not be reached)
+	}
 	switch name {
-	case "skipped":
+	case "skipped", "mounts-unknown":
 		return nil
 	case "kubelet":
 		return live.Services.Restart(ctx, "kubelet")
