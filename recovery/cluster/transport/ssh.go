@@ -285,7 +285,7 @@ func (s *SSH) Upload(ctx context.Context, data io.Reader, remotePath string, mod
 	rand.Read(rnd[:])
 	dir := path.Dir(remotePath)
 	tmp := path.Join(dir, "."+path.Base(remotePath)+".kubecpr-upload-"+hex.EncodeToString(rnd[:]))
-	fail := func(step string, err error, stderr *bytes.Buffer) error {
+	fail := func(step string, err error, stderr *lockedBuffer) error {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
 			err = fmt.Errorf("%w: %s", err, msg)
 		}
@@ -295,16 +295,25 @@ func (s *SSH) Upload(ctx context.Context, data io.Reader, remotePath string, mod
 	// Step 1: the bytes, into a new file only we can read (set -C: never
 	// through something already there).
 	counted := &countingReader{r: data}
-	var stderr bytes.Buffer
-	write := "umask 077; set -C; exec cat > " + ShellQuote(tmp)
+	var stderr lockedBuffer // a stopped session's copier may still write to it
+	pidFile := tmp + ".pid"
+	write := "umask 077; set -C; echo $$ > " + ShellQuote(pidFile) + "; exec cat > " + ShellQuote(tmp)
 	err := s.run(ctx, []string{"sh", "-c", write}, counted, nil, &stderr)
 	n, readErr := counted.result()
 	if err != nil || readErr != nil {
 		if readErr != nil {
 			err = fmt.Errorf("reading the data: %w", readErr)
 		}
-		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
-		s.run(cleanup, []string{"rm", "-f", "--", tmp}, nil, nil, nil)
+		// The writer may still be starting or draining on the node after
+		// the session was closed: wait (bounded) for its pid file and for
+		// it to end, then remove what it wrote.
+		clean := fmt.Sprintf(`tmp=%s; pf=%s; i=0
+while [ ! -e "$pf" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+p=$(cat "$pf" 2>/dev/null); i=0
+while [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+rm -f -- "$tmp" "$pf"`, ShellQuote(tmp), ShellQuote(pidFile))
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout+15*time.Second)
+		s.run(cleanup, []string{"sh", "-c", clean}, nil, nil, nil)
 		cancel()
 		return fail("writing "+tmp, err, &stderr)
 	}
@@ -313,7 +322,7 @@ func (s *SSH) Upload(ctx context.Context, data io.Reader, remotePath string, mod
 	// needs coreutils 8.24; older systems fall back to a global sync.
 	stderr.Reset()
 	install := fmt.Sprintf(`tmp=%s; dst=%s; dir=%s
-trap 'rm -f -- "$tmp"' EXIT
+trap 'rm -f -- "$tmp" "$tmp.pid"' EXIT
 n=$(wc -c < "$tmp" | tr -d ' ') || exit 1
 if [ "$n" != %d ]; then echo "received $n bytes, sent %d" >&2; exit 1; fi
 if [ -L "$dst" ]; then echo "refusing to replace the symlink $dst with a regular file" >&2; exit 1; fi
@@ -416,4 +425,29 @@ func unixMode(m os.FileMode) uint32 {
 		u |= 0o1000
 	}
 	return u
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader in two
+// goroutines (an ssh session's stderr copier and the caller).
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lockedBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
 }
