@@ -3,12 +3,10 @@ package staticpods
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -118,19 +116,5 @@ func (r *Runner) createPod(ctx context.Context, p Pod) error {
 		return err
 	}
 	logPath := filepath.Join(r.Root, "var/log/pods", p.Namespace+"_"+p.Name+"_"+p.UID, p.Container, fmt.Sprintf("%d.log", attempt))
-	os.MkdirAll(filepath.Dir(logPath), 0o755)
-	task, err := ctr.NewTask(ctx, cio.LogFile(logPath))
-	if err != nil {
-		ctr.Delete(ctx, containerd.WithSnapshotCleanup)
-		return err
-	}
-	if err := task.Start(ctx); err != nil {
-		task.Delete(ctx)
-		ctr.Delete(ctx, containerd.WithSnapshotCleanup)
-		return err
-	}
-	r.mu.Lock()
-	r.Created[p.Key()] = append(r.Created[p.Key()], id)
-	r.mu.Unlock()
-	return nil
+	return r.startTask(ctx, ctr, logPath, p.Key(), id)
 }

@@ -186,6 +186,13 @@ func (r *Runner) create(ctx context.Context, m manifest) error {
 		return err
 	}
 	logPath := filepath.Join(r.Root, "var/log/pods", "kube-system_"+pod+"_"+uid, m.name, fmt.Sprintf("%d.log", attempt))
+	return r.startTask(ctx, ctr, logPath, m.name, id)
+}
+
+// startTask starts the container's task with its log at logPath (as the
+// kubelet lays out /var/log/pods) and records id as created for key; a
+// container whose task cannot start is deleted again.
+func (r *Runner) startTask(ctx context.Context, ctr containerd.Container, logPath, key, id string) error {
 	os.MkdirAll(filepath.Dir(logPath), 0o755)
 	task, err := ctr.NewTask(ctx, cio.LogFile(logPath))
 	if err != nil {
@@ -198,7 +205,7 @@ func (r *Runner) create(ctx context.Context, m manifest) error {
 		return err
 	}
 	r.mu.Lock()
-	r.Created[m.name] = append(r.Created[m.name], id)
+	r.Created[key] = append(r.Created[key], id)
 	r.mu.Unlock()
 	return nil
 }
