@@ -67,6 +67,9 @@ func setupLight(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	e := &env{out: c.App.Writer, data: c.App.Writer, warn: c.Duration("warn"), format: format}
+	if e.machine() {
+		e.out = c.App.ErrWriter
+	}
 	if e.now, err = parseNow(c.String("now")); err != nil {
 		return nil, err
 	}
@@ -177,8 +180,7 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		if err := d.Prepare(c.Context); err != nil {
 			return withCode(ExitPrecondition, err)
 		}
-		printClusterPlan(e, o.Inventory, o.Workers)
-		return nil
+		return printClusterPlan(e, o.Inventory, o.Workers)
 	}
 	start := time.Now()
 	err = d.Run(c.Context, continued)
@@ -194,6 +196,13 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		return withCode(ExitStageFailed, err)
 	}
 	fmt.Fprintf(e.out, "cluster run %s complete in %s\n", d.RunID(), time.Since(start).Round(time.Millisecond))
+	if e.machine() {
+		st, err := clusterRunStatus(stateDir)
+		if err != nil {
+			return err
+		}
+		return emitOrFail(e, st)
+	}
 	return nil
 }
 
@@ -264,33 +273,122 @@ func clusterCA(e *env, inv *cinv.Inventory, from string) (*pki.CA, error) {
 	return &pki.CA{Name: "ca", Cert: cert, Key: k}, nil
 }
 
-func printClusterPlan(e *env, inv *cinv.Inventory, workers string) {
-	w := e.out
-	fmt.Fprintf(w, "cluster plan for %s (dry run: nothing will be changed); every node matches the inventory\n", inv.Source)
-	names := func(ns []cinv.Node) string {
-		var s []string
+// ClusterPlan is `kubecpr cluster plan -o json|yaml` (docs/schema.md):
+// the phases a cluster run goes through, and on which nodes.
+type ClusterPlan struct {
+	TypeMeta  `yaml:",inline"`
+	Inventory string             `json:"inventory" yaml:"inventory"`
+	Workers   string             `json:"workers" yaml:"workers"`
+	Phases    []ClusterPlanPhase `json:"phases" yaml:"phases"`
+}
+
+// ClusterPlanPhase is one phase of a ClusterPlan.
+type ClusterPlanPhase struct {
+	Name        string   `json:"name" yaml:"name"`
+	Description string   `json:"description" yaml:"description"`
+	Nodes       []string `json:"nodes" yaml:"nodes"`
+}
+
+// clusterPlan is what a cluster run will do, phase by phase.
+func clusterPlan(inv *cinv.Inventory, workers string) ClusterPlan {
+	names := func(ns []cinv.Node) []string {
+		s := []string{}
 		for _, n := range ns {
 			s = append(s, n.Name)
 		}
-		if len(s) == 0 {
-			return "(none)"
-		}
-		return strings.Join(s, ", ")
+		return s
 	}
-	fmt.Fprintf(w, "1. offline, control planes (%s): diagnose, backup, certs with each node's own names, kubeconfigs\n", names(inv.ControlPlanes()))
-	fmt.Fprintf(w, "2. restart, all control planes at once (%s): etcd (quorum), API servers, controller-managers, schedulers; csr; verify\n", names(inv.ControlPlanes()))
+	workersDo := "kubelet client certificate signed here, installed journaled, kubelet restarted"
 	if workers == "bootstrap" {
-		fmt.Fprintf(w, "3. workers (%s): a bootstrap token (1h, deleted after), bootstrap-kubelet.conf written journaled on each, kubelet restarted, its client CSR approved here only for an inventory worker\n", names(inv.Workers()))
-	} else {
-		fmt.Fprintf(w, "3. workers (%s): kubelet client certificate signed here, installed journaled, kubelet restarted\n", names(inv.Workers()))
+		workersDo = "a bootstrap token (1h, deleted after), bootstrap-kubelet.conf written journaled on each, kubelet restarted, its client CSR approved here only for an inventory worker"
 	}
-	fmt.Fprintf(w, "4. verify, every node: nothing expired, the kubelet authenticates as system:node:NAME\n")
+	return ClusterPlan{TypeMeta: typeMeta(kindClusterPlan), Inventory: inv.Source, Workers: workers, Phases: []ClusterPlanPhase{
+		{cluster.PhaseOffline, "control planes: diagnose, backup, certs with each node's own names, kubeconfigs", names(inv.ControlPlanes())},
+		{cluster.PhaseRestart, "all control planes at once: etcd (quorum), API servers, controller-managers, schedulers; csr; verify", names(inv.ControlPlanes())},
+		{cluster.PhaseWorkers, workersDo, names(inv.Workers())},
+		{cluster.PhaseVerify, "every node: nothing expired, the kubelet authenticates as system:node:NAME", names(inv.Nodes)},
+	}}
+}
+
+func printClusterPlan(e *env, inv *cinv.Inventory, workers string) error {
+	p := clusterPlan(inv, workers)
+	if e.machine() {
+		return emitOrFail(e, p)
+	}
+	w := e.out
+	fmt.Fprintf(w, "cluster plan for %s (dry run: nothing will be changed); every node matches the inventory\n", inv.Source)
+	for i, ph := range p.Phases {
+		nodes := strings.Join(ph.Nodes, ", ")
+		if nodes == "" {
+			nodes = "(none)"
+		}
+		fmt.Fprintf(w, "%d. %s (%s): %s\n", i+1, ph.Name, nodes, ph.Description)
+	}
+	return nil
+}
+
+// ClusterRunStatus is `kubecpr cluster status -o json|yaml`, and what
+// `cluster run` and `cluster resume` write when they finish
+// (docs/schema.md): the cluster journal of the last cluster run.
+type ClusterRunStatus struct {
+	TypeMeta `yaml:",inline"`
+	StateDir string `json:"stateDir" yaml:"stateDir"`
+	// RunID is the last cluster run's id, "" when none is recorded.
+	RunID     string                `json:"runID" yaml:"runID"`
+	Status    string                `json:"status,omitempty" yaml:"status,omitempty"` // open, complete, rolled-back
+	Open      bool                  `json:"open" yaml:"open"`
+	Journal   string                `json:"journal,omitempty" yaml:"journal,omitempty"`
+	Inventory string                `json:"inventory,omitempty" yaml:"inventory,omitempty"`
+	Workers   string                `json:"workers,omitempty" yaml:"workers,omitempty"`
+	Actions   []ClusterActionStatus `json:"actions" yaml:"actions"`
+}
+
+// ClusterActionStatus is one node's phase in a ClusterRunStatus.
+type ClusterActionStatus struct {
+	Action   string     `json:"action" yaml:"action"` // PHASE/NODE
+	Phase    string     `json:"phase" yaml:"phase"`
+	Node     string     `json:"node" yaml:"node"`
+	State    string     `json:"state" yaml:"state"` // in-flight, done, failed
+	Started  time.Time  `json:"started" yaml:"started"`
+	Finished *time.Time `json:"finished,omitempty" yaml:"finished,omitempty"`
+	Duration string     `json:"duration,omitempty" yaml:"duration,omitempty"`
+	Error    string     `json:"error,omitempty" yaml:"error,omitempty"`
+}
+
+// clusterRunStatus reads the cluster journal in stateDir into its document.
+func clusterRunStatus(stateDir string) (ClusterRunStatus, error) {
+	st := ClusterRunStatus{TypeMeta: typeMeta(kindClusterRunStatus), StateDir: stateDir, Actions: []ClusterActionStatus{}}
+	id, recs, err := cluster.CurrentRun(stateDir)
+	if err != nil || id == "" {
+		return st, err
+	}
+	st.RunID, st.Status = id, cluster.Status(recs)
+	st.Open = st.Status == "open"
+	st.Journal = filepath.Join(stateDir, "cluster", id, "journal.log")
+	if rec, err := cluster.Recorded(recs); err == nil {
+		st.Inventory, st.Workers = rec.Inventory, rec.Workers
+	}
+	// The node journal's reading of records, so that states and times
+	// mean the same in both documents.
+	for _, a := range summarize(id, st.Open, recs).Actions {
+		_, nodeName, _ := strings.Cut(a.Action, "/")
+		st.Actions = append(st.Actions, ClusterActionStatus{Action: a.Action, Phase: a.Stage, Node: nodeName, State: a.State,
+			Started: a.Started, Finished: a.Finished, Duration: a.Duration, Error: a.Error})
+	}
+	return st, nil
 }
 
 func clusterStatus(c *cli.Context) error {
 	stateDir, e, err := clusterStateDir(c)
 	if err != nil {
 		return err
+	}
+	if e.machine() {
+		st, err := clusterRunStatus(stateDir)
+		if err != nil {
+			return err
+		}
+		return emitOrFail(e, st)
 	}
 	id, recs, err := cluster.CurrentRun(stateDir)
 	if err != nil {
@@ -301,17 +399,6 @@ func clusterStatus(c *cli.Context) error {
 		return nil
 	}
 	order, state := cluster.NodeStates(recs)
-	if e.machine() {
-		type row struct {
-			Action string `json:"action"`
-			State  string `json:"state"`
-		}
-		var rows []row
-		for _, a := range order {
-			rows = append(rows, row{a, state[a]})
-		}
-		return emit(e.data, e.format, map[string]any{"runID": id, "status": cluster.Status(recs), "actions": rows})
-	}
 	fmt.Fprintf(e.out, "cluster run %s: %s\n", id, cluster.Status(recs))
 	tw := tabwriter.NewWriter(e.out, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "PHASE/NODE\tSTATE")

@@ -33,6 +33,9 @@ const (
 	kindRunStatus            = "RunStatus"
 	kindBackupList           = "BackupList"
 	kindRecoveryServerStatus = "RecoveryServerStatus"
+	kindClusterPlan          = "ClusterPlan"
+	kindClusterRunStatus     = "ClusterRunStatus"
+	kindKubeconfigExport     = "KubeconfigExport"
 )
 
 // machineOutput lists the commands that write a document with -o
@@ -42,7 +45,8 @@ var machineOutput = map[string]bool{
 	"check": true, "check-expiration": true, "diagnose": true,
 	"plan": true, "run": true, "resume": true, "status": true,
 	"backup list": true, "recovery-server status": true,
-	"facts": true, "cluster status": true,
+	"facts": true, "cluster plan": true, "cluster run": true, "cluster resume": true, "cluster status": true,
+	"kubeconfig export": true,
 }
 
 // outputFormat reads and checks -o: an unknown format is a usage error.
@@ -52,7 +56,7 @@ func outputFormat(c *cli.Context) (string, error) {
 		return formatText, nil
 	case formatJSON, formatYAML:
 		if name := commandName(c); name != "" && !machineOutput[name] {
-			return "", withCode(ExitFailed, fmt.Errorf("-o %s: `kubecpr %s` writes no %s document; -o json|yaml applies to check, diagnose, plan, run, resume, status, backup list and recovery-server status (docs/schema.md)", f, name, f))
+			return "", withCode(ExitFailed, fmt.Errorf("-o %s: `kubecpr %s` writes no %s document; -o json|yaml applies to check, diagnose, plan, run, resume, status, backup list, recovery-server status, cluster plan|run|resume|status and kubeconfig export (docs/schema.md)", f, name, f))
 		}
 		return f, nil
 	default:

@@ -168,6 +168,62 @@ type docRecoveryServerStatus struct {
 	Kubeconfig string     `json:"kubeconfig" yaml:"kubeconfig"`
 }
 
+type docClusterPlan struct {
+	DocMeta   `yaml:",inline"`
+	Inventory string `json:"inventory" yaml:"inventory"`
+	Workers   string `json:"workers" yaml:"workers"`
+	Phases    []struct {
+		Name        string   `json:"name" yaml:"name"`
+		Description string   `json:"description" yaml:"description"`
+		Nodes       []string `json:"nodes" yaml:"nodes"`
+	} `json:"phases" yaml:"phases"`
+}
+
+type docClusterAction struct {
+	Action   string     `json:"action" yaml:"action"`
+	Phase    string     `json:"phase" yaml:"phase"`
+	Node     string     `json:"node" yaml:"node"`
+	State    string     `json:"state" yaml:"state"`
+	Started  time.Time  `json:"started" yaml:"started"`
+	Finished *time.Time `json:"finished" yaml:"finished"`
+	Duration string     `json:"duration" yaml:"duration"`
+	Error    string     `json:"error" yaml:"error"`
+}
+
+type docClusterRunStatus struct {
+	DocMeta   `yaml:",inline"`
+	StateDir  string             `json:"stateDir" yaml:"stateDir"`
+	RunID     string             `json:"runID" yaml:"runID"`
+	Status    string             `json:"status" yaml:"status"`
+	Open      bool               `json:"open" yaml:"open"`
+	Journal   string             `json:"journal" yaml:"journal"`
+	Inventory string             `json:"inventory" yaml:"inventory"`
+	Workers   string             `json:"workers" yaml:"workers"`
+	Actions   []docClusterAction `json:"actions" yaml:"actions"`
+}
+
+type docKubeconfigExport struct {
+	DocMeta          `yaml:",inline"`
+	Path             string    `json:"path" yaml:"path"`
+	User             string    `json:"user" yaml:"user"`
+	Groups           []string  `json:"groups" yaml:"groups"`
+	GroupsFrom       string    `json:"groupsFrom" yaml:"groupsFrom"`
+	NotBefore        time.Time `json:"notBefore" yaml:"notBefore"`
+	NotAfter         time.Time `json:"notAfter" yaml:"notAfter"`
+	CappedAtCAExpiry bool      `json:"cappedAtCAExpiry" yaml:"cappedAtCAExpiry"`
+	Serial           string    `json:"serial" yaml:"serial"`
+	Server           string    `json:"server" yaml:"server"`
+	SignedBy         string    `json:"signedBy" yaml:"signedBy"`
+	Secret           struct {
+		Action          string `json:"action" yaml:"action"`
+		Namespace       string `json:"namespace" yaml:"namespace"`
+		Name            string `json:"name" yaml:"name"`
+		Command         string `json:"command" yaml:"command"`
+		AdminKubeconfig string `json:"adminKubeconfig" yaml:"adminKubeconfig"`
+		ResourceVersion string `json:"resourceVersion" yaml:"resourceVersion"`
+	} `json:"secret" yaml:"secret"`
+}
+
 // decodeDoc decodes one document strictly: unknown fields and anything
 // after the document are errors. It also checks the head and that every
 // key written is documented for the kind in docs/schema.md.
@@ -295,12 +351,14 @@ func readSchema(t *testing.T) docSchema {
 			cur[m[1]] = strings.TrimSpace(cols[2])
 		}
 	}
-	for _, k := range []string{"CheckReport", "Plan", "RunReport", "RunStatus", "BackupList", "RecoveryServerStatus"} {
+	for _, k := range []string{"CheckReport", "Plan", "RunReport", "RunStatus", "BackupList", "RecoveryServerStatus",
+		"ClusterPlan", "ClusterRunStatus", "KubeconfigExport"} {
 		if len(s.kinds[k]) == 0 {
 			t.Fatalf("docs/schema.md documents no fields for kind %s", k)
 		}
 	}
-	for _, typ := range []string{"Cert", "Stage", "Action", "Credential", "ActionStatus", "RunEntry", "Backup"} {
+	for _, typ := range []string{"Cert", "Stage", "Action", "Credential", "ActionStatus", "RunEntry", "Backup",
+		"ClusterPhase", "ClusterAction", "AdminClusterSecret"} {
 		if len(s.types[typ]) == 0 {
 			t.Fatalf("docs/schema.md has no table for type %s", typ)
 		}
@@ -713,5 +771,86 @@ func TestRecoveryServerStatusDocument(t *testing.T) {
 	decodeDoc(t, "json", r.stdout, "RecoveryServerStatus", &st)
 	if st.Running || st.PID != 0 || st.Kubeconfig != "" {
 		t.Errorf("after stop: %+v", st)
+	}
+}
+
+// A cluster of one control plane and one worker, recovered on copies from
+// one place: cluster plan, cluster status before and after, and the end of
+// cluster run are documents of their own kinds (json and yaml), the run's
+// document is the journal cluster status reads afterwards, and nothing but
+// the document is on stdout.
+func TestOutputDocumentsOfAClusterRun(t *testing.T) {
+	dir := t.TempDir()
+	invFile, roots := expiredClusterOf(t, dir, 1, 1)
+	driver := filepath.Join(dir, "driver")
+	if err := os.MkdirAll(driver, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(driver, "var/lib/kubecpr")
+	clock := now.Format(time.RFC3339)
+
+	r := kubecpr(t, nil, "cluster", "plan", "--inventory", invFile, "--ca-from", "cp-1", "--root", driver, "--now", clock, "-o", "yaml")
+	if r.code != 0 {
+		t.Fatalf("cluster plan: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	var plan docClusterPlan
+	decodeDoc(t, "yaml", r.stdout, "ClusterPlan", &plan)
+	got := map[string][]string{}
+	var order []string
+	for _, ph := range plan.Phases {
+		order = append(order, ph.Name)
+		got[ph.Name] = ph.Nodes
+		if ph.Description == "" {
+			t.Errorf("cluster plan: phase %s has no description", ph.Name)
+		}
+	}
+	if d := cmp.Diff([]string{"offline", "restart", "workers", "verify"}, order); d != "" {
+		t.Errorf("cluster plan phases (-want +got):\n%s", d)
+	}
+	if plan.Inventory != invFile || plan.Workers != "bundle" || !cmp.Equal(got["offline"], []string{"cp-1"}) ||
+		!cmp.Equal(got["workers"], []string{"w-1"}) || !cmp.Equal(got["verify"], []string{"cp-1", "w-1"}) {
+		t.Errorf("cluster plan: %+v", plan)
+	}
+
+	r = kubecpr(t, nil, "cluster", "status", "--root", driver, "-o", "json")
+	var none docClusterRunStatus
+	decodeDoc(t, "json", r.stdout, "ClusterRunStatus", &none)
+	if r.code != 0 || none.RunID != "" || none.Open || none.Actions == nil || len(none.Actions) != 0 || none.StateDir != stateDir {
+		t.Errorf("cluster status with no run: exit %d %+v", r.code, none)
+	}
+
+	r = kubecpr(t, nil, "cluster", "run", "--inventory", invFile, "--ca-from", "cp-1", "--update-user-kubeconfigs", "--root", driver, "--now", clock, "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("cluster run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "[w-1] ") || !strings.Contains(r.stderr, "NODE") {
+		t.Errorf("cluster run: progress and summary are not on stderr:\n%s", r.stderr)
+	}
+	var run docClusterRunStatus
+	decodeDoc(t, "json", r.stdout, "ClusterRunStatus", &run)
+	states := map[string]string{}
+	for _, a := range run.Actions {
+		states[a.Action] = a.State
+		if a.Phase+"/"+a.Node != a.Action || a.Finished == nil || a.Finished.Before(a.Started) || a.Duration == "" || a.Error != "" {
+			t.Errorf("cluster run: action %+v", a)
+		}
+	}
+	if d := cmp.Diff(map[string]string{"offline/cp-1": "done", "restart/cp-1": "done", "workers/w-1": "done", "verify/cp-1": "done", "verify/w-1": "done"}, states); d != "" {
+		t.Errorf("cluster run actions (-want +got):\n%s", d)
+	}
+	if run.RunID == "" || run.Status != "complete" || run.Open || run.StateDir != stateDir || run.Inventory != invFile || run.Workers != "bundle" ||
+		run.Journal != filepath.Join(stateDir, "cluster", run.RunID, "journal.log") {
+		t.Errorf("cluster run: %+v", run)
+	}
+	if _, err := os.Stat(run.Journal); err != nil {
+		t.Errorf("cluster run: journal: %v", err)
+	}
+	checkClusterRecovered(t, roots)
+
+	r = kubecpr(t, nil, "-o", "yaml", "cluster", "status", "--root", driver)
+	var st docClusterRunStatus
+	decodeDoc(t, "yaml", r.stdout, "ClusterRunStatus", &st)
+	if d := cmp.Diff(run, st); d != "" {
+		t.Errorf("cluster status differs from the run's document (-run +status):\n%s", d)
 	}
 }
