@@ -87,12 +87,42 @@ type exportOptions struct {
 	adminKubeconfig       string
 	updateSecret          bool
 	groupsFromAdminConfig bool
+	groupsFromFlag        bool
+}
+
+// KubeconfigExport is `kubecpr kubeconfig export -o json|yaml`
+// (docs/schema.md): what was written and where, never its content.
+type KubeconfigExport struct {
+	TypeMeta         `yaml:",inline"`
+	Path             string             `json:"path" yaml:"path"`
+	User             string             `json:"user" yaml:"user"`
+	Groups           []string           `json:"groups" yaml:"groups"`
+	GroupsFrom       string             `json:"groupsFrom" yaml:"groupsFrom"` // flag, admin.conf, default
+	NotBefore        time.Time          `json:"notBefore" yaml:"notBefore"`
+	NotAfter         time.Time          `json:"notAfter" yaml:"notAfter"`
+	CappedAtCAExpiry bool               `json:"cappedAtCAExpiry" yaml:"cappedAtCAExpiry"`
+	Serial           string             `json:"serial" yaml:"serial"`
+	Server           string             `json:"server" yaml:"server"`
+	SignedBy         string             `json:"signedBy" yaml:"signedBy"`
+	Secret           AdminClusterSecret `json:"secret" yaml:"secret"`
+}
+
+// AdminClusterSecret is what became of the admin cluster's copy of the
+// kubeconfig.
+type AdminClusterSecret struct {
+	Action          string `json:"action" yaml:"action"` // printed, created, updated
+	Namespace       string `json:"namespace,omitempty" yaml:"namespace,omitempty"`
+	Name            string `json:"name,omitempty" yaml:"name,omitempty"`
+	Command         string `json:"command,omitempty" yaml:"command,omitempty"`
+	AdminKubeconfig string `json:"adminKubeconfig,omitempty" yaml:"adminKubeconfig,omitempty"`
+	ResourceVersion string `json:"resourceVersion,omitempty" yaml:"resourceVersion,omitempty"`
 }
 
 func exportFlags(c *cli.Context) (exportOptions, error) {
 	o := exportOptions{out: c.String("out"), user: strings.TrimSpace(c.String("user")), server: strings.TrimSpace(c.String("server")),
 		groups: c.StringSlice("group"), validity: c.Duration("validity"), force: c.Bool("force"), cluster: c.String("cluster"),
 		namespace: c.String("cluster-namespace"), adminKubeconfig: c.String("admin-kubeconfig"), updateSecret: c.Bool("update-admin-cluster-secret")}
+	o.groupsFromFlag = len(o.groups) > 0
 	bad := func(format string, a ...any) (exportOptions, error) {
 		return o, withCode(ExitFailed, fmt.Errorf(format, a...))
 	}
@@ -260,23 +290,57 @@ func kubeconfigExport(c *cli.Context) error {
 	if containsString(o.groups, "system:masters") {
 		fmt.Fprintln(c.App.ErrWriter, "kubecpr: note: system:masters bypasses RBAC and cannot be revoked short of replacing the CA; kubeadm 1.29+ keeps it for super-admin.conf and gives admin.conf kubeadm:cluster-admins")
 	}
+	doc := exportReport(o, cert, ca)
 	if !o.updateSecret {
-		printSecretCommand(e.out, o)
-		return nil
+		doc.Secret.Action, doc.Secret.Command = "printed", printSecretCommand(e.out, o)
+	} else {
+		ctx, cancel := context.WithTimeout(c.Context, 2*time.Minute)
+		defer cancel()
+		rv, created, err := updateAdminSecret(ctx, o, kc)
+		if err != nil {
+			return withCode(ExitFailed, fmt.Errorf("the kubeconfig was written to %s, but the admin cluster's secret %s/%s-kubeconfig was not updated: %w",
+				o.out, o.namespace, o.cluster, err))
+		}
+		doc.Secret.Action, doc.Secret.ResourceVersion = "updated", rv
+		if created {
+			doc.Secret.Action = "created"
+		}
+		fmt.Fprintf(e.out, "%s secret %s/%s-kubeconfig in the admin cluster (%s, resourceVersion %s)\n", doc.Secret.Action, o.namespace, o.cluster, o.adminKubeconfig, rv)
 	}
-	ctx, cancel := context.WithTimeout(c.Context, 2*time.Minute)
-	defer cancel()
-	rv, created, err := updateAdminSecret(ctx, o, kc)
-	if err != nil {
-		return withCode(ExitFailed, fmt.Errorf("the kubeconfig was written to %s, but the admin cluster's secret %s/%s-kubeconfig was not updated: %w",
-			o.out, o.namespace, o.cluster, err))
+	if e.machine() {
+		return emitOrFail(e, doc)
 	}
-	verb := "updated"
-	if created {
-		verb = "created"
-	}
-	fmt.Fprintf(e.out, "%s secret %s/%s-kubeconfig in the admin cluster (%s, resourceVersion %s)\n", verb, o.namespace, o.cluster, o.adminKubeconfig, rv)
 	return nil
+}
+
+// exportReport is the document of an export: the certificate's facts, the
+// file's path; the key and the kubeconfig's content are never in it.
+func exportReport(o exportOptions, cert *x509.Certificate, ca *pki.CA) KubeconfigExport {
+	doc := KubeconfigExport{TypeMeta: typeMeta(kindKubeconfigExport), Path: o.out, User: cert.Subject.CommonName,
+		Groups: append([]string{}, cert.Subject.Organization...), GroupsFrom: groupsFrom(o),
+		NotBefore: cert.NotBefore.UTC(), NotAfter: cert.NotAfter.UTC(), CappedAtCAExpiry: cert.NotAfter.Equal(ca.Cert.NotAfter),
+		Serial: cert.SerialNumber.String(), Server: o.server, SignedBy: ca.Cert.Subject.CommonName}
+	if o.cluster != "" {
+		doc.Secret.Namespace, doc.Secret.Name = o.namespace, o.cluster+"-kubeconfig"
+	}
+	if o.adminKubeconfig != "" {
+		doc.Secret.AdminKubeconfig = o.adminKubeconfig
+		if a, err := filepath.Abs(o.adminKubeconfig); err == nil {
+			doc.Secret.AdminKubeconfig = a
+		}
+	}
+	return doc
+}
+
+// groupsFrom says where the certificate's groups came from.
+func groupsFrom(o exportOptions) string {
+	switch {
+	case o.groupsFromAdminConfig:
+		return "admin.conf"
+	case !o.groupsFromFlag:
+		return "default" // kubeadm 1.29+ admin.conf's group
+	}
+	return "flag"
 }
 
 // signKubeconfig makes the kubeconfig: a new key (ECDSA P-256 under an
@@ -312,17 +376,12 @@ func signKubeconfig(ca *pki.CA, caPEM []byte, o exportOptions, clusterName strin
 }
 
 func printExport(w io.Writer, o exportOptions, cert *x509.Certificate, ca *pki.CA) {
-	src := "--group"
-	if o.groupsFromAdminConfig {
-		src = "as the node's admin.conf"
-	} else if len(o.groups) == 1 && o.groups[0] == pki.ClusterAdminsGroup {
-		src = "kubeadm 1.29+ admin.conf default"
-	}
+	src := map[string]string{"flag": "--group", "admin.conf": "as the node's admin.conf", "default": "kubeadm 1.29+ admin.conf default"}[groupsFrom(o)]
 	fmt.Fprintf(w, "wrote %s (mode 0600)\n", o.out)
 	fmt.Fprintf(w, "  user      %s\n", cert.Subject.CommonName)
 	fmt.Fprintf(w, "  groups    %s (%s)\n", strings.Join(cert.Subject.Organization, ", "), src)
 	fmt.Fprintf(w, "  valid     %s to %s", cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339))
-	if cert.NotAfter.Equal(ca.Cert.NotAfter.UTC()) {
+	if cert.NotAfter.Equal(ca.Cert.NotAfter) {
 		fmt.Fprint(w, " (capped at the CA's own expiry)")
 	}
 	fmt.Fprintln(w)
@@ -331,11 +390,11 @@ func printExport(w io.Writer, o exportOptions, cert *x509.Certificate, ca *pki.C
 	fmt.Fprintf(w, "  signed by %s (the cluster CA)\n", ca.Cert.Subject.CommonName)
 }
 
-// printSecretCommand prints the one command that stores the kubeconfig in
-// the admin cluster's secret: the type is given so that an existing
-// Cluster API secret is updated rather than refused (a secret's type is
-// immutable), and apply keeps its labels and owner references.
-func printSecretCommand(w io.Writer, o exportOptions) {
+// printSecretCommand prints, and returns, the one command that stores the
+// kubeconfig in the admin cluster's secret: the type is given so that an
+// existing Cluster API secret is updated rather than refused (a secret's
+// type is immutable), and apply keeps its labels and owner references.
+func printSecretCommand(w io.Writer, o exportOptions) string {
 	cluster, ns, admin := o.cluster, o.namespace, o.adminKubeconfig
 	if cluster == "" {
 		cluster, ns = "CLUSTER_NAME", "cluster-CLUSTER_NAME"
@@ -347,8 +406,10 @@ func printSecretCommand(w io.Writer, o exportOptions) {
 	}
 	fmt.Fprintf(w, "\nAnthos clusters on bare metal: copy it to bmctl-workspace/%s/%s-kubeconfig on the admin workstation,\n", cluster, cluster)
 	fmt.Fprintln(w, "and update the admin cluster's copy (or run again with --update-admin-cluster-secret --cluster NAME --admin-kubeconfig FILE):")
-	fmt.Fprintf(w, "  kubectl --kubeconfig %s -n %s create secret generic %s-kubeconfig --type=%s --from-file=%s=%s --dry-run=client -o yaml | kubectl --kubeconfig %s apply -f -\n",
+	cmd := fmt.Sprintf("kubectl --kubeconfig %s -n %s create secret generic %s-kubeconfig --type=%s --from-file=%s=%s --dry-run=client -o yaml | kubectl --kubeconfig %s apply -f -",
 		shellWord(admin), ns, cluster, clusterSecretType, secretValueKey, shellWord(o.out), shellWord(admin))
+	fmt.Fprintf(w, "  %s\n", cmd)
+	return cmd
 }
 
 // shellWord quotes s for a POSIX shell when it needs quoting.

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/fixture"
@@ -165,6 +167,58 @@ func TestKubeconfigExport(t *testing.T) {
 	y.checkChain(t, filepath.Join(root, "etc/kubernetes/pki/ca.crt"))
 }
 
+// -o json|yaml: a KubeconfigExport document on stdout says what was
+// written (the path, the certificate's user, groups, validity, serial,
+// server, CA) and what to do with the admin cluster's secret, and holds
+// nothing of the key or the kubeconfig; the text goes to stderr.
+func TestKubeconfigExportDocument(t *testing.T) {
+	root := freshNode(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "bmctl-workspace", "c1", "c1-kubeconfig")
+	r := kubecpr(t, nil, "--root", root, "kubeconfig", "export", "--out", out, "--cluster", "c1", "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("export -o json: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	var doc docKubeconfigExport
+	decodeDoc(t, "json", r.stdout, "KubeconfigExport", &doc)
+	x := readExported(t, out)
+	ca := certOnDisk(t, root, "/etc/kubernetes/pki/ca.crt")
+	wantCmd := "kubectl --kubeconfig ADMIN_KUBECONFIG -n cluster-c1 create secret generic c1-kubeconfig --type=cluster.x-k8s.io/secret --from-file=value=" + out +
+		" --dry-run=client -o yaml | kubectl --kubeconfig ADMIN_KUBECONFIG apply -f -"
+	want := docKubeconfigExport{DocMeta: DocMeta{APIVersion: "kubecpr.io/v1alpha1", Kind: "KubeconfigExport"}, Path: out,
+		User: "kubernetes-admin", Groups: []string{pki.ClusterAdminsGroup}, GroupsFrom: "admin.conf",
+		NotBefore: x.cert.NotBefore, NotAfter: x.cert.NotAfter, Serial: x.cert.SerialNumber.String(), Server: x.server, SignedBy: ca.Subject.CommonName}
+	want.Secret.Action, want.Secret.Namespace, want.Secret.Name, want.Secret.Command = "printed", "cluster-c1", "c1-kubeconfig", wantCmd
+	if d := cmp.Diff(want, doc); d != "" {
+		t.Errorf("document (-want +got):\n%s", d)
+	}
+	if !strings.Contains(r.stderr, "wrote "+out) || !strings.Contains(r.stderr, wantCmd) {
+		t.Errorf("the text report is not on stderr:\n%s", r.stderr)
+	}
+	caKey, _ := os.ReadFile(filepath.Join(root, "etc/kubernetes/pki/ca.key"))
+	for _, secret := range [][]byte{x.keyPEM[40:80], bytes.TrimSpace(caKey)[40:80], x.raw[len(x.raw)/2 : len(x.raw)/2+40]} {
+		if strings.Contains(r.stdout, string(secret)) {
+			t.Errorf("the document holds key or kubeconfig material %q:\n%s", secret, r.stdout)
+		}
+	}
+
+	// yaml, groups from --group, no --cluster: the secret's command has
+	// placeholders and the document names no secret.
+	r = kubecpr(t, nil, "--root", root, "-o", "yaml", "kubeconfig", "export", "--out", out, "--force", "--user", "alice",
+		"--group", "dev-team", "--validity", "2h", "--server", "https://127.0.0.1:16443")
+	if r.code != 0 {
+		t.Fatalf("export -o yaml: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	doc = docKubeconfigExport{}
+	decodeDoc(t, "yaml", r.stdout, "KubeconfigExport", &doc)
+	y := readExported(t, out)
+	if doc.User != "alice" || !cmp.Equal(doc.Groups, []string{"dev-team"}) || doc.GroupsFrom != "flag" || doc.Server != "https://127.0.0.1:16443" ||
+		!doc.NotAfter.Equal(y.cert.NotAfter) || doc.NotAfter.Sub(doc.NotBefore) != 2*time.Hour+5*time.Minute || doc.Serial != y.cert.SerialNumber.String() ||
+		doc.Secret.Action != "printed" || doc.Secret.Namespace != "" || doc.Secret.Name != "" || !strings.Contains(doc.Secret.Command, "cluster-CLUSTER_NAME") {
+		t.Errorf("export -o yaml: %+v", doc)
+	}
+}
+
 func TestKubeconfigExportRefusals(t *testing.T) {
 	root := freshNode(t)
 	dir := t.TempDir()
@@ -304,13 +358,20 @@ func TestKubeconfigExportAgainstRealAPIServer(t *testing.T) {
 	if _, err := cs.CoreV1().Secrets("cluster-c1").Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	r = kubecpr(t, nil, append(secretArgs, "--force")...)
-	if r.code != 0 || !strings.Contains(r.stdout, "updated secret cluster-c1/c1-kubeconfig") {
+	r = kubecpr(t, nil, append(secretArgs, "--force", "-o", "json")...)
+	if r.code != 0 || !strings.Contains(r.stderr, "updated secret cluster-c1/c1-kubeconfig") {
 		t.Fatalf("second export: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	sec2, err := cs.CoreV1().Secrets("cluster-c1").Get(ctx, "c1-kubeconfig", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Its document says the secret was updated, to which version.
+	var doc docKubeconfigExport
+	decodeDoc(t, "json", r.stdout, "KubeconfigExport", &doc)
+	if abs, _ := filepath.Abs(admin); doc.Secret.Action != "updated" || doc.Secret.ResourceVersion != sec2.ResourceVersion || doc.Secret.Command != "" ||
+		doc.Secret.Namespace != "cluster-c1" || doc.Secret.Name != "c1-kubeconfig" || doc.Secret.AdminKubeconfig != abs || doc.Path != ws {
+		t.Errorf("the update's document: %+v, want updated to resourceVersion %s", doc, sec2.ResourceVersion)
 	}
 	file2, _ := os.ReadFile(ws)
 	if bytes.Equal(file2, file) || !bytes.Equal(sec2.Data["value"], file2) || string(sec2.Data["other"]) != "kept" ||
