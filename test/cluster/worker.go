@@ -299,3 +299,58 @@ func (n *Node) RenewNodeLease(ctx context.Context) error {
 	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
 	return err
 }
+
+// NodeLease reads the Lease kube-node-lease/name with the node's kubeconfig
+// (e.g. AdminConf of a control plane): its holder and when it was last
+// renewed. A kubelet renews its own every 10 s once it authenticates; the
+// Node authorizer lets it write no other.
+func (n *Node) NodeLease(ctx context.Context, kubeconfig, name string) (holder string, renewed time.Time, err error) {
+	cs, err := n.clientset(kubeconfig)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	l, err := cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	if l.Spec.RenewTime != nil {
+		renewed = l.Spec.RenewTime.Time
+	}
+	return holder, renewed, nil
+}
+
+// WaitNodeLeaseRenewed waits until the Lease of node name, read through
+// n's kubeconfig, is held by name and was renewed after since.
+func (n *Node) WaitNodeLeaseRenewed(ctx context.Context, kubeconfig, name string, since time.Time) error {
+	var holder string
+	var renewed time.Time
+	var err error
+	for {
+		holder, renewed, err = n.NodeLease(ctx, kubeconfig, name)
+		if err == nil && holder == name && renewed.After(since) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the Lease kube-node-lease/%s was not renewed by its kubelet after %s (holder %q, last renewed %s, err %v)",
+				name, since.Format(time.RFC3339), holder, renewed.Format(time.RFC3339), err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// FileNodeCSR files, with the credential of the node's kubeconfig (a
+// bootstrap-kubelet.conf), a kubelet client CSR for the node name as the
+// kubelet's TLS bootstrap does, and returns its name: what someone holding
+// a leaked bootstrap token can do.
+func (n *Node) FileNodeCSR(ctx context.Context, kubeconfig, name string) (string, error) {
+	cs, err := n.clientset(kubeconfig)
+	if err != nil {
+		return "", err
+	}
+	csrName, _, _, err := fileNodeCSR(ctx, cs, name)
+	return csrName, err
+}

@@ -200,6 +200,35 @@ func Configure(t testing.TB, n *cluster.Node, socket string) (port, healthz int)
 // test ends. The node must have been configured with Configure for d.
 func Start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int) *Kubelet {
 	t.Helper()
+	return start(t, n, d, port, healthz)
+}
+
+// StartWorker runs the real kubelet of the worker w (laid out by
+// cluster.Worker) against a containerd of its own, in that daemon's mount
+// namespace, as kubeadm's systemd drop-in starts it on a joined node:
+// --kubeconfig /etc/kubernetes/kubelet.conf and --bootstrap-kubeconfig
+// /etc/kubernetes/bootstrap-kubelet.conf (which kubeadm join removed after
+// the TLS bootstrap). So it behaves as on a real worker: with a valid
+// client certificate it registers its Node and renews its Lease; with an
+// expired one and no bootstrap kubeconfig it exits at once ("unable to
+// load bootstrap kubeconfig") and the supervisor restarts it every second
+// (systemd's crash loop); with a bootstrap kubeconfig it files its own
+// client CSR and, once that is signed, stores the certificate as
+// kubelet-client-<date>.pem, re-points kubelet-client-current.pem and
+// rewrites kubelet.conf to use it. No static pods: the manifests
+// directory is empty.
+func StartWorker(t testing.TB, w *cluster.Node) *Kubelet {
+	t.Helper()
+	if !w.IsWorker {
+		t.Fatalf("StartWorker: %s is not a worker", w.Name)
+	}
+	d := ctrd.StartWith(t, ctrd.Options{Overlays: Overlays, Binds: Binds(t, w, t.TempDir())})
+	port, healthz := Configure(t, w, d.Socket)
+	return start(t, w, d, port, healthz, "--bootstrap-kubeconfig="+cluster.BootstrapKubeconfig)
+}
+
+func start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int, extra ...string) *Kubelet {
+	t.Helper()
 	bin := filepath.Join(n.Bin, "kubelet")
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("kubelet binary missing in %s: run `make testbin`", n.Bin)
@@ -219,6 +248,7 @@ func Start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int) *Ku
 		"--node-ip=" + NodeIP(t),
 		"--v=2",
 	}
+	argv = append(argv, extra...)
 	go func() {
 		defer close(k.done)
 		defer logf.Close()
@@ -254,9 +284,10 @@ func Start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int) *Ku
 
 // RestartCommand is a shell line that restarts the kubelet the way
 // `systemctl restart kubelet` does here: it stops it, the supervisor
-// starts a new one.
+// starts a new one. Like systemctl, it succeeds when the kubelet had
+// already exited (a crash-looping kubelet between two starts).
 func (k *Kubelet) RestartCommand() string {
-	return fmt.Sprintf("kill -TERM $(cat %s)", k.PIDFile)
+	return fmt.Sprintf("kill -TERM $(cat %s) 2>/dev/null; true", k.PIDFile)
 }
 
 // Starts is how many times the kubelet has been started.
