@@ -26,12 +26,19 @@ func ocpTree(t *testing.T, o ocpfixture.Options) string {
 // its expiry, exit 2, the OpenShift message is given exactly once, and
 // nothing is written.
 func TestOpenShiftCheckAndDiagnoseListTheNode(t *testing.T) {
-	root := ocpTree(t, ocpfixture.Options{Master: true, NodeName: "master-0", Revision: 7})
+	root := ocpTree(t, ocpfixture.Options{Master: true, NodeName: "master-0", Revision: 7, KCMRevision: 5, OtherMasters: []string{"master-1"}})
 	expired := now.AddDate(0, 0, -3).UTC().Format("Jan 02, 2006 15:04 MST")
 	rows := []string{"kubelet-client-current.pem", "kubelet-server-current.pem", "kubelet kubeconfig", "bootstrap kubeconfig",
-		"localhost-recovery kubeconfig", "kube-apiserver-pod-7/etcd-client", "kube-apiserver-pod-7/localhost-recovery-serving-certkey"}
+		"localhost-recovery kubeconfig", "kube-apiserver-pod-7/etcd-client", "kube-apiserver-pod-7/localhost-recovery-serving-certkey",
+		"kube-controller-manager-pod-5/serving-cert"}
 	for _, s := range ocpfixture.CertSecretNames() {
 		rows = append(rows, "kube-apiserver-certs/"+s)
+	}
+	for _, s := range ocpfixture.KCMCertSecretNames() {
+		rows = append(rows, "kube-controller-manager-certs/"+s)
+	}
+	for _, s := range ocpfixture.EtcdCertNames("master-0") {
+		rows = append(rows, "etcd-certs/etcd-all-certs/"+s)
 	}
 	for _, args := range [][]string{{"check"}, {"diagnose", "--offline"}} {
 		t.Run(args[0], func(t *testing.T) {
@@ -65,6 +72,9 @@ func TestOpenShiftCheckAndDiagnoseListTheNode(t *testing.T) {
 			if strings.Contains(r.stderr, "--config") {
 				t.Errorf("sends the operator to --config:\n%s", r.stderr)
 			}
+			if strings.Contains(r.stdout, "master-1") {
+				t.Errorf("another etcd member's certificates are listed:\n%s", r.stdout)
+			}
 			if diff := diffSnapshots(before, snapshot(t, root)); diff != "" {
 				t.Errorf("%v changed the node:\n%s", args, diff)
 			}
@@ -91,7 +101,8 @@ func TestOpenShiftCheckAndDiagnoseListTheNode(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]string{"kubelet-server-current.pem": "kubelet-server expired", "kubelet-client-current.pem": "kubelet-client expired",
-		"kube-apiserver-certs/kubelet-client": "operator-managed expired", "bootstrap kubeconfig": "bootstrap-kubeconfig ok"} {
+		"kube-apiserver-certs/kubelet-client": "operator-managed expired", "bootstrap kubeconfig": "bootstrap-kubeconfig ok",
+		"kube-controller-manager-certs/csr-signer": "operator-managed expired", "etcd-certs/etcd-all-certs/etcd-peer-master-0": "operator-managed expired"} {
 		if got[name] != want {
 			t.Errorf("json %s = %q, want %q", name, got[name], want)
 		}

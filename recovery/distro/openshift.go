@@ -61,6 +61,20 @@ const (
 	// KubeAPIServerPodPrefix names the revision directories
 	// (kube-apiserver-pod-N) and the manifest (kube-apiserver-pod.yaml).
 	KubeAPIServerPodPrefix = "kube-apiserver-pod"
+	// KubeControllerManagerCerts is the kube-controller-manager's
+	// unrevisioned cert dir (openshift/cluster-kube-controller-manager-operator
+	// bindata assets/kube-controller-manager/pod.yaml: cert-dir), its
+	// revisions kube-controller-manager-pod-N (resource-dir).
+	KubeControllerManagerCerts     = StaticPodResources + "/kube-controller-manager-certs"
+	KubeControllerManagerPodPrefix = "kube-controller-manager-pod"
+	// EtcdAllCerts is the secret of etcd's unrevisioned cert dir that holds
+	// every member's peer, serving and metrics certificates as
+	// etcd-{peer,serving,serving-metrics}-NODE.{crt,key}: the copy the pod
+	// uses (openshift/cluster-etcd-operator bindata/etcd/pod.yaml,
+	// docs/etcd-tls-assets.md).
+	EtcdCerts     = StaticPodResources + "/etcd-certs"
+	EtcdAllCerts  = EtcdCerts + "/secrets/etcd-all-certs"
+	EtcdPodPrefix = "etcd-pod"
 )
 
 // isKubeletConfiguration reports whether the file at p is a
@@ -181,8 +195,8 @@ func OpenShiftDoesNot(evidence []string) string {
 		"the nodes' renewals and kubelet-serving CSRs) with its careful checks: `kubecpr openshift-node`.\n")
 	b.WriteString("  kubecpr does NOT here: renew or regenerate the control-plane certificates under " + StaticPodResources +
 		" (kube-apiserver, kube-controller-manager, etcd): the cluster operators own them, and since OpenShift 4.2 the " +
-		"cert-regeneration controllers in the static pods recover expired ones by themselves once the kubelet runs them; " +
-		"`kubecpr run` refuses this node.\n")
+		"cert-regeneration controllers in the kube-apiserver and kube-controller-manager static pods recover expired ones by themselves " +
+		"once the kubelet runs them (etcd's are issued by the cluster-etcd-operator); `kubecpr run` refuses this node.\n")
 	b.WriteString("  Instead: wait for the control plane to come back (`oc --kubeconfig " + LocalhostRecoveryKubeconfig +
 		" get clusteroperators kube-apiserver kube-controller-manager`), then `oc get csr`, `oc describe csr NAME` and " +
 		"`oc adm certificate approve NAME` for each valid pending node-bootstrapper and node CSR (or `kubecpr openshift-node`). " +

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path"
 	"sort"
 	"strings"
@@ -31,7 +32,20 @@ var (
 		"user-serving-cert-007", "user-serving-cert-008", "user-serving-cert-009",
 	}
 	openshiftRevisionSecrets = []string{"etcd-client", "localhost-recovery-serving-certkey"}
-	openshiftOptional        = map[string]bool{
+	// The kube-controller-manager's, by its operator's names
+	// (openshift/cluster-kube-controller-manager-operator
+	// pkg/operator/starter.go): CertSecrets in
+	// kube-controller-manager-certs/secrets (its client certificate, and
+	// csr-signer, the signer of the CSRs it approves:
+	// --cluster-signing-cert-file), and the revisioned serving-cert, from
+	// the service CA and optional there (--tls-cert-file,
+	// targetconfigcontroller).
+	kcmCertSecrets     = []string{"kube-controller-manager-client-cert-key", "csr-signer"}
+	kcmRevisionSecrets = []string{"serving-cert"}
+	// etcd's certificates of a member in etcd-all-certs
+	// (openshift/cluster-etcd-operator bindata/etcd/pod.yaml).
+	etcdMemberCerts   = []string{"etcd-peer", "etcd-serving", "etcd-serving-metrics"}
+	openshiftOptional = map[string]bool{
 		"user-serving-cert": true, "user-serving-cert-000": true, "user-serving-cert-001": true, "user-serving-cert-002": true,
 		"user-serving-cert-003": true, "user-serving-cert-004": true, "user-serving-cert-005": true, "user-serving-cert-006": true,
 		"user-serving-cert-007": true, "user-serving-cert-008": true, "user-serving-cert-009": true,
@@ -39,9 +53,11 @@ var (
 )
 
 // operatorNote is what every operator-managed item says when it is not ok.
-const operatorNote = "they belong to the kube-apiserver operator and kubecpr does not renew them: since OpenShift 4.2 the " +
-	"cert-regeneration controller in the kube-apiserver static pod regenerates expired ones once the kubelet runs the pod " +
-	"(watch with `oc --kubeconfig " + distro.LocalhostRecoveryKubeconfig + " get clusteroperator kube-apiserver`)"
+const operatorNote = "they belong to the cluster operators and kubecpr does not renew them: since OpenShift 4.2 the " +
+	"cert-regeneration controllers in the kube-apiserver and kube-controller-manager static pods regenerate expired ones once the kubelet runs the pods " +
+	"(watch with `oc --kubeconfig " + distro.LocalhostRecoveryKubeconfig + " get clusteroperators kube-apiserver kube-controller-manager`); " +
+	"etcd's peer, serving and metrics certificates are issued by the cluster-etcd-operator's cert signer through the API, " +
+	"not by a controller on the node (`oc get clusteroperator etcd`)"
 
 // BuildOpenShift reads and judges the credentials of an OpenShift 4 node:
 // the kubelet's client and serving certificates, its kubeconfig, the
@@ -125,9 +141,74 @@ func BuildOpenShift(n *node.Node, c *node.Cluster, now time.Time, warn time.Dura
 			inv.Notes = append(inv.Notes, fmt.Sprintf("no %s-N revision under %s: the kube-apiserver's revisioned certificates are not listed",
 				distro.KubeAPIServerPodPrefix, distro.StaticPodResources))
 		}
+		if err := inv.addKubeControllerManager(cas); err != nil {
+			return nil, err
+		}
+		if err := inv.addEtcd(cas); err != nil {
+			return nil, err
+		}
 		inv.noteOperatorManaged()
 	}
 	return inv, nil
+}
+
+// addKubeControllerManager lists the kube-controller-manager's
+// certificates: the unrevisioned ones, and the current revision's serving
+// certificate. A node without its static pod resources has none listed,
+// with a note.
+func (inv *Inventory) addKubeControllerManager(cas map[string]*CAItem) error {
+	n := inv.Node
+	if !n.Exists(distro.KubeControllerManagerCerts) {
+		inv.Notes = append(inv.Notes, fmt.Sprintf("no %s: the kube-controller-manager's certificates are not listed", distro.KubeControllerManagerCerts))
+		return nil
+	}
+	for _, s := range kcmCertSecrets {
+		inv.addOperatorPair("kube-controller-manager-certs/"+s, path.Join(distro.KubeControllerManagerCerts, "secrets", s), false, cas)
+	}
+	rev, ok, err := distro.CurrentRevision(n, distro.KubeControllerManagerPodPrefix)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		inv.Notes = append(inv.Notes, fmt.Sprintf("no %s-N revision under %s: the kube-controller-manager's serving certificate is not listed",
+			distro.KubeControllerManagerPodPrefix, distro.StaticPodResources))
+		return nil
+	}
+	for _, s := range kcmRevisionSecrets {
+		inv.addOperatorPair(fmt.Sprintf("%s-%d/%s", distro.KubeControllerManagerPodPrefix, rev.N, s), path.Join(rev.Dir, "secrets", s), true, cas)
+	}
+	return nil
+}
+
+// addEtcd lists this member's etcd certificates in etcd-all-certs (the
+// other members' are there too, for their own pods: not this node's).
+// Without the node's name every member's are listed.
+func (inv *Inventory) addEtcd(cas map[string]*CAItem) error {
+	n := inv.Node
+	if !n.Exists(distro.EtcdAllCerts) {
+		inv.Notes = append(inv.Notes, fmt.Sprintf("no %s: etcd's certificates are not listed", distro.EtcdAllCerts))
+		return nil
+	}
+	var names []string
+	if c := inv.Cluster; c != nil && c.NodeName != "" {
+		for _, kind := range etcdMemberCerts {
+			names = append(names, kind+"-"+c.NodeName)
+		}
+	} else {
+		ents, err := os.ReadDir(n.Path(distro.EtcdAllCerts))
+		if err != nil {
+			return fmt.Errorf("%s: %w", distro.EtcdAllCerts, err)
+		}
+		for _, e := range ents {
+			if name, ok := strings.CutSuffix(e.Name(), ".crt"); ok {
+				names = append(names, name)
+			}
+		}
+	}
+	for _, name := range names {
+		inv.addOperatorFiles("etcd-certs/etcd-all-certs/"+name, path.Join(distro.EtcdAllCerts, name+".crt"), path.Join(distro.EtcdAllCerts, name+".key"), false, cas)
+	}
+	return nil
 }
 
 // openshiftKubeletClientFix says how the kubelet's client certificate
@@ -144,8 +225,12 @@ func openshiftKubeletClientFix(it *Item) string {
 // What is wrong with it goes into one note for all of them
 // (noteOperatorManaged), not a problem each.
 func (inv *Inventory) addOperatorPair(name, dir string, optional bool, cas map[string]*CAItem) {
-	it := &Item{Name: name, Kind: KindOperatorManaged, Path: path.Join(dir, "tls.crt"), KeyPath: path.Join(dir, "tls.key"),
-		Optional: optional, External: true}
+	inv.addOperatorFiles(name, path.Join(dir, "tls.crt"), path.Join(dir, "tls.key"), optional, cas)
+}
+
+// addOperatorFiles lists one operator-managed certificate and its key.
+func (inv *Inventory) addOperatorFiles(name, crt, key string, optional bool, cas map[string]*CAItem) {
+	it := &Item{Name: name, Kind: KindOperatorManaged, Path: crt, KeyPath: key, Optional: optional, External: true}
 	it.Store = &PairStore{Node: inv.Node, CertPath: it.Path, KeyPath: it.KeyPath}
 	inv.add(it, cas)
 	it.External = true // no CA key on the node: the operator's signers live in the cluster

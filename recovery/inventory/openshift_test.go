@@ -128,7 +128,8 @@ func ocpNode(t *testing.T, o ocpfixture.Options) (string, *ocpfixture.Node) {
 // expired: each credential is listed with its expiry and status, the
 // operator-managed ones as such, and nothing is written.
 func TestOpenShiftInventory(t *testing.T) {
-	root, _ := ocpNode(t, ocpfixture.Options{Master: true, NodeName: "master-0", Revision: 7})
+	root, _ := ocpNode(t, ocpfixture.Options{Master: true, NodeName: "master-0", Revision: 7, KCMRevision: 5, EtcdRevision: 3,
+		OtherMasters: []string{"master-1", "master-2"}})
 	before := treesnap.Take(t, root)
 	n, err := node.New(root)
 	if err != nil {
@@ -162,6 +163,17 @@ func TestOpenShiftInventory(t *testing.T) {
 	for _, s := range ocpfixture.RevisionSecretNames() {
 		want["kube-apiserver-pod-7/"+s] = "operator-managed expired " + ocpfixture.RevisionDir(7) + "/secrets/" + s + "/tls.crt"
 	}
+	// The kube-controller-manager's and this member's etcd certificates,
+	// not the other members' (etcd-all-certs holds theirs too).
+	for _, s := range ocpfixture.KCMCertSecretNames() {
+		want["kube-controller-manager-certs/"+s] = "operator-managed expired " + ocpfixture.KCMCerts + "/secrets/" + s + "/tls.crt"
+	}
+	for _, s := range ocpfixture.KCMRevisionSecretNames() {
+		want["kube-controller-manager-pod-5/"+s] = "operator-managed expired " + ocpfixture.KCMRevisionDir(5) + "/secrets/" + s + "/tls.crt"
+	}
+	for _, s := range ocpfixture.EtcdCertNames("master-0") {
+		want["etcd-certs/etcd-all-certs/"+s] = "operator-managed expired " + ocpfixture.EtcdAllCerts + "/" + s + ".crt"
+	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("items (-want +got):\n%s", diff)
 	}
@@ -189,8 +201,10 @@ func TestOpenShiftInventory(t *testing.T) {
 		}
 	}
 	notes := strings.Join(inv.Notes, "\n")
-	if strings.Count(notes, "kubecpr does not renew them") != 1 || !strings.Contains(notes, "10 expired (kube-apiserver-certs/aggregator-client") ||
-		!strings.Contains(notes, "kube-apiserver-pod-7/localhost-recovery-serving-certkey") || !strings.Contains(notes, "since OpenShift 4.2") {
+	if strings.Count(notes, "kubecpr does not renew them") != 1 || !strings.Contains(notes, "16 expired (kube-apiserver-certs/aggregator-client") ||
+		!strings.Contains(notes, "kube-apiserver-pod-7/localhost-recovery-serving-certkey") || !strings.Contains(notes, "since OpenShift 4.2") ||
+		!strings.Contains(notes, "kube-controller-manager-certs/csr-signer") || !strings.Contains(notes, "etcd-certs/etcd-all-certs/etcd-peer-master-0") ||
+		!strings.Contains(notes, "cluster-etcd-operator") {
 		t.Errorf("operator-managed note:\n%s", notes)
 	}
 	if inv.Worst() != pki.StatusExpired || inv.ExitCode() != 2 {
@@ -212,6 +226,68 @@ func TestOpenShiftCurrentRevision(t *testing.T) {
 	inv := build0(t, root)
 	if inv.Find("kube-apiserver-pod-4/etcd-client") == nil || inv.Find("kube-apiserver-pod-9/etcd-client") != nil {
 		t.Fatalf("items: %v", statuses(inv))
+	}
+}
+
+// The kube-controller-manager's revision is its own manifest's, not the
+// kube-apiserver's nor its highest directory; its serving certificate is
+// optional there (the service CA issues it after install); without the
+// node's name every etcd member's certificates are listed.
+func TestOpenShiftControllerManagerAndEtcd(t *testing.T) {
+	root, _ := ocpNode(t, ocpfixture.Options{Master: true, NodeName: "master-1", Revision: 9, KCMRevision: 4, OtherMasters: []string{"master-0"}})
+	if err := os.MkdirAll(filepath.Join(root, ocpfixture.KCMRevisionDir(8), "secrets", "serving-cert"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inv := build0(t, root)
+	if inv.Find("kube-controller-manager-pod-4/serving-cert") == nil || inv.Find("kube-controller-manager-pod-8/serving-cert") != nil ||
+		inv.Find("kube-controller-manager-pod-9/serving-cert") != nil {
+		t.Fatalf("items: %v", statuses(inv))
+	}
+	if it := inv.Find("kube-controller-manager-certs/csr-signer"); it == nil || it.Cert == nil || !it.Cert.IsCA || !it.External {
+		t.Errorf("csr-signer: %+v", it)
+	}
+	for _, name := range []string{"etcd-peer-master-1", "etcd-serving-master-1", "etcd-serving-metrics-master-1"} {
+		it := inv.Find("etcd-certs/etcd-all-certs/" + name)
+		if it == nil || it.Status != pki.StatusExpired || it.Key == nil {
+			t.Errorf("%s: %+v", name, it)
+		}
+	}
+	if inv.Find("etcd-certs/etcd-all-certs/etcd-peer-master-0") != nil {
+		t.Errorf("another member's etcd certificate is listed: %v", statuses(inv))
+	}
+
+	// Without its serving certificate in the current revision: not
+	// missing, only not listed.
+	if err := os.RemoveAll(filepath.Join(root, ocpfixture.KCMRevisionDir(4), "secrets", "serving-cert")); err != nil {
+		t.Fatal(err)
+	}
+	if it := build0(t, root).Find("kube-controller-manager-pod-4/serving-cert"); it != nil {
+		t.Errorf("an absent optional serving-cert: %+v", it)
+	}
+
+	// The node's name unknown (no kubelet client certificate): every
+	// member's etcd certificates, none missing.
+	if err := os.Remove(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")); err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err = inventory.Build(n, &node.Cluster{}, now, 30*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var etcd []string
+	for _, it := range inv.Sorted() {
+		if strings.HasPrefix(it.Name, "etcd-certs/") {
+			etcd = append(etcd, strings.TrimPrefix(it.Name, "etcd-certs/etcd-all-certs/")+" "+string(it.Status))
+		}
+	}
+	want := []string{"etcd-peer-master-0 expired", "etcd-peer-master-1 expired", "etcd-serving-master-0 expired", "etcd-serving-master-1 expired",
+		"etcd-serving-metrics-master-0 expired", "etcd-serving-metrics-master-1 expired"}
+	if diff := cmp.Diff(want, etcd); diff != "" {
+		t.Errorf("etcd certificates without the node's name (-want +got):\n%s", diff)
 	}
 }
 

@@ -18,7 +18,17 @@
 //     <pod>.yaml in the revision and in /etc/kubernetes/manifests with the
 //     "revision" label) and openshift/cluster-kube-apiserver-operator
 //     (pkg/operator/starter.go RevisionSecrets and CertSecrets; bindata
-//     pod.yaml volumes, kubeconfig-cm.yaml, node-kubeconfigs.yaml).
+//     pod.yaml volumes, kubeconfig-cm.yaml, node-kubeconfigs.yaml);
+//   - the kube-controller-manager's from
+//     openshift/cluster-kube-controller-manager-operator
+//     (pkg/operator/starter.go deploymentSecrets and CertSecrets; bindata
+//     assets/kube-controller-manager/pod.yaml volumes; assets/config/
+//     defaultconfig.yaml cluster-signing-cert-file; targetconfigcontroller
+//     --tls-cert-file of the revision's serving-cert);
+//   - etcd's from openshift/cluster-etcd-operator (bindata/etcd/pod.yaml:
+//     the cert dir etcd-certs and its secrets/etcd-all-certs/
+//     etcd-{peer,serving,serving-metrics}-NODE.{crt,key}; docs/
+//     etcd-tls-assets.md: the subjects, signers and SANs).
 //
 // Keys are ECDSA P-256 (the kubelet's own choice; the operators use RSA,
 // which only makes generation slower). Expired fixtures are generated,
@@ -40,6 +50,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -58,7 +69,13 @@ type Options struct {
 	// Revision is the current kube-apiserver revision (default 7); the one
 	// before it is installed too, as on a real node.
 	Revision int
-	Now      time.Time // default time.Now()
+	// KCMRevision and EtcdRevision are the current kube-controller-manager
+	// and etcd revisions (default 5 and 3: each operator counts its own).
+	KCMRevision, EtcdRevision int
+	// OtherMasters are the other control-plane nodes: etcd-all-certs holds
+	// their etcd certificates too (every member's, on every member).
+	OtherMasters []string
+	Now          time.Time // default time.Now()
 	// Leaf is the validity of every leaf certificate (default: expired
 	// three days before Now, issued a year before that).
 	Leaf Window
@@ -118,11 +135,29 @@ const (
 	KubeAPIServerCerts          = StaticPodResources + "/kube-apiserver-certs"
 	LocalhostRecoveryKubeconfig = KubeAPIServerCerts + "/secrets/node-kubeconfigs/localhost-recovery.kubeconfig"
 	KubeAPIServerManifest       = "/etc/kubernetes/manifests/kube-apiserver-pod.yaml"
+	// The kube-controller-manager's unrevisioned cert dir and manifest.
+	KCMCerts    = StaticPodResources + "/kube-controller-manager-certs"
+	KCMManifest = "/etc/kubernetes/manifests/kube-controller-manager-pod.yaml"
+	// etcd's unrevisioned cert dir (the pod's cert-dir), the secret that
+	// holds every member's certificates, and its manifest.
+	EtcdCerts    = StaticPodResources + "/etcd-certs"
+	EtcdAllCerts = EtcdCerts + "/secrets/etcd-all-certs"
+	EtcdManifest = "/etc/kubernetes/manifests/etcd-pod.yaml"
 )
 
 // RevisionDir is the node path of a kube-apiserver revision.
 func RevisionDir(n int) string {
 	return StaticPodResources + "/kube-apiserver-pod-" + strconv.Itoa(n)
+}
+
+// KCMRevisionDir is the node path of a kube-controller-manager revision.
+func KCMRevisionDir(n int) string {
+	return StaticPodResources + "/kube-controller-manager-pod-" + strconv.Itoa(n)
+}
+
+// EtcdRevisionDir is the node path of an etcd revision.
+func EtcdRevisionDir(n int) string {
+	return StaticPodResources + "/etcd-pod-" + strconv.Itoa(n)
 }
 
 // leaf is one certificate secret the operator syncs onto a node.
@@ -134,6 +169,8 @@ type leaf struct {
 	dns    []string
 	ips    []string
 	server bool
+	both   bool // client and server usages (etcd's peer and serving certificates)
+	ca     bool // a signer itself (the kube-controller-manager's csr-signer)
 }
 
 // certSecrets are the kube-apiserver's unrevisioned certificate secrets
@@ -159,6 +196,60 @@ var revisionSecrets = []leaf{
 	{secret: "localhost-recovery-serving-certkey", signer: "localhost-recovery-serving-signer", cn: "localhost-recovery", dns: []string{"localhost-recovery"}, server: true},
 }
 
+// kcmCertSecrets are the kube-controller-manager's unrevisioned certificate
+// secrets (cluster-kube-controller-manager-operator starter.go
+// CertSecrets): its client certificate, which its kubeconfig uses, and
+// csr-signer, the signer it signs approved CSRs with
+// (--cluster-signing-cert-file, defaultconfig.yaml), in
+// kube-controller-manager-certs/secrets/NAME/tls.*.
+var kcmCertSecrets = []leaf{
+	{secret: "kube-controller-manager-client-cert-key", signer: "kube-control-plane-signer", cn: "system:kube-controller-manager"},
+	{secret: "csr-signer", signer: "csr-signer-signer", cn: "kube-csr-signer_@TIME", ca: true},
+}
+
+// kcmRevisionSecrets are its revisioned certificate secrets (starter.go
+// deploymentSecrets): serving-cert, from the service CA, which the
+// targetconfigcontroller passes as --tls-cert-file.
+var kcmRevisionSecrets = []leaf{
+	{secret: "serving-cert", signer: "service-serving-signer", cn: "kube-controller-manager.openshift-kube-controller-manager.svc",
+		dns: []string{"kube-controller-manager.openshift-kube-controller-manager.svc", "kube-controller-manager.openshift-kube-controller-manager.svc.cluster.local"}, server: true},
+}
+
+// etcdLeaves are a member's certificates in etcd-all-certs, by the key
+// prefix (cluster-etcd-operator docs/etcd-tls-assets.md): peer and serving
+// from etcd-signer, serving-metrics from etcd-metric-signer.
+func etcdLeaves(nodeName, ip string) []leaf {
+	return []leaf{
+		{secret: "etcd-peer-" + nodeName, signer: "etcd-signer", cn: "system:etcd-peer:etcd-client", org: []string{"system:etcd-peers"},
+			dns: []string{"localhost", ip}, ips: []string{ip}, both: true},
+		{secret: "etcd-serving-" + nodeName, signer: "etcd-signer", cn: "system:etcd-server:etcd-client", org: []string{"system:etcd-servers"},
+			dns: []string{"etcd.kube-system.svc", "etcd.kube-system.svc.cluster.local", "etcd.openshift-etcd.svc", "etcd.openshift-etcd.svc.cluster.local", "localhost", ip},
+			ips: []string{"127.0.0.1", "::1", ip}, both: true},
+		{secret: "etcd-serving-metrics-" + nodeName, signer: "etcd-metric-signer", cn: "system:etcd-metric:etcd-client", org: []string{"system:etcd-metrics"},
+			dns: []string{"etcd.kube-system.svc", "etcd.kube-system.svc.cluster.local", "etcd.openshift-etcd.svc", "etcd.openshift-etcd.svc.cluster.local", "localhost", ip},
+			ips: []string{"127.0.0.1", "::1", ip}, both: true},
+	}
+}
+
+// KCMCertSecretNames are the kube-controller-manager-certs secrets with a
+// certificate.
+func KCMCertSecretNames() []string { return secretNames(kcmCertSecrets) }
+
+// KCMRevisionSecretNames are its revisioned secrets with a certificate.
+func KCMRevisionSecretNames() []string { return secretNames(kcmRevisionSecrets) }
+
+// EtcdCertNames are the etcd-all-certs certificates of one member (each a
+// NAME.crt and NAME.key).
+func EtcdCertNames(nodeName string) []string { return secretNames(etcdLeaves(nodeName, "")) }
+
+func secretNames(ls []leaf) []string {
+	var out []string
+	for _, l := range ls {
+		out = append(out, l.secret)
+	}
+	return out
+}
+
 // CertSecretNames are the kube-apiserver-certs secrets with a certificate.
 func CertSecretNames() []string {
 	var out []string
@@ -181,6 +272,18 @@ var signerNames = []string{
 	"kubelet-signer", "kube-apiserver-to-kubelet-signer", "aggregator-client-signer", "localhost-serving-signer",
 	"service-network-serving-signer", "loadbalancer-serving-signer", "kube-control-plane-signer", "etcd-signer",
 	"localhost-recovery-serving-signer", "admin-kubeconfig-signer",
+	"csr-signer-signer", "service-serving-signer", "etcd-metric-signer",
+}
+
+// signerCN names the signers that do not belong to the kube-apiserver
+// operator as their own operators do (etcd-tls-assets.md shows
+// "CN = etcd-signer" and "CN = etcd-metric-signer"; the service CA is
+// "openshift-service-serving-signer@TIME").
+var signerCN = map[string]string{
+	"csr-signer-signer":      "openshift-kube-controller-manager-operator_csr-signer-signer@%d",
+	"service-serving-signer": "openshift-service-serving-signer@%d",
+	"etcd-signer":            "etcd-signer",
+	"etcd-metric-signer":     "etcd-metric-signer",
 }
 
 func (o *Options) defaults() {
@@ -195,6 +298,12 @@ func (o *Options) defaults() {
 	}
 	if o.Revision == 0 {
 		o.Revision = 7
+	}
+	if o.KCMRevision == 0 {
+		o.KCMRevision = 5
+	}
+	if o.EtcdRevision == 0 {
+		o.EtcdRevision = 3
 	}
 	if o.Leaf.NotAfter.IsZero() {
 		o.Leaf = Window{NotBefore: o.Now.AddDate(-1, 0, -3), NotAfter: o.Now.AddDate(0, 0, -3)}
@@ -252,14 +361,21 @@ func serial() *big.Int {
 	return n.Add(n, big.NewInt(1))
 }
 
-func newCA(cn string, w Window) (*CA, error) {
+func newCA(name string, w Window) (*CA, error) {
 	key, err := newKey()
 	if err != nil {
 		return nil, err
 	}
 	// library-go names its signers "<namespace>_<name>@<unix time>".
+	cn := fmt.Sprintf("openshift-kube-apiserver-operator_%s@%d", name, w.NotBefore.Unix())
+	if f, ok := signerCN[name]; ok {
+		cn = f
+		if strings.Contains(f, "%d") {
+			cn = fmt.Sprintf(f, w.NotBefore.Unix())
+		}
+	}
 	tmpl := &x509.Certificate{SerialNumber: serial(),
-		Subject:   pkix.Name{CommonName: fmt.Sprintf("openshift-kube-apiserver-operator_%s@%d", cn, w.NotBefore.Unix())},
+		Subject:   pkix.Name{CommonName: cn},
 		NotBefore: w.NotBefore, NotAfter: w.NotAfter, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
@@ -281,7 +397,13 @@ func sign(ca *CA, l leaf, w Window) (*x509.Certificate, crypto.Signer, error) {
 	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: l.cn, Organization: l.org},
 		NotBefore: w.NotBefore, NotAfter: w.NotAfter, DNSNames: l.dns, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, BasicConstraintsValid: true}
-	if l.server {
+	switch {
+	case l.ca:
+		tmpl.IsCA, tmpl.ExtKeyUsage = true, nil
+		tmpl.KeyUsage |= x509.KeyUsageCertSign
+	case l.both:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
+	case l.server:
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	}
 	for _, s := range l.ips {
@@ -476,7 +598,159 @@ func (g *gen) master() error {
 			return err
 		}
 	}
-	return g.write(KubeAPIServerManifest, podManifest(o.Revision), 0o644)
+	if err := g.write(KubeAPIServerManifest, podManifest(o.Revision), 0o644); err != nil {
+		return err
+	}
+	if err := g.kubeControllerManager(); err != nil {
+		return err
+	}
+	return g.etcd()
+}
+
+// kubeControllerManager lays out the kube-controller-manager's static pod
+// resources as its installer does: the unrevisioned cert dir, two
+// revisions with the current one's manifest.
+func (g *gen) kubeControllerManager() error {
+	o := g.o
+	for _, l := range kcmCertSecrets {
+		if l.ca {
+			l.cn = fmt.Sprintf("kube-csr-signer_@%d", o.Leaf.NotBefore.Unix())
+		}
+		c, k, err := sign(g.cas[l.signer], l, o.Leaf)
+		if err != nil {
+			return err
+		}
+		if err := g.tlsSecret(KCMCerts+"/secrets/"+l.secret, c, k); err != nil {
+			return err
+		}
+	}
+	for _, cm := range []struct{ name, signer string }{{"client-ca", "kube-control-plane-signer"}, {"aggregator-client-ca", "aggregator-client-signer"}} {
+		if err := g.write(KCMCerts+"/configmaps/"+cm.name+"/ca-bundle.crt", certPEM(g.cas[cm.signer].Cert), 0o644); err != nil {
+			return err
+		}
+	}
+	for _, rev := range []int{o.KCMRevision - 1, o.KCMRevision} {
+		dir := KCMRevisionDir(rev)
+		for _, l := range kcmRevisionSecrets {
+			c, k, err := sign(g.cas[l.signer], l, o.Leaf)
+			if err != nil {
+				return err
+			}
+			if err := g.tlsSecret(dir+"/secrets/"+l.secret, c, k); err != nil {
+				return err
+			}
+		}
+		// The service account signing key: a key, no certificate.
+		sa, err := newKey()
+		if err != nil {
+			return err
+		}
+		sak, err := keyPEM(sa)
+		if err != nil {
+			return err
+		}
+		if err := g.write(dir+"/secrets/service-account-private-key/service-account.key", sak, 0o600); err != nil {
+			return err
+		}
+		// Its kubeconfig (kubeconfig-cm.yaml): the client certificate of
+		// the cert dir, as mounted in the pod.
+		cfg := clientcmdapi.NewConfig()
+		cfg.Clusters["lb-int"] = &clientcmdapi.Cluster{Server: "https://api-int.ocp.example:6443",
+			CertificateAuthority: "/etc/kubernetes/static-pod-resources/configmaps/serviceaccount-ca/ca-bundle.crt"}
+		cfg.AuthInfos["kube-controller-manager"] = &clientcmdapi.AuthInfo{
+			ClientCertificate: "/etc/kubernetes/static-pod-certs/secrets/kube-controller-manager-client-cert-key/tls.crt",
+			ClientKey:         "/etc/kubernetes/static-pod-certs/secrets/kube-controller-manager-client-cert-key/tls.key"}
+		cfg.Contexts["kube-controller-manager"] = &clientcmdapi.Context{Cluster: "lb-int", AuthInfo: "kube-controller-manager"}
+		cfg.CurrentContext = "kube-controller-manager"
+		kc, err := clientcmd.Write(*cfg)
+		if err != nil {
+			return err
+		}
+		if err := g.write(dir+"/configmaps/controller-manager-kubeconfig/kubeconfig", kc, 0o644); err != nil {
+			return err
+		}
+		if err := g.write(dir+"/kube-controller-manager-pod.yaml", staticPodManifest("kube-controller-manager", "openshift-kube-controller-manager", rev), 0o644); err != nil {
+			return err
+		}
+	}
+	return g.write(KCMManifest, staticPodManifest("kube-controller-manager", "openshift-kube-controller-manager", o.KCMRevision), 0o644)
+}
+
+// etcd lays out etcd's static pod resources: etcd-all-certs with every
+// member's certificates in the unrevisioned cert dir (the copy the pod
+// uses) and in the current revision, the CA bundles, the manifest.
+func (g *gen) etcd() error {
+	o := g.o
+	files := map[string][]byte{}
+	for i, name := range append([]string{o.NodeName}, o.OtherMasters...) {
+		ip := o.KubeletNodeAddress
+		if i > 0 {
+			ip = fmt.Sprintf("192.0.2.%d", 10+i) // documentation addresses: never a real host
+		}
+		for _, l := range etcdLeaves(name, ip) {
+			c, k, err := sign(g.cas[l.signer], l, o.Leaf)
+			if err != nil {
+				return err
+			}
+			kp, err := keyPEM(k)
+			if err != nil {
+				return err
+			}
+			files[l.secret+".crt"], files[l.secret+".key"] = certPEM(c), kp
+		}
+	}
+	for _, dir := range []string{EtcdAllCerts, EtcdRevisionDir(o.EtcdRevision) + "/secrets/etcd-all-certs"} {
+		for f, data := range files {
+			if err := g.write(dir+"/"+f, data, 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	for _, cm := range []struct{ name, signer string }{{"etcd-serving-ca", "etcd-signer"}, {"etcd-peer-client-ca", "etcd-signer"},
+		{"etcd-metrics-proxy-serving-ca", "etcd-metric-signer"}, {"etcd-metrics-proxy-client-ca", "etcd-metric-signer"}} {
+		for _, dir := range []string{EtcdCerts, EtcdRevisionDir(o.EtcdRevision)} {
+			if err := g.write(dir+"/configmaps/"+cm.name+"/ca-bundle.crt", certPEM(g.cas[cm.signer].Cert), 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if err := g.write(EtcdRevisionDir(o.EtcdRevision)+"/etcd-pod.yaml", staticPodManifest("etcd", "openshift-etcd", o.EtcdRevision), 0o644); err != nil {
+		return err
+	}
+	return g.write(EtcdManifest, staticPodManifest("etcd", "openshift-etcd", o.EtcdRevision), 0o644)
+}
+
+// staticPodManifest is another operator's static pod as its installer
+// writes it: the revision label and the two hostPath volumes
+// (bindata pod.yaml: resource-dir NAME-pod-REVISION, cert-dir NAME-certs).
+func staticPodManifest(name, namespace string, rev int) []byte {
+	return []byte(fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+  labels:
+    app: %[1]s
+    %[1]s: "true"
+    revision: "%[3]d"
+spec:
+  hostNetwork: true
+  containers:
+  - name: %[1]s
+    image: quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0000000000000000000000000000000000000000000000000000000000000000
+    volumeMounts:
+    - mountPath: /etc/kubernetes/static-pod-resources
+      name: resource-dir
+    - mountPath: /etc/kubernetes/static-pod-certs
+      name: cert-dir
+  volumes:
+  - hostPath:
+      path: /etc/kubernetes/static-pod-resources/%[1]s-pod-%[3]d
+    name: resource-dir
+  - hostPath:
+      path: /etc/kubernetes/static-pod-resources/%[1]s-certs
+    name: cert-dir
+`, name, namespace, rev))
 }
 
 func (g *gen) revision(rev int) error {
