@@ -103,6 +103,15 @@ func validity(o pipeline.Options) time.Duration {
 	return o.Validity
 }
 
+// liveTimeout is LiveTimeout, or the run's --component-timeout when that
+// is shorter.
+func liveTimeout(d pipeline.Data) time.Duration {
+	if lv := d.Live(); lv != nil && lv.ComponentTimeout > 0 && lv.ComponentTimeout < LiveTimeout {
+		return lv.ComponentTimeout
+	}
+	return LiveTimeout
+}
+
 func live(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 	facts := map[string]string{}
 	var bad []string
@@ -110,7 +119,7 @@ func live(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 		if !d.Node().Exists(path.Join(health.ManifestsDir(d), c+".yaml")) {
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, LiveTimeout)
+		cctx, cancel := context.WithTimeout(ctx, liveTimeout(d))
 		serial, err := health.Wait(cctx, d, c)
 		cancel()
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,5 +202,41 @@ func TestStatusAt(t *testing.T) {
 	}
 	if got := StatusAt(c, t0.Add(time.Hour), 24*time.Hour); got != StatusOK {
 		t.Errorf("with 1d warn: %s, want ok", got)
+	}
+}
+
+// The kubelet's self-signed serving pair: the node's RSA key kept, the
+// chain verifies (leaf signed by the throwaway CA that follows it), the
+// names and usages of the old certificate, a year from now; the
+// throwaway CA's key is P-256, so no RSA key is generated.
+func TestSelfSignedServingKeepsKeyAndChains(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &x509.Certificate{DNSNames: []string{"node-1"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	chain, leaf, err := SelfSignedServing(old, key, "node-1", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := ParseCertificates(chain)
+	if err != nil || len(certs) != 2 {
+		t.Fatalf("chain: %d certificates, %v", len(certs), err)
+	}
+	if !certs[0].Equal(leaf) || !KeyMatches(leaf.PublicKey, key) {
+		t.Fatal("the leaf is not first, or not for the node's key")
+	}
+	if _, ok := certs[1].PublicKey.(*ecdsa.PublicKey); !ok || !certs[1].IsCA {
+		t.Errorf("throwaway CA: %T, CA %v", certs[1].PublicKey, certs[1].IsCA)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(certs[1])
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: "node-1", CurrentTime: t0.Add(time.Hour),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("the leaf does not chain to its CA: %v", err)
+	}
+	if leaf.Subject.CommonName != "node-1@"+strconv.FormatInt(t0.Unix(), 10) || !leaf.NotAfter.Equal(t0.Add(365*24*time.Hour)) {
+		t.Errorf("leaf %q until %s", leaf.Subject.CommonName, leaf.NotAfter)
 	}
 }
