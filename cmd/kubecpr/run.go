@@ -431,13 +431,11 @@ func doResume(c *cli.Context) error {
 		fmt.Fprintln(e.out, "nothing to resume: no unfinished run")
 		return nil
 	}
-	sel := pipeline.Selection{}
-	for _, r := range recs {
-		if r.Kind == journal.KindRunStart {
-			sel = parseSel(r.Data["selection"])
-		}
+	_, sel, _, err := pipeline.RecordedOptions(recs)
+	if err != nil {
+		return err
 	}
-	return runPipeline(c, e, options(c), sel, false, false)
+	return runPipeline(c, e, options(c), parseSel(sel), false, false)
 }
 
 func rollbackCommand() *cli.Command {

@@ -164,16 +164,7 @@ func Status(recs []journal.Record) string {
 
 // Record is what a cluster run's start record keeps: resume and rollback
 // work with exactly these.
-type Record struct {
-	Inventory       string   `json:"inventory"`
-	InventorySHA256 string   `json:"inventorySHA256"`
-	GlobalArgs      []string `json:"globalArgs"`
-	RunArgs         []string `json:"runArgs"`
-	LiveArgs        []string `json:"liveArgs"`
-	Workers         string   `json:"workers"`
-	CAFrom          string   `json:"caFrom,omitempty"`
-	Parallel        int      `json:"parallel,omitempty"`
-}
+type Record = journal.ClusterStart
 
 func inventorySum(path string) (string, error) {
 	b, err := os.ReadFile(path)
@@ -188,10 +179,10 @@ func inventorySum(path string) (string, error) {
 func Recorded(recs []journal.Record) (*Record, error) {
 	for _, r := range recs {
 		if r.Kind == journal.KindRunStart {
-			var rc Record
-			if err := json.Unmarshal([]byte(r.Data["options"]), &rc); err != nil {
-				return nil, fmt.Errorf("%w: cluster run-start record: %v", journal.ErrCorrupt, err)
+			if r.Cluster == nil {
+				return nil, fmt.Errorf("%w: cluster run-start record %d holds no cluster options", journal.ErrCorrupt, r.Seq)
 			}
+			rc := *r.Cluster
 			return &rc, nil
 		}
 	}
@@ -244,9 +235,9 @@ func (d *Driver) open(continued bool) error {
 	if err != nil {
 		return err
 	}
-	b, _ := json.Marshal(Record{Inventory: d.o.Inventory.Source, InventorySHA256: sum, GlobalArgs: d.o.GlobalArgs,
-		RunArgs: d.o.RunArgs, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers, CAFrom: d.o.CAFrom, Parallel: d.o.Parallel})
-	if err := d.append(journal.Record{Kind: journal.KindRunStart, Data: map[string]string{"options": string(b)}}); err != nil {
+	start := &Record{Inventory: d.o.Inventory.Source, InventorySHA256: sum, GlobalArgs: d.o.GlobalArgs,
+		RunArgs: d.o.RunArgs, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers, CAFrom: d.o.CAFrom, Parallel: d.o.Parallel}
+	if err := d.append(journal.Record{Kind: journal.KindRunStart, Cluster: start}); err != nil {
 		return err
 	}
 	return atomicfile.WriteFile(filepath.Join(d.dir(), "current"), []byte(d.runID+"\n"), atomicfile.Options{Mode: 0o600})

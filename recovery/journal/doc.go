@@ -10,6 +10,12 @@
 // Every Append writes the line and fsyncs the file before it returns, so a
 // record that Append acknowledged survives a power cut.
 //
+// What resume and rollback rely on is typed (see Record): a file action's
+// intent is its Changes, each a path with its old and new State; a run's
+// start is Start and Options, or Cluster. Data holds only free-form facts.
+// Journals written before records were typed (path.N/old.N/new.N keys,
+// options as JSON in a string) are converted on read.
+//
 // # Recovery rules
 //
 //   - A torn last record (no newline, bad checksum or bad JSON on the final
@@ -20,11 +26,16 @@
 //   - Any other damage (a bad record followed by more records, a sequence
 //     gap) is not a crash artefact: Open fails with ErrCorrupt, names the
 //     line and byte offset, and changes nothing.
+//   - A record whose checksum holds but which this kubecpr cannot use (an
+//     unknown change state, an old record that does not convert) is refused
+//     the same way wherever it stands, the last line included: it was
+//     written whole, so it is not a torn tail.
 //
 // # Secrets
 //
-// Append refuses any record that contains PEM armour or the words
-// "PRIVATE KEY": key material never reaches the journal.
+// Append refuses any record whose encoded JSON contains PEM armour or the
+// words "PRIVATE KEY", in whatever field: key material never reaches the
+// journal.
 //
 // # Lock
 //

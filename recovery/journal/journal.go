@@ -32,15 +32,34 @@ const (
 	KindRunEnd     Kind = "run-end"
 )
 
-// Record is one journal entry.
+// Record is one journal entry. What a record carries besides its header
+// depends on its kind, and is typed where resume and rollback rely on it:
+//
+//	run-start  Start and Options (a node run), or Cluster (a cluster run)
+//	options    Options: live options given anew when an open run continues
+//	intent     Changes, for a file action (nil for an action that runs something)
+//
+// Data holds the free-form rest: an action's facts on done, the error of
+// failed, a stage's duration, a run's end status.
 type Record struct {
-	Seq    uint64            `json:"seq"`
-	Time   time.Time         `json:"time"`
-	RunID  string            `json:"run"`
-	Kind   Kind              `json:"kind"`
-	Stage  string            `json:"stage,omitempty"`
-	Action string            `json:"action,omitempty"`
-	Data   map[string]string `json:"data,omitempty"`
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	RunID  string    `json:"run"`
+	Kind   Kind      `json:"kind"`
+	Stage  string    `json:"stage,omitempty"`
+	Action string    `json:"action,omitempty"`
+	// Start: a node run's root, clock and stage selection (run-start).
+	Start *Start `json:"start,omitempty"`
+	// Options: every option of a node run by flag name, as the run saw
+	// them (run-start), or the live options given anew (options).
+	Options map[string]string `json:"options,omitempty"`
+	// Cluster: what a cluster run was started with (its run-start).
+	Cluster *ClusterStart `json:"cluster,omitempty"`
+	// Changes: every file a file action changes, in order (its intent).
+	// Set, possibly empty, exactly on a file action's intent: "changes":[]
+	// is written for an action with no file (omitzero keeps nil apart).
+	Changes []Change          `json:"changes,omitzero"`
+	Data    map[string]string `json:"data,omitempty"`
 }
 
 // ErrCorrupt means the journal is damaged somewhere other than its last
@@ -146,6 +165,12 @@ func decode(data []byte) ([]Record, int64, error) {
 			return recs, off, nil // torn: no newline
 		}
 		rec, err := decodeLine(rest[:nl])
+		var invalid *invalidError
+		if errors.As(err, &invalid) {
+			return nil, 0, fmt.Errorf("%w: line %d (byte offset %d): %v; this kubecpr cannot read the record: "+
+				"if a newer kubecpr wrote the journal, resume or roll back the run with that version; otherwise restore the node "+
+				"from the run's backup with `kubecpr backup restore RUN-ID`", ErrCorrupt, line, off, err)
+		}
 		if err == nil && rec.Seq != uint64(len(recs))+1 {
 			err = fmt.Errorf("sequence %d where %d was expected", rec.Seq, len(recs)+1)
 		}
@@ -162,6 +187,14 @@ func decode(data []byte) ([]Record, int64, error) {
 	return recs, off, nil
 }
 
+// invalidError is a record whose checksum holds but whose content this
+// kubecpr cannot use (an unknown change state, an old-format record that
+// does not convert): written whole, so never a torn tail to cut.
+type invalidError struct{ err error }
+
+func (e *invalidError) Error() string { return e.err.Error() }
+func (e *invalidError) Unwrap() error { return e.err }
+
 func decodeLine(b []byte) (Record, error) {
 	var rec Record
 	if len(b) < 10 || b[8] != ' ' {
@@ -176,7 +209,14 @@ func decodeLine(b []byte) (Record, error) {
 		return rec, errors.New("checksum mismatch")
 	}
 	if err := json.Unmarshal(body, &rec); err != nil {
+		var unknown *UnknownStateError
+		if errors.As(err, &unknown) {
+			return rec, &invalidError{fmt.Errorf("%s record of %q: %w", rec.Kind, rec.Action, err)}
+		}
 		return rec, fmt.Errorf("bad JSON: %v", err)
+	}
+	if err := upgrade(&rec); err != nil {
+		return rec, &invalidError{fmt.Errorf("record %d (%s %s): %w", rec.Seq, rec.Kind, rec.Action, err)}
 	}
 	return rec, nil
 }
@@ -185,6 +225,9 @@ func encode(rec Record) ([]byte, error) {
 	body, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
+	}
+	if containsSecret(body) {
+		return nil, ErrSecret
 	}
 	return append([]byte(fmt.Sprintf("%08x ", crc32.Checksum(body, castagnoli))), append(body, '\n')...), nil
 }
@@ -219,17 +262,11 @@ func (j *Journal) Repaired() *Repair { return j.repair }
 // Path is the journal's file path.
 func (j *Journal) Path() string { return j.path }
 
-func containsSecret(r Record) bool {
-	check := func(s string) bool { return strings.Contains(s, "PRIVATE KEY") || strings.Contains(s, "-----BEGIN") }
-	if check(r.RunID) || check(r.Stage) || check(r.Action) || check(string(r.Kind)) {
-		return true
-	}
-	for k, v := range r.Data {
-		if check(k) || check(v) {
-			return true
-		}
-	}
-	return false
+// containsSecret checks a record's encoded JSON, so that every field,
+// typed or free-form, is covered: PEM armour or the words PRIVATE KEY
+// anywhere (JSON escapes neither).
+func containsSecret(body []byte) bool {
+	return bytes.Contains(body, []byte("PRIVATE KEY")) || bytes.Contains(body, []byte("-----BEGIN"))
 }
 
 // Append stamps, encodes and durably writes a record (write + fsync)
@@ -262,9 +299,6 @@ func (j *Journal) syncLocked() error {
 }
 
 func (j *Journal) append(r Record, durable bool) (Record, error) {
-	if containsSecret(r) {
-		return Record{}, ErrSecret
-	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.f == nil {
@@ -274,7 +308,7 @@ func (j *Journal) append(r Record, durable bool) (Record, error) {
 	r.Time = j.now().UTC()
 	line, err := encode(r)
 	if err != nil {
-		return Record{}, err
+		return Record{}, err // ErrSecret: nothing written
 	}
 	if _, err := j.f.Write(line); err != nil {
 		return Record{}, fmt.Errorf("journal %s: write: %w", j.path, err)

@@ -32,7 +32,7 @@ func fill(t *testing.T, path string, n int) []Record {
 	var out []Record
 	for i := 0; i < n; i++ {
 		r, err := j.Append(Record{RunID: "r1", Kind: KindIntent, Stage: "certs", Action: fmt.Sprintf("certs/a%d", i),
-			Data: map[string]string{"path.0": "/etc/kubernetes/pki/apiserver.crt", "new.0": "sha256:abc"}})
+			Changes: []Change{{Path: "/etc/kubernetes/pki/apiserver.crt", Old: FileSum(sum("old")), New: FileSum(sum("new"))}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,9 +144,31 @@ func TestSecretsRefused(t *testing.T) {
 	before, _ := os.ReadFile(p)
 	j, _ := Open(p)
 	defer j.Close()
-	for _, v := range []string{"-----BEGIN EC PRIVATE" + " KEY-----\nMHcCAQEE\n-----END EC PRIVATE" + " KEY-----", "RSA PRIVATE KEY"} {
-		if _, err := j.Append(Record{Kind: KindIntent, Data: map[string]string{"x": v}}); !errors.Is(err, ErrSecret) {
-			t.Errorf("err = %v, want ErrSecret", err)
+	// Every field a record has, typed or free-form.
+	fields := map[string]func(v string) Record{
+		"data value": func(v string) Record { return Record{Kind: KindDone, Data: map[string]string{"x": v}} },
+		"data key":   func(v string) Record { return Record{Kind: KindDone, Data: map[string]string{v: "x"}} },
+		"action":     func(v string) Record { return Record{Kind: KindIntent, Action: v} },
+		"change path": func(v string) Record {
+			return Record{Kind: KindIntent, Changes: []Change{{Path: v, Old: Absent(), New: FileSum(sum("x"))}}}
+		},
+		"change link": func(v string) Record {
+			return Record{Kind: KindIntent, Changes: []Change{{Path: "/a", Old: Absent(), New: LinkTo(v)}}}
+		},
+		"option value": func(v string) Record { return Record{Kind: KindOptions, Options: map[string]string{"csr-dir": v}} },
+		"option name":  func(v string) Record { return Record{Kind: KindOptions, Options: map[string]string{v: "x"}} },
+		"start root":   func(v string) Record { return Record{Kind: KindRunStart, Start: &Start{Root: v}} },
+		"start sel":    func(v string) Record { return Record{Kind: KindRunStart, Start: &Start{Selection: v}} },
+		"cluster args": func(v string) Record {
+			return Record{Kind: KindRunStart, Cluster: &ClusterStart{RunArgs: []string{"--x", v}}}
+		},
+		"cluster source": func(v string) Record { return Record{Kind: KindRunStart, Cluster: &ClusterStart{Inventory: v}} },
+	}
+	for name, rec := range fields {
+		for _, v := range []string{"-----BEGIN EC PRIVATE" + " KEY-----\nMHcCAQEE\n-----END EC PRIVATE" + " KEY-----", "RSA PRIVATE KEY", "-----BEGIN CERTIFICATE-----"} {
+			if _, err := j.Append(rec(v)); !errors.Is(err, ErrSecret) {
+				t.Errorf("%s %.20q: err = %v, want ErrSecret", name, v, err)
+			}
 		}
 	}
 	after, _ := os.ReadFile(p)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -206,11 +205,7 @@ func (r *Runner) Open(forceNew bool) (continued bool, err error) {
 		}
 	}
 	if continued && len(r.UpdatedOptions) > 0 {
-		b, err := json.Marshal(r.UpdatedOptions)
-		if err != nil {
-			return false, err
-		}
-		if err := r.append(journal.Record{Kind: journal.KindOptions, Data: map[string]string{"options": string(b)}}); err != nil {
+		if err := r.append(journal.Record{Kind: journal.KindOptions, Options: r.UpdatedOptions}); err != nil {
 			return false, err
 		}
 	}
@@ -570,17 +565,12 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 func (r *Runner) sweepTemps() {
 	seen := map[string]bool{}
 	for _, rec := range r.records {
-		if rec.Kind != journal.KindIntent {
-			continue
-		}
-		n, _ := strconv.Atoi(rec.Data["files"])
-		for i := 0; i < n; i++ {
-			p := rec.Data["path."+strconv.Itoa(i)]
-			if p == "" || seen[p] {
+		for _, c := range rec.Changes {
+			if seen[c.Path] {
 				continue
 			}
-			seen[p] = true
-			for _, m := range r.files().SweepTemps(r.Node.Path(p)) {
+			seen[c.Path] = true
+			for _, m := range r.files().SweepTemps(r.Node.Path(c.Path)) {
 				fmt.Fprintf(r.Out, "removed %s, a temporary file left by an interrupted write\n", m)
 			}
 		}
@@ -588,15 +578,9 @@ func (r *Runner) sweepTemps() {
 }
 
 func (r *Runner) appendRunStart() error {
-	data := map[string]string{"root": r.Node.Root, "now": r.Clock.UTC().Format(time.RFC3339), "selection": r.Selection}
-	if len(r.Recorded) > 0 {
-		b, err := json.Marshal(r.Recorded)
-		if err != nil {
-			return err
-		}
-		data["options"] = string(b)
-	}
-	return r.append(journal.Record{Kind: journal.KindRunStart, Data: data})
+	return r.append(journal.Record{Kind: journal.KindRunStart,
+		Start:   &journal.Start{Root: r.Node.Root, Now: r.Clock.UTC(), Selection: r.Selection},
+		Options: r.Recorded})
 }
 
 // CloseRestored closes run id after its backup was restored outside the
@@ -634,28 +618,25 @@ func CloseRestored(stateDir, id string) (closed bool, err error) {
 }
 
 // RecordedOptions returns the options and selection a run was started
-// with, from its run-start record.
+// with, from its run-start record, with the live options given anew
+// since (options records) on top.
 func RecordedOptions(recs []journal.Record) (opts map[string]string, selection string, clock time.Time, err error) {
 	found := false
 	for _, rec := range recs {
 		switch rec.Kind {
 		case journal.KindRunStart:
+			if rec.Start == nil {
+				return nil, "", time.Time{}, fmt.Errorf("%w: run-start record %d has no start (root, clock, selection)", journal.ErrCorrupt, rec.Seq)
+			}
 			found = true
 			opts = map[string]string{}
-			if o := rec.Data["options"]; o != "" {
-				if err := json.Unmarshal([]byte(o), &opts); err != nil {
-					return nil, "", time.Time{}, fmt.Errorf("%w: run-start record: options: %v", journal.ErrCorrupt, err)
-				}
+			for k, v := range rec.Options {
+				opts[k] = v
 			}
-			clock, _ = time.Parse(time.RFC3339, rec.Data["now"])
-			selection = rec.Data["selection"]
+			clock, selection = rec.Start.Now, rec.Start.Selection
 		case journal.KindOptions:
 			// Live options given anew when the run continued.
-			var upd map[string]string
-			if err := json.Unmarshal([]byte(rec.Data["options"]), &upd); err != nil {
-				return nil, "", time.Time{}, fmt.Errorf("%w: options record %d: %v", journal.ErrCorrupt, rec.Seq, err)
-			}
-			for k, v := range upd {
+			for k, v := range rec.Options {
 				opts[k] = v
 			}
 		}
@@ -679,33 +660,34 @@ func round(d time.Duration) time.Duration {
 }
 
 // fileState is the identity of what is at a host path now.
-func fileState(p string) (string, error) {
+func fileState(p string) (journal.State, error) {
 	st, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "absent", nil
+		return journal.Absent(), nil
 	}
 	if err != nil {
-		return "", err
+		return journal.State{}, err
 	}
 	if st.Mode()&fs.ModeSymlink != 0 {
 		t, err := os.Readlink(p)
-		return "link:" + t, err
+		return journal.LinkTo(t), err
 	}
 	if !st.Mode().IsRegular() {
-		return "other:" + st.Mode().String(), nil
+		return journal.OtherMode(st.Mode()), nil
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return "", err
+		return journal.State{}, err
 	}
-	return "sha256:" + pki.SHA256(b), nil
+	return journal.FileSum(pki.SHA256(b)), nil
 }
 
-func opState(op node.FileOp) string {
+// opState is what op makes its path hold.
+func opState(op node.FileOp) journal.State {
 	if op.IsLink() {
-		return "link:" + op.Link
+		return journal.LinkTo(op.Link)
 	}
-	return "sha256:" + pki.SHA256(op.Data)
+	return journal.FileSum(pki.SHA256(op.Data))
 }
 
 func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *actionState) error {
@@ -734,25 +716,23 @@ func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *act
 	if err != nil {
 		return fmt.Errorf("no complete backup for run %s at %s: %w", r.runID, r.backupDir(), err)
 	}
-	rec := journal.Record{Kind: journal.KindIntent, Stage: stage, Action: a.ID, Data: map[string]string{"files": strconv.Itoa(len(ops))}}
+	// Non-nil even without files: what marks a file action's intent.
+	rec := journal.Record{Kind: journal.KindIntent, Stage: stage, Action: a.ID, Changes: make([]journal.Change, 0, len(ops))}
 	for i := range ops {
 		ops[i].Path = r.Node.Resolve(ops[i].Path, true)
 	}
-	for i, op := range ops {
+	for _, op := range ops {
 		host := r.Node.Path(op.Path)
 		old, err := fileState(host)
 		if err != nil {
 			return fmt.Errorf("%s: %w", op.Path, err)
 		}
-		if old != "absent" {
+		if !old.IsAbsent() {
 			if _, ok := m.Lookup(op.Path); !ok && !createdByThisAction(st, op.Path) {
 				return fmt.Errorf("%s is not in the backup %s: refusing to change a file that cannot be restored", op.Path, r.backupDir())
 			}
 		}
-		k := strconv.Itoa(i)
-		rec.Data["path."+k] = op.Path
-		rec.Data["old."+k] = old
-		rec.Data["new."+k] = opState(op)
+		rec.Changes = append(rec.Changes, journal.Change{Path: op.Path, Old: old, New: opState(op)})
 	}
 	if err := r.append(rec); err != nil {
 		return err
@@ -789,47 +769,51 @@ func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *act
 // an attempt that did not finish. A file holding anything else is not
 // ours to remove and stays.
 func (r *Runner) removeCreated(action string, st *actionState) error {
-	for _, rec := range r.records {
-		if rec.Action != action || rec.Kind != journal.KindIntent || rec.Seq < st.firstIntent.Seq {
-			continue
-		}
-		n, _ := strconv.Atoi(rec.Data["files"])
+	for _, rec := range r.intentsSince(st.firstIntent) {
 		linked := false // a link of this attempt already points at its new file: keep it
-		for i := 0; i < n; i++ {
-			k := strconv.Itoa(i)
-			if strings.HasPrefix(rec.Data["new."+k], "link:") {
-				if got, err := fileState(r.Node.Path(rec.Data["path."+k])); err == nil && got == rec.Data["new."+k] {
+		for _, c := range rec.Changes {
+			if c.New.IsLink() {
+				if got, err := fileState(r.Node.Path(c.Path)); err == nil && got == c.New {
 					linked = true
 				}
 			}
 		}
-		for i := 0; i < n && !linked; i++ {
-			k := strconv.Itoa(i)
-			if rec.Data["old."+k] != "absent" {
+		for _, c := range rec.Changes {
+			if linked || !c.Old.IsAbsent() {
 				continue
 			}
-			host := r.Node.Path(rec.Data["path."+k])
-			if got, err := fileState(host); err != nil || got != rec.Data["new."+k] {
+			host := r.Node.Path(c.Path)
+			if got, err := fileState(host); err != nil || got != c.New {
 				continue
 			}
 			if err := r.files().Remove(host); err != nil {
-				return fmt.Errorf("%s, created by an interrupted attempt of %s: %w", rec.Data["path."+k], action, err)
+				return fmt.Errorf("%s, created by an interrupted attempt of %s: %w", c.Path, action, err)
 			}
-			fmt.Fprintf(r.Out, "      ~ %s: removed %s, left by the interrupted attempt\n", action, rec.Data["path."+k])
+			fmt.Fprintf(r.Out, "      ~ %s: removed %s, left by the interrupted attempt\n", action, c.Path)
 		}
 	}
 	return nil
 }
 
+// intentsSince returns the intents of first's action from first on: the
+// attempts of the action since it was last undone.
+func (r *Runner) intentsSince(first *journal.Record) []journal.Record {
+	var out []journal.Record
+	for _, rec := range r.records {
+		if rec.Action == first.Action && rec.Kind == journal.KindIntent && rec.Seq >= first.Seq {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
 func (r *Runner) intentReached(rec *journal.Record) bool {
-	n, _ := strconv.Atoi(rec.Data["files"])
-	if n == 0 {
+	if len(rec.Changes) == 0 {
 		return false
 	}
-	for i := 0; i < n; i++ {
-		k := strconv.Itoa(i)
-		got, err := fileState(r.Node.Path(rec.Data["path."+k]))
-		if err != nil || got != rec.Data["new."+k] {
+	for _, c := range rec.Changes {
+		got, err := fileState(r.Node.Path(c.Path))
+		if err != nil || got != c.New {
 			return false
 		}
 	}
@@ -880,7 +864,7 @@ func (r *Runner) Rollback(ctx context.Context) error {
 			continue
 		}
 		rec := st.firstIntent
-		if _, ok := rec.Data["files"]; !ok {
+		if !rec.FileIntent() {
 			stage := r.stage(rec.Stage)
 			if stage == nil || stage.Undo == nil {
 				if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: rec.Stage, Action: id}); err != nil {
@@ -972,19 +956,13 @@ func indexOf(list []string, s string) int {
 func (r *Runner) undoFiles(first *journal.Record, st *actionState, m *backup.Manifest) error {
 	// Every path any intent of this action touched, with its original state
 	// from the first intent (a redo after a crash records a later "old").
-	orig := map[string]string{}
+	orig := map[string]journal.State{}
 	var paths []string
-	for _, rec := range r.records {
-		if rec.Action != first.Action || rec.Kind != journal.KindIntent || rec.Seq < first.Seq {
-			continue
-		}
-		n, _ := strconv.Atoi(rec.Data["files"])
-		for i := 0; i < n; i++ {
-			k := strconv.Itoa(i)
-			p := rec.Data["path."+k]
-			if _, seen := orig[p]; !seen {
-				orig[p] = rec.Data["old."+k]
-				paths = append(paths, p)
+	for _, rec := range r.intentsSince(first) {
+		for _, c := range rec.Changes {
+			if _, seen := orig[c.Path]; !seen {
+				orig[c.Path] = c.Old
+				paths = append(paths, c.Path)
 			}
 		}
 	}
@@ -998,7 +976,7 @@ func (r *Runner) undoFiles(first *journal.Record, st *actionState, m *backup.Man
 				errs = append(errs, err)
 				continue
 			}
-		} else if want == "absent" {
+		} else if want.IsAbsent() {
 			if err := r.files().Remove(host); err != nil {
 				errs = append(errs, err)
 				continue
@@ -1032,11 +1010,8 @@ func createdByThisAction(st *actionState, p string) bool {
 	if st == nil || st.firstIntent == nil {
 		return false
 	}
-	rec := st.firstIntent
-	n, _ := strconv.Atoi(rec.Data["files"])
-	for i := 0; i < n; i++ {
-		k := strconv.Itoa(i)
-		if rec.Data["path."+k] == p && rec.Data["old."+k] == "absent" {
+	for _, c := range st.firstIntent.Changes {
+		if c.Path == p && c.Old.IsAbsent() {
 			return true
 		}
 	}
