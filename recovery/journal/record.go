@@ -157,8 +157,8 @@ type ClusterStart struct {
 // something (a restart, the backup).
 func (r Record) FileIntent() bool { return r.Kind == KindIntent && r.Changes != nil }
 
-// Journals written before the records were typed (kubecpr up to
-// cfc9648) kept everything in Data, as strings:
+// Journals written before the records were typed (kubecpr before
+// fb02d0a) kept everything in Data, as strings:
 //
 //	run-start (node)     root, now (RFC 3339), selection, options (JSON: flag → value)
 //	run-start (cluster)  options (JSON of ClusterStart)
