@@ -111,7 +111,11 @@ func (a *Approver) listCSRs(ctx context.Context) ([]certificatesv1.CertificateSi
 	return items, nil
 }
 
-const listPage = 500
+// listPage: one List request for a pass of thousands of CSRs (a whole
+// cluster's workers re-bootstrapping at once), in memory a few MiB (a
+// kubelet CSR is ~1.5 KiB). Paging at all keeps a runaway number of CSRs
+// from becoming one giant response.
+const listPage = 5000
 
 // errDecided: after a conflict, the CSR turned out to be approved, denied
 // or failed by someone else meanwhile. errIssued: it got its certificate
@@ -246,6 +250,12 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
+	// With SignAlways, a CSR is signed and its certificate written by the
+	// worker that approved it, as soon as the approval is back: kubecpr's
+	// signatures (CPU) overlap the API server's writes in flight instead
+	// of starting after the last approval, and the certificate goes on the
+	// object the approval returned (no read in between).
+	pipelined := a.Sign == SignAlways && !a.DryRun && a.CA != nil && a.CA.Key != nil
 	type entry struct {
 		c        *certificatesv1.CertificateSigningRequest
 		d        Decision
@@ -255,9 +265,10 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 		updated  *certificatesv1.CertificateSigningRequest
 		err      error
 		finished bool
+		signed   signing // pipelined only
 	}
 	entries := make([]entry, 0, len(items))
-	var writes []int // indexes into entries of the approvals to write
+	var jobs []int // indexes into entries of the CSRs to write
 	for i := range items {
 		c := &items[i]
 		switch {
@@ -265,22 +276,34 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 			d := decisions[i]
 			e := entry{c: c, d: d, refused: !d.Approve, approve: d.Approve}
 			if e.approve && !a.DryRun {
-				writes = append(writes, len(entries))
+				jobs = append(jobs, len(entries))
 			}
 			entries = append(entries, e)
 		case approvedByUs(c) && len(c.Status.Certificate) == 0:
+			if pipelined {
+				jobs = append(jobs, len(entries))
+			}
 			entries = append(entries, entry{c: c, sign: true})
 		}
 	}
 
-	forEach(ctx, len(writes), a.Workers, func(k int) {
-		e := &entries[writes[k]]
-		e.updated, e.err = a.approve(ctx, e.c, e.d)
-		e.finished = true
+	now := a.Now()
+	forEach(ctx, len(jobs), a.Workers, func(k int) {
+		e := &entries[jobs[k]]
+		c := e.c
+		if e.approve {
+			e.updated, e.err = a.approve(ctx, e.c, e.d)
+			e.finished = true
+			if e.err != nil || !pipelined {
+				return
+			}
+			c = e.updated
+		}
+		e.signed = signing{c: c, err: a.signAndWrite(ctx, c, now), done: true}
 	})
 
 	// Report in name order.
-	var toSign []*certificatesv1.CertificateSigningRequest
+	var toSign []signing
 	for i := range entries {
 		e := &entries[i]
 		name := e.c.Name
@@ -310,68 +333,88 @@ func (a *Approver) Pass(ctx context.Context) (Result, error) {
 				fmt.Fprintf(a.Out, "      approved %s for node %s: %s\n", name, e.d.Node, e.d.Reason)
 			}
 			res.Approved = append(res.Approved, e.d)
-			toSign = append(toSign, e.updated)
+			toSign = append(toSign, e.signed)
+			if !pipelined {
+				toSign[len(toSign)-1].c = e.updated
+			}
 		case e.sign:
-			toSign = append(toSign, e.c)
+			toSign = append(toSign, e.signed)
+			if !pipelined {
+				toSign[len(toSign)-1].c = e.c
+			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	if a.Sign == SignNever || a.DryRun || len(toSign) == 0 {
-		return res, a.failed(res)
-	}
-	if a.Sign == SignAuto {
-		grace := a.SignGrace
-		if grace == 0 {
-			grace = 3 * time.Second
-		}
-		toSign = a.waitForControllerManager(ctx, toSign, grace)
-		if len(toSign) == 0 {
+	if !pipelined {
+		if a.Sign == SignNever || a.DryRun || len(toSign) == 0 {
 			return res, a.failed(res)
 		}
-	}
-	if a.CA == nil || a.CA.Key == nil {
-		_, err := Sign(a.CA, toSign[0], a.Now(), a.Policy.MaxLifetime)
-		return res, errors.Join(fmt.Errorf("signing %d approved CSR(s) (%s first): %w", len(toSign), toSign[0].Name, err), a.failed(res))
-	}
-
-	now := a.Now()
-	signErrs := make([]error, len(toSign))
-	signDone := make([]bool, len(toSign))
-	forEach(ctx, len(toSign), a.Workers, func(i int) {
-		defer func() { signDone[i] = true }()
-		c := toSign[i]
-		certPEM, err := Sign(a.CA, c, now, a.Policy.MaxLifetime)
-		if err != nil {
-			signErrs[i] = err
-			return
+		cs := make([]*certificatesv1.CertificateSigningRequest, len(toSign))
+		for i := range toSign {
+			cs[i] = toSign[i].c
 		}
-		signErrs[i] = a.writeCertificate(ctx, c, certPEM)
-	})
-	for i, c := range toSign {
-		switch err := signErrs[i]; {
-		case !signDone[i]:
+		if a.Sign == SignAuto {
+			grace := a.SignGrace
+			if grace == 0 {
+				grace = 3 * time.Second
+			}
+			if cs = a.waitForControllerManager(ctx, cs, grace); len(cs) == 0 {
+				return res, a.failed(res)
+			}
+		}
+		if a.CA == nil || a.CA.Key == nil {
+			_, err := Sign(a.CA, cs[0], a.Now(), a.Policy.MaxLifetime)
+			return res, errors.Join(fmt.Errorf("signing %d approved CSR(s) (%s first): %w", len(cs), cs[0].Name, err), a.failed(res))
+		}
+		toSign = make([]signing, len(cs))
+		now := a.Now()
+		forEach(ctx, len(cs), a.Workers, func(i int) {
+			toSign[i] = signing{c: cs[i], err: a.signAndWrite(ctx, cs[i], now), done: true}
+		})
+	}
+	for _, s := range toSign {
+		switch err := s.err; {
+		case !s.done:
 		case errors.Is(err, errIssued) || errors.Is(err, errDecided):
 			if a.Out != nil {
-				fmt.Fprintf(a.Out, "      %s: %v\n", c.Name, err)
+				fmt.Fprintf(a.Out, "      %s: %v\n", s.c.Name, err)
 			}
 		case err != nil:
-			res.Failed = append(res.Failed, Failure{Name: c.Name, Step: "signing", Err: err})
+			res.Failed = append(res.Failed, Failure{Name: s.c.Name, Step: "signing", Err: err})
 			if a.Out != nil {
-				fmt.Fprintf(a.Out, "      could not sign %s: %v\n", c.Name, err)
+				fmt.Fprintf(a.Out, "      could not sign %s: %v\n", s.c.Name, err)
 			}
 		default:
 			if a.Out != nil {
-				fmt.Fprintf(a.Out, "      signed %s with the cluster CA (no controller-manager issued it)\n", c.Name)
+				fmt.Fprintf(a.Out, "      signed %s with the cluster CA (no controller-manager issued it)\n", s.c.Name)
 			}
-			res.Signed = append(res.Signed, Decision{Name: c.Name, Signer: c.Spec.SignerName})
+			res.Signed = append(res.Signed, Decision{Name: s.c.Name, Signer: s.c.Spec.SignerName})
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
 	return res, a.failed(res)
+}
+
+// signing is one CSR's certificate: signed and written (done), or not
+// reached before the context ended.
+type signing struct {
+	c    *certificatesv1.CertificateSigningRequest
+	err  error
+	done bool
+}
+
+// signAndWrite signs an approved CSR with the cluster CA and writes the
+// certificate into its status.
+func (a *Approver) signAndWrite(ctx context.Context, c *certificatesv1.CertificateSigningRequest, now time.Time) error {
+	certPEM, err := Sign(a.CA, c, now, a.Policy.MaxLifetime)
+	if err != nil {
+		return err
+	}
+	return a.writeCertificate(ctx, c, certPEM)
 }
 
 // failed is the error of a pass whose result lists failures (nil if none).

@@ -234,6 +234,44 @@ func TestPassConcurrentBoundedAndDeterministic(t *testing.T) {
 	}
 }
 
+// With SignAlways a CSR's certificate is written by the worker that
+// approved it, right after its approval (on the object the approval
+// returned, no read), not after the last approval of the pass: signing
+// overlaps the writes in flight.
+func TestPassSignsAsApprovalsReturn(t *testing.T) {
+	ca := testCA(t)
+	objs, good, _ := corpus(t, 40, 0)
+	f := fake.NewClientset(objs...)
+	var mu sync.Mutex
+	var order []string // "approval NAME" / "status NAME", as the server sees them
+	f.PrependReactor("update", "certificatesigningrequests", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		u := action.(k8stesting.UpdateAction)
+		mu.Lock()
+		order = append(order, u.GetSubresource()+" "+u.GetObject().(*certificatesv1.CertificateSigningRequest).Name)
+		mu.Unlock()
+		return false, nil, nil
+	})
+	res, err := (&Approver{Client: newSlow(f, time.Millisecond), Policy: policy, CA: ca, Sign: SignAlways, Workers: 4}).Pass(context.Background())
+	if err != nil || len(res.Signed) != len(good) {
+		t.Fatalf("%v: signed %d of %d", err, len(res.Signed), len(good))
+	}
+	firstStatus, lastApproval := -1, -1
+	for i, o := range order {
+		if strings.HasPrefix(o, "status ") && firstStatus < 0 {
+			firstStatus = i
+		}
+		if strings.HasPrefix(o, "approval ") {
+			lastApproval = i
+		}
+	}
+	if firstStatus < 0 || firstStatus > lastApproval {
+		t.Errorf("the first certificate was written at write %d, after the last approval (%d): signing waited for every approval", firstStatus, lastApproval)
+	}
+	if n := countActions(f, "get", ""); n != 0 {
+		t.Errorf("%d gets, want none", n)
+	}
+}
+
 // A CSR changed meanwhile (409 Conflict) is read again and written again;
 // one that someone else approved or signed meanwhile is left alone, not
 // counted as kubecpr's and not a failure.

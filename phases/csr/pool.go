@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 )
 
@@ -44,10 +45,18 @@ const (
 )
 
 // TuneClient sets the client-side rate limits of the client the csr stage
-// approves and signs with (ClientQPS, ClientBurst).
+// approves and signs with (ClientQPS, ClientBurst), and its wire format:
+// protobuf, as kube-controller-manager and the kubelet speak to the API
+// server (--kube-api-content-type), JSON only for what has no protobuf.
+// client-go's generated clients (v0.33) already prefer protobuf for the
+// built-in types when nothing is set; saying it here keeps it so
+// whatever the client-go default becomes. The stage only reads and
+// writes built-in types (CSRs, Nodes, bootstrap token Secrets).
 func TuneClient(cfg *rest.Config) *rest.Config {
 	cfg.QPS, cfg.Burst = ClientQPS, ClientBurst
 	cfg.RateLimiter = nil
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	return cfg
 }
 
