@@ -1,13 +1,19 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kubecpr/kubecpr/phases/openshift"
 	"github.com/kubecpr/kubecpr/test/ocpfixture"
 )
 
@@ -173,5 +179,109 @@ func TestOpenShiftNodePlan(t *testing.T) {
 	r = kubecpr(t, nil, rootArgs(kroot, "openshift-node", "--dry-run")...)
 	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "not an OpenShift 4 node") {
 		t.Errorf("on kubeadm: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// A run of `kubecpr openshift-node` is a run like any other for the
+// generic commands: `status` shows it, `resume` continues it with the
+// options it was started with, `rollback` undoes it — the kubelet's
+// client certificate link back, and the kubelet restarted again on it.
+// The run here sets aside an unusable client certificate (its key does not
+// match), restarts the kubelet, and stops in the csr stage: the API server
+// it was told to use does not answer.
+func TestOpenShiftNodeRunWithStatusResumeRollback(t *testing.T) {
+	root := ocpTree(t, ocpfixture.Options{Master: true, NodeName: "master-0",
+		Leaf: ocpfixture.Window{NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(1, 0, 0)}})
+	link := filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")
+	target, err := os.Readlink(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dated := filepath.Join(root, filepath.FromSlash(target))
+	data, _ := os.ReadFile(dated)
+	blk, _ := pem.Decode(data)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalECPrivateKey(other)
+	if err := os.WriteFile(dated, append(pem.EncodeToMemory(blk), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "nowhere.kubeconfig")
+	if err := os.WriteFile(kc, []byte("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n"+
+		"users:\n- name: u\n  user:\n    token: throwaway\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restarts := filepath.Join(dir, "restarts")
+	restart := "echo restarted >> " + restarts
+	countRestarts := func() int {
+		b, _ := os.ReadFile(restarts)
+		return strings.Count(string(b), "restarted")
+	}
+	before := snapshot(t, root)
+
+	r := kubecpr(t, nil, rootArgs(root, "openshift-node", "--kubelet-restart-command", restart, "--kubeconfig", kc, "--csr-wait", "0")...)
+	if r.code != ExitStageFailed || !strings.Contains(r.stderr, "127.0.0.1:1") || !strings.Contains(r.stderr, "`kubecpr resume` continues") {
+		t.Fatalf("openshift-node against an API server that does not answer: exit %d, want %d\n%s%s", r.code, ExitStageFailed, r.stdout, r.stderr)
+	}
+	if got, _ := os.Readlink(link); got != openshift.SetAsideTarget || countRestarts() != 1 {
+		t.Fatalf("after the run: link -> %q, %d kubelet restarts; want -> %s and 1", got, countRestarts(), openshift.SetAsideTarget)
+	}
+
+	// status: the run, open, where it stopped.
+	r = kubecpr(t, nil, rootArgs(root, "status", "-o", "json")...)
+	var st docRunStatus
+	decodeDoc(t, "json", r.stdout, "RunStatus", &st)
+	states := actionStates(st.Actions)
+	if !st.Open || st.Status != "open" || states["openshift-kubelet/set-aside"] != "done" || states["openshift-kubelet/restart"] != "done" ||
+		states["openshift-csr/approve"] != "failed" {
+		t.Fatalf("status of the open openshift-node run: %+v", st)
+	}
+	id := st.RunID
+
+	// resume, with no options: the same run, its recorded --kubeconfig and
+	// restart command, what is done not done again.
+	r = kubecpr(t, nil, rootArgs(root, "resume")...)
+	if r.code != ExitStageFailed || !strings.Contains(r.stdout+r.stderr, "continuing unfinished run "+id) ||
+		!strings.Contains(r.stdout+r.stderr, "(done earlier)") || !strings.Contains(r.stdout+r.stderr, kc) {
+		t.Fatalf("resume: exit %d, want %d continuing %s through %s\n%s%s", r.code, ExitStageFailed, id, kc, r.stdout, r.stderr)
+	}
+	if countRestarts() != 1 {
+		t.Errorf("resume restarted the kubelet again (%d restarts): the restart was done", countRestarts())
+	}
+	// openshift-node again while the run is open: the same run, through
+	// another API server given anew (a live option, journaled).
+	kc2 := filepath.Join(dir, "elsewhere.kubeconfig")
+	b, _ := os.ReadFile(kc)
+	if err := os.WriteFile(kc2, []byte(strings.Replace(string(b), "127.0.0.1:1", "127.0.0.1:2", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = kubecpr(t, nil, rootArgs(root, "openshift-node", "--kubeconfig", kc2)...)
+	if r.code != ExitStageFailed || !strings.Contains(r.stdout+r.stderr, "continuing unfinished run "+id) || !strings.Contains(r.stdout+r.stderr, "127.0.0.1:2") {
+		t.Fatalf("openshift-node on the open run with another --kubeconfig: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// The kubeadm pipeline is still refused.
+	if r := kubecpr(t, nil, rootArgs(root, "run")...); r.code != ExitPrecondition || !strings.Contains(r.stderr, "kubecpr openshift-node") {
+		t.Errorf("run on the OpenShift node: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// rollback: the node as it was, the kubelet restarted on it.
+	r = kubecpr(t, nil, rootArgs(root, "rollback", "--kubelet-restart-command", restart)...)
+	if r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("after rollback the node differs:\n%s", d)
+	}
+	if countRestarts() != 2 {
+		t.Errorf("rollback: %d kubelet restarts in all, want 2 (the run's, then rollback's on the restored link)", countRestarts())
+	}
+	r = kubecpr(t, nil, rootArgs(root, "status", "-o", "json")...)
+	st = docRunStatus{}
+	decodeDoc(t, "json", r.stdout, "RunStatus", &st)
+	if st.RunID != id || st.Status != "rolled-back" || st.Open {
+		t.Errorf("status after rollback: %+v", st)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 || !strings.Contains(r.stdout, "nothing to resume") {
+		t.Errorf("resume after rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kubecpr/kubecpr/phases"
 	"github.com/kubecpr/kubecpr/phases/csr"
+	"github.com/kubecpr/kubecpr/phases/openshift"
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
@@ -431,6 +432,10 @@ func doResume(c *cli.Context) error {
 		fmt.Fprintln(e.out, "nothing to resume: no unfinished run")
 		return nil
 	}
+	// A run of `kubecpr openshift-node` continues as such.
+	if handled, err := resumeOpenShiftNode(c, e, id, recs); handled {
+		return err
+	}
 	_, sel, _, err := pipeline.RecordedOptions(recs)
 	if err != nil {
 		return err
@@ -465,6 +470,9 @@ func rollbackCommand() *cli.Command {
 			if err := r.OpenRun(id); err != nil {
 				return err
 			}
+			// A run of `kubecpr openshift-node` too: its stages restart the
+			// kubelet again on the restored files.
+			r.Stages = append(r.Stages, openshift.Stages(openshift.Options{})...)
 			fmt.Fprintf(e.out, "rolling back run %s\n", r.RunID())
 			if err := r.Rollback(c.Context); err != nil {
 				return withCode(ExitStageFailed, fmt.Errorf("rollback incomplete, run it again after fixing: %w", err))

@@ -158,7 +158,8 @@ func isLiveOption(name string) bool {
 			return true
 		}
 	}
-	return false
+	// openshift-node's own: the API server it approves through, whose CSRs.
+	return name == "kubeconfig" || name == "all-nodes"
 }
 
 func mustTime(s string) time.Time {
