@@ -1,6 +1,7 @@
 // Package sshtest starts a real OpenSSH sshd on loopback for tests: a
 // per-test host key, a per-test authorized key for root, and a known_hosts
-// file holding the host key, all in the test's temporary directory.
+// file holding the host key, all in the test's temporary directory, which
+// is also the sessions' HOME (the machine's root dotfiles are not run).
 //
 // It needs root (sshd's privilege separation, and logging in as root) and
 // /usr/sbin/sshd (Debian's openssh-server, installed by hack/install-deps.sh);
@@ -135,6 +136,14 @@ func (s *Server) start(t testing.TB, hostKeyFile string) error {
 		"MaxStartups 200",
 		"MaxSessions 64",
 		"LogLevel INFO",
+		// Sessions run with HOME in the test's directory, not this
+		// machine's /root: a command over SSH runs through root's login
+		// shell, and bash started by sshd reads ~/.bashrc. The project
+		// machine's runs `pyenv init` (2–5 s a session at load
+		// averages 5–15): every SSH command of a test paid it, and the
+		// cluster benchmarks measured the workstation's dotfiles, not
+		// kubecpr. A node's root shell reads no such thing.
+		"SetEnv HOME=" + s.Dir,
 		"",
 	}, "\n")), 0o600)
 

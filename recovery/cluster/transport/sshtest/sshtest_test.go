@@ -34,6 +34,39 @@ func TestStart(t *testing.T) {
 	}
 }
 
+// TestSessionHome: a command runs with HOME in the test's directory, so
+// root's login shell reads none of this machine's dotfiles (bash started
+// by sshd reads ~/.bashrc), and a session costs what sshd costs.
+func TestSessionHome(t *testing.T) {
+	s := Start(t)
+	b, err := os.ReadFile(s.IdentityFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := ssh.Dial("tcp", s.Addr, &ssh.ClientConfig{
+		User:            s.User,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(s.HostKey),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	out, err := sess.Output(`printf %s "$HOME"`)
+	if err != nil || string(out) != s.Dir {
+		t.Errorf("HOME in a session = %q (%v), want %q", out, err, s.Dir)
+	}
+}
+
 // TestStopWithOpenConnection: a client a test forgot to close, even with a
 // command running, does not keep the server (or the test) alive.
 func TestStopWithOpenConnection(t *testing.T) {
