@@ -14,6 +14,7 @@ import (
 // Every bad input stops `kubecpr run` before any change, with exit code
 // and a message that names the file and says what to do.
 func TestBadInputStopsBeforeAnyChange(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	for _, tc := range []struct {
 		name     string
 		setup    func(t *testing.T, root string) []string // returns extra args

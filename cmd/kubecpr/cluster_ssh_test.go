@@ -37,6 +37,7 @@ func sshInventory(t testing.TB, invFile string, srv *sshtest.Server, knownHosts 
 // every node back byte for byte. An unknown host key is refused before
 // any change.
 func TestClusterOverSSH(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	srv := sshtest.Start(t)
 	dir := t.TempDir()
 	invFile, roots := expiredClusterOf(t, dir, 2, 1)

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -43,6 +44,7 @@ func journalRecords(t *testing.T, root string) []journal.Record {
 // (from the crashed state, and after the resume) must restore every file
 // byte for byte.
 func TestCrashAtEveryJournalRecord(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	template := expiredNode(t)
 	original := snapshot(t, template)
 
@@ -57,63 +59,73 @@ func TestCrashAtEveryJournalRecord(t *testing.T) {
 		t.Fatalf("only %d journal records in a full run", total)
 	}
 
-	exercised := 0
-	for k := 1; k <= total; k++ {
-		t.Run(fmt.Sprintf("kill-after-record-%02d", k), func(t *testing.T) {
-			crash := func() string {
-				root := copyNode(t, template)
-				r := kubecpr(t, []string{fmt.Sprintf("KUBECPR_CRASH_AFTER_RECORD=%d", k)}, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
-				if !r.killed {
-					t.Fatalf("process was not killed at record %d (exit %d)\n%s%s", k, r.code, r.stdout, r.stderr)
-				}
-				return root
-			}
+	var exercised atomic.Int32
+	t.Run("kills", func(t *testing.T) {
+		for k := 1; k <= total; k++ {
+			t.Run(fmt.Sprintf("kill-after-record-%02d", k), func(t *testing.T) {
+				t.Parallel() // each kill point has trees of its own
+				crashAt(t, k, template, original, wantIDs, wantFiles, &exercised)
+			})
+		}
+	})
+	t.Logf("kill points exercised: %d of %d journal records (each: resume+rollback and rollback alone)", exercised.Load(), total)
+}
 
-			// crash → resume → same end state as the clean run → rollback → original bytes
-			root := crash()
-			if _, err := os.Stat(filepath.Join(root, "var/lib/kubecpr/current")); os.IsNotExist(err) {
-				// Killed after the run-start record, before the run became
-				// current: nothing was changed and there is nothing to resume.
-				if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
-					t.Fatalf("killed before the run became current, yet the node changed:\n%s", diff)
-				}
-				if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 || !strings.Contains(r.stdout, "nothing to resume") {
-					t.Fatalf("resume: exit %d, want 'nothing to resume'\n%s%s", r.code, r.stdout, r.stderr)
-				}
-				exercised++
-				return
-			}
-			if r := kubecpr(t, nil, rootArgs(root, "resume", "--update-user-kubeconfigs")...); r.code != 0 {
-				t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-			}
-			if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
-				t.Fatalf("check after resume: exit %d\n%s", r.code, r.stdout)
-			}
-			if diff := cmp.Diff(wantIDs, identities(t, root, false)); diff != "" {
-				t.Errorf("identities after resume differ from a clean run (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(wantFiles, fileSet(snapshot(t, root))); diff != "" {
-				t.Errorf("file set after resume differs from a clean run (-want +got):\n%s", diff)
-			}
-			if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
-				t.Fatalf("rollback after resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-			}
-			if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
-				t.Fatalf("rollback after resume not byte-identical:\n%s", diff)
-			}
-
-			// crash → rollback → original bytes
-			root = crash()
-			if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
-				t.Fatalf("rollback after crash: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-			}
-			if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
-				t.Fatalf("rollback after crash not byte-identical:\n%s", diff)
-			}
-			exercised++
-		})
+// crashAt kills a run right after journal record k, then requires resume
+// to reach the clean run's end state and rollback (after that resume, and
+// straight after a second such kill) the original bytes.
+func crashAt(t *testing.T, k int, template string, original map[string]string, wantIDs map[string]certIdentity, wantFiles map[string]string, exercised *atomic.Int32) {
+	crash := func() string {
+		root := copyNode(t, template)
+		r := kubecpr(t, []string{fmt.Sprintf("KUBECPR_CRASH_AFTER_RECORD=%d", k)}, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
+		if !r.killed {
+			t.Fatalf("process was not killed at record %d (exit %d)\n%s%s", k, r.code, r.stdout, r.stderr)
+		}
+		return root
 	}
-	t.Logf("kill points exercised: %d of %d journal records (each: resume+rollback and rollback alone)", exercised, total)
+
+	// crash → resume → same end state as the clean run → rollback → original bytes
+	root := crash()
+	if _, err := os.Stat(filepath.Join(root, "var/lib/kubecpr/current")); os.IsNotExist(err) {
+		// Killed after the run-start record, before the run became
+		// current: nothing was changed and there is nothing to resume.
+		if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
+			t.Fatalf("killed before the run became current, yet the node changed:\n%s", diff)
+		}
+		if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 || !strings.Contains(r.stdout, "nothing to resume") {
+			t.Fatalf("resume: exit %d, want 'nothing to resume'\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		exercised.Add(1)
+		return
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "resume", "--update-user-kubeconfigs")...); r.code != 0 {
+		t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+		t.Fatalf("check after resume: exit %d\n%s", r.code, r.stdout)
+	}
+	if diff := cmp.Diff(wantIDs, identities(t, root, false)); diff != "" {
+		t.Errorf("identities after resume differ from a clean run (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantFiles, fileSet(snapshot(t, root))); diff != "" {
+		t.Errorf("file set after resume differs from a clean run (-want +got):\n%s", diff)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback after resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
+		t.Fatalf("rollback after resume not byte-identical:\n%s", diff)
+	}
+
+	// crash → rollback → original bytes
+	root = crash()
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback after crash: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if diff := diffSnapshots(original, snapshot(t, root)); diff != "" {
+		t.Fatalf("rollback after crash not byte-identical:\n%s", diff)
+	}
+	exercised.Add(1)
 }
 
 // fileSet is the list of paths with their kind and mode (content differs
@@ -135,6 +147,7 @@ func fileSet(s map[string]string) map[string]string {
 // (no kubecpr_crashtest tag), it carries none of the seam's environment
 // variable names, and a run with them set completes instead of dying.
 func TestShippedBinaryHasNoCrashSeam(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	bin := filepath.Join(t.TempDir(), "kubecpr")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

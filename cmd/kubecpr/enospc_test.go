@@ -17,6 +17,7 @@ import (
 // only what changed and ends byte-identical; once space is freed, resume
 // ends where an uninterrupted run ends.
 func TestDiskFullMidRun(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	template := expiredNode(t)
 	clean := copyNode(t, template)
 	if r := kubecpr(t, nil, rootArgs(clean, "run", "--until", "kubeconfigs")...); r.code != 0 {

@@ -46,6 +46,7 @@ import (
 // in a copy of a journal, in each of those forms, must be found.
 
 func TestNoKeyMaterialLeaks(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	for _, sc := range []struct {
 		name            string
 		kubeletEmbedded bool // kubelet.conf embeds its client key

@@ -274,6 +274,7 @@ func TestKubeconfigExportRefusals(t *testing.T) {
 // the certificate names and RBAC applies to them; the Anthos admin
 // cluster's secret is created, then updated in place, through client-go.
 func TestKubeconfigExportAgainstRealAPIServer(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	n := cluster.Kubeadm(t, cluster.Options{})
 	n.StartEtcd(t)
 	n.StartAPIServer(t)

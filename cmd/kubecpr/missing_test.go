@@ -512,6 +512,7 @@ func mustKey(t *testing.T, p string) crypto.Signer {
 // and rollback, after the resume or straight after the crash, leaves the
 // node as it was — without the directory.
 func TestCrashWhileRecreatingKubeletPKI(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	template := expiredNode(t)
 	if err := os.RemoveAll(filepath.Join(template, "var/lib/kubelet/pki")); err != nil {
 		t.Fatal(err)
@@ -537,6 +538,7 @@ func TestCrashWhileRecreatingKubeletPKI(t *testing.T) {
 
 	for k := first; k <= len(recs); k++ {
 		t.Run(fmt.Sprintf("kill-after-record-%02d", k), func(t *testing.T) {
+			t.Parallel() // each kill point has trees of its own
 			crash := func() string {
 				root := copyNode(t, template)
 				r := kubecpr(t, []string{fmt.Sprintf("KUBECPR_CRASH_AFTER_RECORD=%d", k)}, rootArgs(root, args...)...)

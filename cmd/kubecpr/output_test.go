@@ -691,6 +691,7 @@ func TestCheckOutputCompatible(t *testing.T) {
 // port, and the expiry of the credentials in its kubeconfig, which it
 // names without reading out; the server answers with them.
 func TestRecoveryServerStatusDocument(t *testing.T) {
+	t.Parallel() // processes and trees of its own
 	n := cluster.Kubeadm(t, cluster.Options{})
 	etcd := n.StartEtcd(t)
 	defer etcd.Stop()
