@@ -20,6 +20,41 @@ var ErrNoLoopback = errors.New("etcd serves clients on no loopback address")
 // and returns the https client URLs of this etcd that are on loopback, in
 // the order Save should try them; see EndpointsFromFlags.
 func EndpointsFromManifest(manifest []byte) ([]string, error) {
+	flags, err := manifestFlags(manifest)
+	if err != nil {
+		return nil, err
+	}
+	return EndpointsFromFlags(flags)
+}
+
+// MetricsFromManifest returns etcd's plain-http metrics URL on loopback
+// from the manifest's --listen-metrics-urls (kubeadm:
+// http://127.0.0.1:2381), or "" when there is none. etcd serves /health
+// there from its start, whatever its certificates and its quorum; Save
+// asks it whether the member has a leader (Options.MetricsURL).
+func MetricsFromManifest(manifest []byte) string {
+	flags, err := manifestFlags(manifest)
+	if err != nil {
+		return ""
+	}
+	for _, raw := range strings.Split(flags["listen-metrics-urls"], ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.Scheme != "http" || u.Port() == "" {
+			continue
+		}
+		switch ip := net.ParseIP(u.Hostname()); {
+		case strings.EqualFold(u.Hostname(), "localhost"), ip != nil && ip.IsUnspecified():
+			return "http://" + net.JoinHostPort("127.0.0.1", u.Port())
+		case ip != nil && ip.IsLoopback():
+			return "http://" + net.JoinHostPort(ip.String(), u.Port())
+		}
+	}
+	return ""
+}
+
+// manifestFlags are the flags of the etcd container of a static pod
+// manifest.
+func manifestFlags(manifest []byte) (map[string]string, error) {
 	var pod struct {
 		Spec struct {
 			Containers []struct {
@@ -42,7 +77,7 @@ func EndpointsFromManifest(manifest []byte) ([]string, error) {
 			break
 		}
 	}
-	return EndpointsFromFlags(flagMap(append(append([]string{}, c.Command...), c.Args...)))
+	return flagMap(append(append([]string{}, c.Command...), c.Args...)), nil
 }
 
 // flagMap collects --name=value and "--name value" arguments (the first

@@ -90,3 +90,18 @@ func TestLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsFromManifest(t *testing.T) {
+	for name, c := range map[string]struct{ manifest, want string }{
+		"kubeadm":          {kubeadmEtcd, "http://127.0.0.1:2381"},
+		"wildcard first":   {strings.Replace(kubeadmEtcd, "http://127.0.0.1:2381", "https://127.0.0.1:2382,http://0.0.0.0:2381", 1), "http://127.0.0.1:2381"},
+		"not on loopback":  {strings.Replace(kubeadmEtcd, "http://127.0.0.1:2381", "http://10.0.0.5:2381", 1), ""},
+		"no metrics flag":  {strings.Replace(kubeadmEtcd, "    - --listen-metrics-urls=http://127.0.0.1:2381\n", "", 1), ""},
+		"not a manifest":   {"{", ""},
+		"localhost, no ip": {strings.Replace(kubeadmEtcd, "http://127.0.0.1:2381", "http://localhost:2391", 1), "http://127.0.0.1:2391"},
+	} {
+		if got := MetricsFromManifest([]byte(c.manifest)); got != c.want {
+			t.Errorf("%s: %q, want %q", name, got, c.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,20 +33,45 @@ import (
 const (
 	DefaultTimeout         = 5 * time.Second
 	DefaultTransferTimeout = 10 * time.Minute
+	// NoLeaderTimeout is how long a member whose metrics port says it has
+	// no leader gets to answer on its client port. A member that was
+	// ready once serves snapshots with or without a leader and answers in
+	// milliseconds; one that never had a quorum since it started serves
+	// nothing (etcd 3.5 serves clients once the member is ready).
+	NoLeaderTimeout = time.Second
 )
 
 // ErrEtcdDown is wrapped by Save's error when etcd does not answer on any
 // endpoint: the connection is refused, or nothing answers within
-// Options.Timeout. The caller says so ("etcd is not running: no snapshot")
-// and goes on. Every other failure (a wrong CA, etcd refusing the client
+// Options.Timeout (NoLeaderTimeout for a member that says it has no
+// leader). The caller says so ("no etcd snapshot: etcd is not answering
+// ...") and goes on. Every other failure (a wrong CA, etcd refusing the client
 // certificate, a damaged snapshot, a full disk) is a different error.
 var ErrEtcdDown = errors.New("etcd is not answering")
+
+// errNotServing marks an endpoint that took the connection and then
+// answered nothing, not even the TLS handshake: the port is bound but
+// nothing is served. etcd 3.5 serves its client port only once the member
+// is ready, which needs a quorum: a member whose peers are down, or present
+// expired certificates (every member of a fully expired cluster), is in
+// that state until a leader is elected. Every address of one member is
+// then silent alike, so Save asks no other.
+var errNotServing = errors.New("etcd takes connections but serves nothing")
 
 // Options of Save.
 type Options struct {
 	// Endpoints are etcd client URLs, https:// with a loopback IP
 	// (https://127.0.0.1:2379), tried in order; see EndpointsFromManifest.
+	// All are addresses of one member (the node's own etcd, as
+	// EndpointsFromManifest reads them): a member that is up but serves
+	// nothing on one is not asked again on the others.
 	Endpoints []string
+	// MetricsURL is the member's plain-http metrics URL on loopback
+	// (MetricsFromManifest; "" when unknown). When its /health says the
+	// member has no leader, a client endpoint silent for NoLeaderTimeout
+	// is taken for a member without quorum at once, instead of after
+	// Timeout.
+	MetricsURL string
 	// CACert and CAKey are the PEM contents of the etcd CA
 	// (/etc/kubernetes/pki/etcd/ca.crt and ca.key, the etcd manifest's
 	// --trusted-ca-file and its key), read by the caller through the node.
@@ -146,14 +173,26 @@ func Save(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	probeTimeout := o.Timeout
+	reason := NoLeader(ctx, o.MetricsURL)
+	if reason != "" && NoLeaderTimeout < probeTimeout {
+		probeTimeout = NoLeaderTimeout
+	}
 	var down []error
 	for _, ep := range o.Endpoints {
-		res, err := saveFrom(ctx, o, ca, client, ep)
+		res, err := saveFrom(ctx, o, ca, client, ep, probeTimeout)
 		if err == nil {
 			return res, nil
 		}
 		if !errors.Is(err, ErrEtcdDown) || ctx.Err() != nil {
 			return Result{}, err
+		}
+		if errors.Is(err, errNotServing) {
+			if reason != "" {
+				err = fmt.Errorf("%w; its metrics port %s says %q", err, o.MetricsURL, reason)
+			}
+			down = append(down, err)
+			break // the same member on its other addresses: as silent
 		}
 		down = append(down, err)
 	}
@@ -167,18 +206,51 @@ func Save(ctx context.Context, o Options) (Result, error) {
 	return Result{}, fmt.Errorf("%w on any endpoint: %s", ErrEtcdDown, strings.Join(msgs, "; "))
 }
 
+// NoLeader asks the member's metrics port (plain http, loopback only; see
+// MetricsFromManifest) for /health and returns etcd's reason when it says
+// the member has no leader ("RAFT NO LEADER"); "" for any other answer, or
+// none within a second. etcd answers there from its start, whatever its
+// certificates: it is how a member without quorum is told from one that
+// is merely slow.
+func NoLeader(ctx context.Context, metricsURL string) string {
+	if metricsURL == "" {
+		return ""
+	}
+	if u, err := url.Parse(metricsURL); err != nil || u.Scheme != "http" || net.ParseIP(u.Hostname()) == nil || !net.ParseIP(u.Hostname()).IsLoopback() {
+		return ""
+	}
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(metricsURL, "/")+"/health", nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var h struct{ Health, Reason string }
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&h); err != nil {
+		return ""
+	}
+	if h.Health == "false" && strings.Contains(strings.ToUpper(h.Reason), "NO LEADER") {
+		return h.Reason
+	}
+	return ""
+}
+
 // downError wraps ErrEtcdDown with the endpoint and the cause.
 func downError(ep string, format string, args ...any) error {
 	return fmt.Errorf("%w on %s: %s", ErrEtcdDown, ep, fmt.Sprintf(format, args...))
 }
 
 // saveFrom takes the snapshot from one endpoint.
-func saveFrom(ctx context.Context, o Options, ca *etcdCA, client tls.Certificate, ep string) (Result, error) {
+func saveFrom(ctx context.Context, o Options, ca *etcdCA, client tls.Certificate, ep string, probeTimeout time.Duration) (Result, error) {
 	hostport, host, _ := loopbackHostPort(ep)
 	v := &serverVerifier{ca: ca, host: host, endpoint: ep, now: time.Now}
 	cfg := tlsConfig(client, v)
 
-	if err := probe(ctx, ep, hostport, cfg, v, o.Timeout); err != nil {
+	if err := probe(ctx, ep, hostport, cfg, v, probeTimeout); err != nil {
 		return Result{}, err
 	}
 
@@ -251,12 +323,19 @@ func probe(ctx context.Context, ep, hostport string, cfg *tls.Config, v *serverV
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	var handshakeOK atomic.Bool
-	trace := &httptrace.ClientTrace{TLSHandshakeDone: func(_ tls.ConnectionState, err error) {
-		if err == nil {
-			handshakeOK.Store(true)
-		}
-	}}
+	var connected, handshakeOK atomic.Bool
+	trace := &httptrace.ClientTrace{
+		ConnectDone: func(_, _ string, err error) {
+			if err == nil {
+				connected.Store(true)
+			}
+		},
+		TLSHandshakeDone: func(_ tls.ConnectionState, err error) {
+			if err == nil {
+				handshakeOK.Store(true)
+			}
+		},
+	}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, "https://"+hostport+"/version", nil)
 	if err != nil {
 		return err
@@ -284,6 +363,10 @@ func probe(ctx context.Context, ep, hostport string, cfg *tls.Config, v *serverV
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
+		if connected.Load() {
+			return fmt.Errorf("%w on %s: no answer within %s after it took the connection (%w: a member without quorum, its peers down or presenting expired certificates, serves no request until a leader is elected)",
+				ErrEtcdDown, ep, timeout, errNotServing)
+		}
 		return downError(ep, "no answer within %s", timeout)
 	}
 	if handshakeOK.Load() {

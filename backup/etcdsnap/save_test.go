@@ -11,9 +11,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,17 +68,20 @@ func TestSaveWithoutEtcd(t *testing.T) {
 		want string
 		max  time.Duration
 	}{
-		"refused":            {func(o *Options) {}, true, "connection refused", time.Second},
-		"silent":             {func(o *Options) { o.Endpoints = []string{silentEP} }, true, "no answer within", 2 * time.Second},
-		"both":               {func(o *Options) { o.Endpoints = []string{silentEP, refused} }, true, "on any endpoint", 2 * time.Second},
-		"no endpoint":        {func(o *Options) { o.Endpoints = nil }, false, "EndpointsFromManifest", 0},
-		"not loopback":       {func(o *Options) { o.Endpoints = []string{"https://10.0.0.5:2379"} }, false, "loopback only", 0},
-		"one not loopback":   {func(o *Options) { o.Endpoints = []string{refused, "https://localhost:2379"} }, false, "loopback", 0},
-		"no destination":     {func(o *Options) { o.Dest = "" }, false, "no destination", 0},
-		"no directory":       {func(o *Options) { o.Dest = filepath.Join(dir, "missing", "s.db") }, false, "no such file", 0},
-		"destination is dir": {func(o *Options) { o.Dest = filepath.Join(dir, "adir") }, false, "not a regular file", 0},
-		"no key":             {func(o *Options) { o.CAKey = nil }, false, "no etcd CA key", 0},
-		"expired CA":         {func(o *Options) { o.CACert, o.CAKey = expiredCA.certPEM, expiredCA.keyPEM }, false, "expired-ca.md", 0},
+		"refused":             {func(o *Options) {}, true, "connection refused", time.Second},
+		"silent":              {func(o *Options) { o.Endpoints = []string{silentEP} }, true, "no answer within", 2 * time.Second},
+		"refused then silent": {func(o *Options) { o.Endpoints = []string{refused, silentEP} }, true, "on any endpoint", 2 * time.Second},
+		// silent: the member takes connections and serves nothing (no
+		// quorum); its other addresses are not asked.
+		"silent then refused": {func(o *Options) { o.Endpoints = []string{silentEP, refused} }, true, "without quorum", 2 * time.Second},
+		"no endpoint":         {func(o *Options) { o.Endpoints = nil }, false, "EndpointsFromManifest", 0},
+		"not loopback":        {func(o *Options) { o.Endpoints = []string{"https://10.0.0.5:2379"} }, false, "loopback only", 0},
+		"one not loopback":    {func(o *Options) { o.Endpoints = []string{refused, "https://localhost:2379"} }, false, "loopback", 0},
+		"no destination":      {func(o *Options) { o.Dest = "" }, false, "no destination", 0},
+		"no directory":        {func(o *Options) { o.Dest = filepath.Join(dir, "missing", "s.db") }, false, "no such file", 0},
+		"destination is dir":  {func(o *Options) { o.Dest = filepath.Join(dir, "adir") }, false, "not a regular file", 0},
+		"no key":              {func(o *Options) { o.CAKey = nil }, false, "no etcd CA key", 0},
+		"expired CA":          {func(o *Options) { o.CACert, o.CAKey = expiredCA.certPEM, expiredCA.keyPEM }, false, "expired-ca.md", 0},
 	} {
 		o := base
 		c.edit(&o)
@@ -190,5 +196,93 @@ func TestWriteSnapshotFailures(t *testing.T) {
 		if b, _ := os.ReadFile(dest); string(b) != "previous snapshot" {
 			t.Errorf("%s: the previous snapshot was changed", name)
 		}
+	}
+}
+
+// A member that is up but serves nothing (no quorum: every member of a
+// fully expired cluster restarted before its peers) has its port bound and
+// serves nothing on it, not even TLS: etcd 3.5 serves only once ready.
+// Save says so after one timeout and does not wait again on the member's
+// other addresses.
+func TestSaveMemberWithoutQuorum(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA(t, "etcd-ca", now.Add(-time.Hour), now.AddDate(10, 0, 0))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns atomic.Int32
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			held = append(held, c) // taken, never answered
+		}
+	}()
+	ep := "https://" + l.Addr().String()
+	const timeout = 300 * time.Millisecond
+	o := Options{Endpoints: []string{ep, ep}, CACert: ca.certPEM, CAKey: ca.keyPEM,
+		Dest: filepath.Join(t.TempDir(), "snap.db"), Timeout: timeout}
+	start := time.Now()
+	_, err = Save(context.Background(), o)
+	took := time.Since(start)
+	if !errors.Is(err, ErrEtcdDown) || !strings.Contains(err.Error(), "without quorum") {
+		t.Fatalf("err %v, want ErrEtcdDown saying the member has no quorum", err)
+	}
+	if n := conns.Load(); n != 1 || took > 2*timeout+time.Second {
+		t.Errorf("%d connections in %s: the member's second address was asked too", n, took)
+	}
+}
+
+// With the member's metrics port saying it has no leader (etcd answers
+// /health there from its start), a silent client port is a member without
+// quorum after NoLeaderTimeout, not after the whole Timeout; the error
+// quotes etcd's reason. With a leader, the client port gets its Timeout.
+func TestSaveNoLeaderFromMetrics(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA(t, "etcd-ca", now.Add(-time.Hour), now.AddDate(10, 0, 0))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // the kernel takes connections; nothing answers
+	ep := "https://" + l.Addr().String()
+	metrics := func(body string) string {
+		m := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/health" {
+				http.NotFound(w, r)
+				return
+			}
+			io.WriteString(w, body)
+		}))
+		t.Cleanup(m.Close)
+		return m.URL
+	}
+	o := Options{Endpoints: []string{ep}, CACert: ca.certPEM, CAKey: ca.keyPEM,
+		Dest: filepath.Join(t.TempDir(), "snap.db"), Timeout: 4 * time.Second}
+
+	o.MetricsURL = metrics(`{"health":"false","reason":"RAFT NO LEADER"}`)
+	start := time.Now()
+	_, err = Save(context.Background(), o)
+	if took := time.Since(start); !errors.Is(err, ErrEtcdDown) || !strings.Contains(err.Error(), "RAFT NO LEADER") || took > NoLeaderTimeout+time.Second {
+		t.Errorf("no leader: %v after %s, want ErrEtcdDown quoting RAFT NO LEADER within %s", err, took, NoLeaderTimeout)
+	}
+
+	o.MetricsURL = metrics(`{"health":"true","reason":""}`)
+	o.Timeout = 1500 * time.Millisecond
+	start = time.Now()
+	_, err = Save(context.Background(), o)
+	if took := time.Since(start); !errors.Is(err, ErrEtcdDown) || took < o.Timeout {
+		t.Errorf("a leader: %v after %s, want the whole timeout (%s)", err, took, o.Timeout)
 	}
 }

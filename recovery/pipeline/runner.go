@@ -446,10 +446,10 @@ func (r *Runner) etcdSnapshot(ctx context.Context, m *backup.Manifest, dir strin
 		facts["etcd_snapshot"] = "skipped: " + err.Error()
 		return
 	}
-	res, err := etcdsnap.SaveToBackup(ctx, etcdsnap.Options{Endpoints: eps, CACert: caCert, CAKey: caKey, Now: r.Clock}, m, dir)
+	res, err := etcdsnap.SaveToBackup(ctx, etcdsnap.Options{Endpoints: eps, MetricsURL: etcdsnap.MetricsFromManifest(man), CACert: caCert, CAKey: caKey, Now: r.Clock}, m, dir)
 	switch {
 	case errors.Is(err, etcdsnap.ErrEtcdDown):
-		fmt.Fprintf(r.Out, "      no etcd snapshot: etcd is not running (%v); going on\n", err)
+		fmt.Fprintf(r.Out, "      no etcd snapshot: %v; going on\n", err)
 		facts["etcd_snapshot"] = "skipped: etcd down"
 	case err != nil:
 		fmt.Fprintf(r.Out, "      no etcd snapshot: %v; going on (the file backup is complete)\n", err)
