@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kubecpr/kubecpr/backup/etcdsnap"
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
 	"github.com/kubecpr/kubecpr/recovery/crashpoint"
 	"github.com/kubecpr/kubecpr/recovery/health"
@@ -90,9 +91,13 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 	}}
 	for _, c := range present {
 		c := c
+		summary := fmt.Sprintf("restart %s (%s), wait until healthy, check the served certificate", c, methodText(live.RestartMethod))
+		if reloadsCertificates[c] {
+			summary = fmt.Sprintf("prove %s healthy on the renewed certificates (it reloads them on each new connection), else restart it (%s) and wait until it is", c, methodText(live.RestartMethod))
+		}
 		acts = append(acts, pipeline.Action{
 			ID:      "bounce/" + c,
-			Summary: fmt.Sprintf("restart %s (%s), wait until healthy, check the served certificate", c, methodText(live.RestartMethod)),
+			Summary: summary,
 			Run: func(ctx context.Context) (map[string]string, error) {
 				return Restart(ctx, d, c, true)
 			},
@@ -196,16 +201,41 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 		}
 	}
 	oldID := ""
+	var current runtime.Container
 	if rt != nil {
 		cs, err := rt.ControlPlane(cctx)
 		if err != nil {
 			return nil, err
 		}
 		if c, ok := runtime.Newest(cs, comp); ok {
-			oldID = c.ID
+			oldID, current = c.ID, c
 		}
 	}
 	facts["old_container"] = oldID
+	// A container the kubelet (re)started after the renewed files were
+	// written already runs on them: an expired component that crashed
+	// and came back while the run renewed the files (an API server whose
+	// etcd client certificate had expired, an etcd member without
+	// quorum). Restarting it would only start it a second time; it is
+	// proven like any other, by its health and the certificate it serves.
+	// Only on the way forward: a rollback restarts on the restored files.
+	if requireHealthy && reloadsCertificates[comp] && current.Running {
+		if serial, err := servesRenewed(cctx, d, comp); err == nil {
+			facts["kept_container"], facts["served_serial"] = current.ID, serial
+			facts["duration"] = time.Since(start).Round(time.Millisecond).String()
+			fmt.Fprintf(d.Out(), "      %s reads its certificate files on every new connection: healthy and already serving the renewed ones on every port%s; not restarted\n",
+				comp, servedNote(serial))
+			return facts, nil
+		}
+	}
+	if requireHealthy {
+		if kept, renewed := runsOnRenewedFiles(d, current); kept {
+			facts["kept_container"] = current.ID
+			fmt.Fprintf(d.Out(), "      %s: container %.12s started %s, after the renewed files were last written (%s): already on them, not restarted\n",
+				comp, current.ID, current.Created.UTC().Format("15:04:05.000"), renewed.UTC().Format("15:04:05.000"))
+			return proveHealthy(cctx, d, comp, start, facts, fail)
+		}
+	}
 	switch live.RestartMethod {
 	case "manifests":
 		forced, err := cycleManifest(cctx, d, rt, comp, oldID, live)
@@ -220,7 +250,12 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 			return nil, errors.New("no container runtime configured")
 		}
 		if oldID != "" {
-			if err := rt.Stop(cctx, oldID, stopGrace(live, timeout)); err != nil {
+			grace := stopGrace(live, timeout)
+			if g, why := leaderlessGrace(cctx, d, comp, grace); why != "" {
+				fmt.Fprintf(d.Out(), "      %s: %s: stopped with a %s grace, not %s\n", comp, why, g, grace)
+				grace = g
+			}
+			if err := rt.Stop(cctx, oldID, grace); err != nil {
 				return fail(err)
 			}
 			crashpoint.At("bounce-stopped-" + comp)
@@ -237,7 +272,14 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 		fmt.Fprintf(d.Out(), "      %s restarted on the restored files (health not required: they may hold the expired certificates)\n", comp)
 		return facts, nil
 	}
-	serial, err := health.Wait(cctx, d, comp)
+	return proveHealthy(cctx, d, comp, start, facts, fail)
+}
+
+// proveHealthy waits for the component's health and checks the
+// certificate it serves against the one on disk.
+func proveHealthy(ctx context.Context, d pipeline.Data, comp string, start time.Time, facts map[string]string,
+	fail func(error) (map[string]string, error)) (map[string]string, error) {
+	serial, err := health.Wait(ctx, d, comp)
 	if err != nil {
 		return fail(err)
 	}
@@ -248,6 +290,109 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 	facts["duration"] = d2.String()
 	fmt.Fprintf(d.Out(), "      %s healthy on the new files after %s%s\n", comp, d2, servedNote(serial))
 	return facts, nil
+}
+
+// runsOnRenewedFiles reports whether container c is running and was
+// created after every file the run renews was last written (renewed is
+// that time): its process read them at start. "Written" is the latest
+// modification time of the PKI directory tree and of the kubeconfigs in
+// /etc/kubernetes, and of the directories holding them (a rename into a
+// directory changes the directory's time, not the file's). Both times
+// come from this machine's clock, not the run's (--now). Anything that
+// cannot be read counts as "not proven": the container is restarted.
+func runsOnRenewedFiles(d pipeline.Data, c runtime.Container) (bool, time.Time) {
+	if c.ID == "" || !c.Running || c.Created.IsZero() {
+		return false, time.Time{}
+	}
+	t := RenewedTargets(d)
+	n := d.Node()
+	var latest time.Time
+	note := func(host string, follow bool) error {
+		st, err := os.Lstat(host)
+		if err == nil && follow && st.Mode()&os.ModeSymlink != 0 {
+			st, err = os.Stat(host)
+		}
+		if err != nil {
+			return err
+		}
+		if m := st.ModTime(); m.After(latest) {
+			latest = m
+		}
+		return nil
+	}
+	if err := note(n.HostPath(t.KubernetesDir), true); err != nil {
+		return false, time.Time{}
+	}
+	for _, k := range t.Kubeconfigs {
+		if err := note(n.Path(k), true); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return false, time.Time{}
+		}
+	}
+	err := filepath.WalkDir(n.HostPath(t.PKIDir), func(p string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return note(p, true)
+	})
+	if err != nil {
+		return false, time.Time{}
+	}
+	return c.Created.After(latest), latest
+}
+
+// reloadsCertificates are the components that read their certificate
+// files again on every new TLS connection, so that renewed files take
+// effect without a restart: etcd (since v3.2, for its client and peer
+// ports and for the client certificate it presents to its peers). After
+// the certs stage on every member of a fully expired etcd cluster, the
+// running members form a quorum again by themselves within about a
+// second. kube-apiserver reloads its serving certificate but not the
+// client certificates it presents (etcd, kubelets, front proxy), and the
+// controller-manager and scheduler read their kubeconfigs once: they are
+// restarted.
+var reloadsCertificates = map[string]bool{"etcd": true}
+
+// servesRenewed proves without a restart that comp runs on the renewed
+// files: healthy, and serving on every TLS port the certificate that is
+// on disk. An etcd member that says it has no leader is not asked (its
+// client port serves nothing until it has one).
+func servesRenewed(ctx context.Context, d pipeline.Data, comp string) (string, error) {
+	if comp == "etcd" {
+		if man, err := d.Node().ReadFile(path.Join(manifestsDir(d), "etcd.yaml")); err == nil {
+			if reason := etcdsnap.NoLeader(ctx, etcdsnap.MetricsFromManifest(man)); reason != "" {
+				return "", errors.New(reason)
+			}
+		}
+	}
+	return health.Check(ctx, d, comp, 2*time.Second)
+}
+
+// noLeaderGrace is the SIGTERM grace of an etcd member that has no
+// leader. Such a member commits nothing and, when it never had a quorum
+// since it started (every member of a fully expired cluster), serves
+// nothing: there is nothing to drain. Yet it takes its request timeout
+// (7 s with kubeadm's settings) to stop on SIGTERM, while the other
+// members, restarted at the same moment, wait for it to form a quorum.
+// etcd is built to be killed (its WAL and database survive kill -9 and
+// power loss), as the kubelet does after the pod's grace.
+const noLeaderGrace = time.Second
+
+// leaderlessGrace returns noLeaderGrace and why when comp is etcd and its
+// metrics port says the member has no leader; grace and "" otherwise
+// (another component, a member with a leader, no answer).
+func leaderlessGrace(ctx context.Context, d pipeline.Data, comp string, grace time.Duration) (time.Duration, string) {
+	if comp != "etcd" || grace <= noLeaderGrace {
+		return grace, ""
+	}
+	man, err := d.Node().ReadFile(path.Join(manifestsDir(d), "etcd.yaml"))
+	if err != nil {
+		return grace, ""
+	}
+	metrics := etcdsnap.MetricsFromManifest(man)
+	if reason := etcdsnap.NoLeader(ctx, metrics); reason != "" {
+		return noLeaderGrace, fmt.Sprintf("the member has no leader (%s at %s/health: no quorum, nothing to drain)", reason, metrics)
+	}
+	return grace, ""
 }
 
 // stopGrace is the SIGTERM grace before SIGKILL: live.Grace (default 30 s,

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,5 +171,113 @@ func TestStopGraceLeavesRoomForTheReplacement(t *testing.T) {
 		if got := stopGrace(&pipeline.Live{Grace: tc.grace}, tc.timeout); got != tc.want {
 			t.Errorf("stopGrace(%s, %s) = %s, want %s", tc.grace, tc.timeout, got, tc.want)
 		}
+	}
+}
+
+// A container created after every renewed file was written (a component
+// the kubelet restarted on its own during the run) is kept; anything
+// written after it, a file or a rename into a directory, means a restart.
+func TestRunsOnRenewedFiles(t *testing.T) {
+	d := newData(t)
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	write := func(p string, at time.Time) {
+		t.Helper()
+		h := d.n.Path(p)
+		if err := os.MkdirAll(filepath.Dir(h), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(h, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(h, at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setDirs := func(at time.Time) {
+		t.Helper()
+		for _, p := range []string{"/etc/kubernetes", "/etc/kubernetes/pki", "/etc/kubernetes/pki/etcd"} {
+			if err := os.Chtimes(d.n.Path(p), at, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write("/etc/kubernetes/pki/apiserver.crt", base)
+	write("/etc/kubernetes/pki/etcd/server.crt", base.Add(time.Second))
+	write("/etc/kubernetes/admin.conf", base.Add(2*time.Second))
+	setDirs(base)
+	running := runtime.Container{ID: "c1", Name: "kube-apiserver", Running: true}
+
+	c := running
+	c.Created = base.Add(3 * time.Second)
+	if kept, renewed := runsOnRenewedFiles(d, c); !kept || !renewed.Equal(base.Add(2*time.Second)) {
+		t.Errorf("created after every write: kept %v, renewed %s, want kept, renewed at admin.conf's time", kept, renewed)
+	}
+	for name, c := range map[string]runtime.Container{
+		"created before admin.conf": {ID: "c1", Running: true, Created: base.Add(1500 * time.Millisecond)},
+		"not running":               {ID: "c1", Running: false, Created: base.Add(time.Hour)},
+		"no creation time":          {ID: "c1", Running: true},
+		"no container":              {},
+	} {
+		if kept, _ := runsOnRenewedFiles(d, c); kept {
+			t.Errorf("%s: kept", name)
+		}
+	}
+	// A renewed file renamed into pki/etcd later: the file keeps the time
+	// it was written, the directory gets the time of the rename.
+	write("/etc/kubernetes/pki/etcd/peer.crt", base)
+	if err := os.Chtimes(d.n.Path("/etc/kubernetes/pki/etcd"), base.Add(5*time.Second), base.Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c.Created = base.Add(4 * time.Second)
+	if kept, _ := runsOnRenewedFiles(d, c); kept {
+		t.Error("a rename into pki/etcd after the container was created: kept")
+	}
+	// No PKI directory: nothing proven.
+	if err := os.RemoveAll(d.n.Path("/etc/kubernetes/pki")); err != nil {
+		t.Fatal(err)
+	}
+	c.Created = base.Add(time.Hour)
+	if kept, _ := runsOnRenewedFiles(d, c); kept {
+		t.Error("without a PKI directory: kept")
+	}
+}
+
+// An etcd member whose metrics port says it has no leader is stopped with
+// noLeaderGrace; one with a leader, one that does not answer, and any
+// other component keep the grace they had.
+func TestLeaderlessGrace(t *testing.T) {
+	d := newData(t)
+	health := `{"health":"false","reason":"RAFT NO LEADER"}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, health)
+	}))
+	defer srv.Close()
+	manifest := func(metrics string) {
+		t.Helper()
+		m := "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: etcd\n    command:\n    - etcd\n    - --listen-metrics-urls=" + metrics + "\n"
+		if err := os.WriteFile(d.manifest("etcd"), []byte(m), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	manifest(srv.URL)
+	if g, why := leaderlessGrace(ctx, d, "etcd", 30*time.Second); g != noLeaderGrace || !strings.Contains(why, "RAFT NO LEADER") {
+		t.Errorf("no leader: grace %s (%q), want %s", g, why, noLeaderGrace)
+	}
+	if g, why := leaderlessGrace(ctx, d, "kube-apiserver", 30*time.Second); g != 30*time.Second || why != "" {
+		t.Errorf("kube-apiserver: grace %s (%q)", g, why)
+	}
+	health = `{"health":"true","reason":""}`
+	if g, why := leaderlessGrace(ctx, d, "etcd", 30*time.Second); g != 30*time.Second || why != "" {
+		t.Errorf("a leader: grace %s (%q)", g, why)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // takes connections, never answers
+	manifest("http://" + l.Addr().String())
+	if g, why := leaderlessGrace(ctx, d, "etcd", 30*time.Second); g != 30*time.Second || why != "" {
+		t.Errorf("no answer: grace %s (%q)", g, why)
 	}
 }

@@ -170,6 +170,17 @@ func (e endpoint) tlsConfig(n *node.Node) (*tls.Config, error) {
 // ends), then checks that every TLS port serves the certificate on disk.
 // It returns the served serial.
 func Wait(ctx context.Context, d pipeline.Data, comp string) (string, error) {
+	return wait(ctx, d, comp, 5*time.Second, true)
+}
+
+// Check is one round of Wait: the health endpoint asked once (answering
+// within timeout), then the served certificates. It returns the served
+// serial, or why the component is not proven.
+func Check(ctx context.Context, d pipeline.Data, comp string, timeout time.Duration) (string, error) {
+	return wait(ctx, d, comp, timeout, false)
+}
+
+func wait(ctx context.Context, d pipeline.Data, comp string, timeout time.Duration, poll bool) (string, error) {
 	e, err := endpointOf(d, comp)
 	if err != nil {
 		return "", err
@@ -179,9 +190,9 @@ func Wait(ctx context.Context, d pipeline.Data, comp string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s health check credentials: %w", comp, err)
 	}
-	tr := &http.Transport{TLSClientConfig: tcfg, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
+	tr := &http.Transport{TLSClientConfig: tcfg, DialContext: (&net.Dialer{Timeout: min(2*time.Second, timeout)}).DialContext}
 	defer tr.CloseIdleConnections()
-	cl := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	cl := &http.Client{Transport: tr, Timeout: timeout}
 	var last string
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+e.addr+e.healthz, nil)
@@ -195,6 +206,9 @@ func Wait(ctx context.Context, d pipeline.Data, comp string) (string, error) {
 			last = fmt.Sprintf("%s%s answered %d: %s", e.addr, e.healthz, resp.StatusCode, strings.TrimSpace(string(b)))
 		} else {
 			last = err.Error()
+		}
+		if !poll {
+			return "", fmt.Errorf("not healthy (%s)", last)
 		}
 		select {
 		case <-ctx.Done():
