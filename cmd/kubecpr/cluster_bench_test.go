@@ -115,13 +115,22 @@ func benchCluster(b *testing.B, overSSH bool, bin string) {
 		args := []string{"--inventory", inv, "--ca-from", "cp-1", "--parallel", strconv.Itoa(benchParallel()),
 			"--root", filepath.Join(dir, "cp-1"), "--now", now.Format(time.RFC3339)}
 		load := loadAvg()
+		sshd0 := sshdCPU(b, srv)
 		clock := &phaseClock{start: time.Now()}
 		b.StartTimer()
-		code, out := runBinTo(b, clock, bin, append([]string{"cluster", "run"}, args...)...)
+		code, out, driverCPU := runBinTo(b, clock, bin, append([]string{"cluster", "run"}, args...)...)
 		took := time.Since(clock.start)
 		b.StopTimer()
 		if code != 0 {
 			b.Fatalf("cluster run: exit %d\n%s", code, out)
+		}
+		// The driver's CPU includes the node runs of local nodes (its
+		// children); over SSH the node side (sshd, the shells, the nodes'
+		// kubecpr) is sshd's, its sessions reaped once the driver is gone.
+		b.ReportMetric(driverCPU.Seconds(), "driver-cpu-s")
+		if overSSH {
+			time.Sleep(time.Second)
+			b.ReportMetric((sshdCPU(b, srv) - sshd0).Seconds(), "sshd-side-cpu-s")
 		}
 		if i := strings.Index(out, "\nNODE "); i >= 0 && n <= 10 {
 			b.Logf("cluster run in %s:%s", took.Round(time.Millisecond), out[i:])
@@ -150,11 +159,14 @@ func benchCluster(b *testing.B, overSSH bool, bin string) {
 
 func runBin(t testing.TB, bin string, args ...string) (int, string) {
 	t.Helper()
-	return runBinTo(t, nil, bin, args...)
+	code, out, _ := runBinTo(t, nil, bin, args...)
+	return code, out
 }
 
-// runBinTo is runBin with the output also written to w as it comes.
-func runBinTo(t testing.TB, w io.Writer, bin string, args ...string) (int, string) {
+// runBinTo is runBin with the output also written to w as it comes; it
+// also returns the CPU time the process and the children it waited for
+// used.
+func runBinTo(t testing.TB, w io.Writer, bin string, args ...string) (int, string, time.Duration) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	var out bytes.Buffer
@@ -163,14 +175,41 @@ func runBinTo(t testing.TB, w io.Writer, bin string, args ...string) (int, strin
 		cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, w), io.MultiWriter(&out, w)
 	}
 	err := cmd.Run()
+	var cpu time.Duration
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	var ee *exec.ExitError
 	switch {
 	case errors.As(err, &ee):
-		return ee.ExitCode(), out.String()
+		return ee.ExitCode(), out.String(), cpu
 	case err != nil:
 		t.Fatal(err)
 	}
-	return 0, out.String()
+	return 0, out.String(), cpu
+}
+
+// sshdCPU is the CPU time of the test sshd and of the sessions it has
+// reaped (0 without a server).
+func sshdCPU(t testing.TB, srv *sshtest.Server) time.Duration {
+	if srv == nil {
+		return 0
+	}
+	pid, err := os.ReadFile(filepath.Join(srv.Dir, "sshd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.ReadFile("/proc/" + strings.TrimSpace(string(pid)) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // phaseClock notes when the cluster run's output starts each phase (its
