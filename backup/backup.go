@@ -335,6 +335,28 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 		skip = top
 	}
 	m = &Manifest{Version: ManifestVersion, RunID: filepath.Base(dir), Created: now.UTC(), Root: root, Sources: clean}
+	// The copies are fsynced together once all are written (one journal
+	// commit for all of them rather than one each); nothing refers to the
+	// backup before its manifest, written after.
+	var blobs []fsys.File
+	defer func() {
+		for _, b := range blobs {
+			b.Close()
+		}
+	}()
+	syncBlobs := func() error {
+		err := fsys.Parallel(len(blobs), func(i int) error {
+			if err := blobs[i].Sync(); err != nil {
+				return fmt.Errorf("fsync %s: %w", blobs[i].Name(), err)
+			}
+			return nil
+		})
+		for _, b := range blobs {
+			b.Close()
+		}
+		blobs = blobs[:0]
+		return err
+	}
 	seen := map[string]bool{}
 	for _, src := range clean {
 		res, err := walkSource(root, src, skip, func(v visit) error {
@@ -358,8 +380,12 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 				}
 			case TypeFile:
 				e.Blob = filesDir + e.Path
-				if err := copyBlob(fsy, v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e); err != nil {
+				out, err := copyBlob(fsy, v.host, filepath.Join(dir, filepath.FromSlash(e.Blob)), &e)
+				if err != nil {
 					return err
+				}
+				if blobs = append(blobs, out); len(blobs) == maxOpenBlobs {
+					return syncBlobs() // bound the open files on a large tree
 				}
 			}
 			m.Entries = append(m.Entries, e)
@@ -377,6 +403,9 @@ func CreateOn(fsy fsys.FS, root, dir string, sources []string, now time.Time) (m
 			}
 			m.Resolved[src] = res.resolved
 		}
+	}
+	if err := syncBlobs(); err != nil {
+		return nil, err
 	}
 	if err := syncTree(fsy, filepath.Join(dir, filesDir)); err != nil {
 		return nil, err
@@ -446,12 +475,7 @@ func syncTree(fsy fsys.FS, dir string) error {
 	if err != nil {
 		return err
 	}
-	for _, d := range dirs {
-		if err := fsy.SyncDir(d); err != nil {
-			return err
-		}
-	}
-	return nil
+	return fsys.Parallel(len(dirs), func(i int) error { return fsy.SyncDir(dirs[i]) })
 }
 
 // entryOf describes info; Type stays empty for what a backup skips
@@ -473,46 +497,44 @@ func entryOf(np string, info fs.FileInfo) Entry {
 	return e
 }
 
-// copyBlob copies the regular file src to dst (0600, fsynced) and fills
-// e's hash, size and metadata from the very file it copied.
-func copyBlob(fsy fsys.FS, src, dst string, e *Entry) error {
+// maxOpenBlobs bounds how many copies CreateOn keeps open for their
+// common fsync.
+const maxOpenBlobs = 256
+
+// copyBlob copies the regular file src to dst (0600) and fills e's hash,
+// size and metadata from the very file it copied. It returns dst still
+// open, for the caller to fsync with the other copies.
+func copyBlob(fsy fsys.FS, src, dst string, e *Entry) (fsys.File, error) {
 	if err := fsy.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-		return err
+		return nil, err
 	}
 	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer in.Close()
 	info, err := in.Stat()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !info.Mode().IsRegular() {
-		return fmt.Errorf("%s changed into a %v while being backed up", src, info.Mode().Type())
+		return nil, fmt.Errorf("%s changed into a %v while being backed up", src, info.Mode().Type())
 	}
 	out, err := fsy.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(out, h), in)
 	if err != nil {
 		out.Close()
-		return fmt.Errorf("copying %s: %w", src, err)
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return fmt.Errorf("fsync %s: %w", dst, err)
-	}
-	if err := out.Close(); err != nil {
-		return err
+		return nil, fmt.Errorf("copying %s: %w", src, err)
 	}
 	meta := entryOf(e.Path, info)
 	e.Mode, e.UID, e.GID, e.ModTime = meta.Mode, meta.UID, meta.GID, meta.ModTime
 	e.Size = n
 	e.SHA256 = hex.EncodeToString(h.Sum(nil))
-	return nil
+	return out, nil
 }
 
 func (m *Manifest) buildIndex() {
@@ -553,9 +575,18 @@ func (m *Manifest) AddEtcdSnapshot(dir, src string) error {
 	}
 	e := Entry{Path: src, Type: TypeFile, Blob: etcdBlob}
 	dst := filepath.Join(dir, filepath.FromSlash(etcdBlob))
-	if err := copyBlob(fsys.OS, src, dst, &e); err != nil {
+	out, err := copyBlob(fsys.OS, src, dst, &e)
+	if err != nil {
 		os.Remove(dst)
 		return err
+	}
+	err = out.Sync()
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("fsync %s: %w", dst, err)
 	}
 	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return err

@@ -15,8 +15,57 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/test/fuzzseed"
 )
+
+// fileStateOf is a path's state as journals write it: absent, sha256:HEX
+// of a regular file's bytes, link:TARGET.
+func fileStateOf(p string) (string, error) {
+	st, err := os.Lstat(p)
+	switch {
+	case os.IsNotExist(err):
+		return journal.Absent().String(), nil
+	case err != nil:
+		return "", err
+	case st.Mode()&os.ModeSymlink != 0:
+		target, err := os.Readlink(p)
+		return journal.LinkTo(target).String(), err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	s := sha256.Sum256(b)
+	return journal.FileSum(hex.EncodeToString(s[:])).String(), nil
+}
+
+// copyPath puts src's file or symlink at dst (mode kept), replacing it.
+func copyPath(t *testing.T, src, dst string) {
+	t.Helper()
+	st, err := os.Lstat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(dst)
+	if st.Mode()&os.ModeSymlink != 0 {
+		target, err := os.Readlink(src)
+		if err == nil {
+			err = os.Symlink(target, dst)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	b, err := os.ReadFile(src)
+	if err == nil {
+		err = os.WriteFile(dst, b, st.Mode().Perm())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
 
 // An operator who upgrades kubecpr in the middle of an incident resumes or
 // rolls back the run the previous kubecpr left open: its journal, whose
@@ -28,11 +77,16 @@ import (
 // --update-user-kubeconfigs --validity 48h` killed after record 20, then
 // `resume --component-timeout 6m` killed after its 19th record, with the
 // kubelet's client pem in flight. Its records are kept byte for byte but
-// for what names this node's bytes: the same two interruptions are made
-// here by this version on a generated node (keys are never committed), and
-// the fixture's run id, root and sha256 states are replaced by this node's
-// — record by record, path by path, so the two must line up — and every
-// line's checksum recomputed. The journal installed is in the old shape.
+// for what names this node's bytes. The node is laid out as the fixture
+// says it was (this version journals and groups differently, so the same
+// kill points would not stop it at the same place): this version's run of
+// the same options, stopped right after its backup, gives the run id, the
+// root and the backup; every file of an action the fixture journaled done
+// holds what an uninterrupted run of this version wrote there, the pem in
+// flight holds what a power cut kept, the rest is as before the run. The
+// fixture's run id, root and sha256 states are replaced by this node's,
+// path by path, and every line's checksum recomputed. The journal
+// installed is in the old shape.
 func TestJournalOfThePreviousVersion(t *testing.T) {
 	fixture, err := os.ReadFile(filepath.Join(fuzzseed.ModuleTestdata(t), "journal-v1", "interrupted-resume.log"))
 	if err != nil {
@@ -46,6 +100,15 @@ func TestJournalOfThePreviousVersion(t *testing.T) {
 		t.Fatalf("uninterrupted run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	wantIDs, wantFiles := identities(t, clean, false), fileSet(snapshot(t, clean))
+	afterBackup := 0
+	for i, rec := range journalRecords(t, clean) {
+		if rec.Kind == journal.KindDone && rec.Action == "backup/node" {
+			afterBackup = i + 1
+		}
+	}
+	if afterBackup == 0 {
+		t.Fatal("the uninterrupted run journaled no backup")
+	}
 
 	// The in-flight pem: a power cut kept its bytes, not the link's change
 	// (the redo removes it and writes it again; rollback removes it).
@@ -55,17 +118,11 @@ func TestJournalOfThePreviousVersion(t *testing.T) {
 	interrupted := func(t *testing.T) string {
 		t.Helper()
 		root := copyNode(t, template)
-		if r := kubecpr(t, []string{"KUBECPR_CRASH_AFTER_RECORD=20"}, rootArgs(root, runArgs...)...); !r.killed {
+		if r := kubecpr(t, []string{fmt.Sprintf("KUBECPR_CRASH_AFTER_RECORD=%d", afterBackup)}, rootArgs(root, runArgs...)...); !r.killed {
 			t.Fatalf("run not killed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
-		if r := kubecpr(t, []string{"KUBECPR_CRASH_AFTER_RECORD=19"}, rootArgs(root, "resume", "--component-timeout", "6m")...); !r.killed {
-			t.Fatalf("resume not killed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-		}
 		jp := filepath.Join(root, "var/lib/kubecpr/runs", currentRun(t, root), "journal.log")
-		if err := os.WriteFile(jp, v1JournalFor(t, fixture, root, map[string][]byte{pem: kept}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, pem), kept, 0o600); err != nil {
+		if err := os.WriteFile(jp, v1JournalFor(t, fixture, root, template, clean, map[string][]byte{pem: kept}), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return root
@@ -153,11 +210,14 @@ func withChecksum(body string) string {
 	return fmt.Sprintf("%08x %s", crc32.Checksum([]byte(body), castagnoli), body)
 }
 
-// v1JournalFor is the fixture made to describe the node at root: its run
-// id, root and sha256 states replaced by those of the journal this version
-// wrote there, which must have the same records, actions and paths; a
-// path in override gets the sha256 of its bytes as its new state.
-func v1JournalFor(t *testing.T, fixture []byte, root string, override map[string][]byte) []byte {
+// v1JournalFor is the fixture made to describe the node at root, and the
+// node at root laid out as the fixture describes it: the run id and root
+// of the run this version started there; for each path of an intent, the
+// old sha256 state is the file's in template (before any run); the new
+// one is that of the file an uninterrupted run wrote in clean, copied into
+// root when the fixture journaled the action done; a path in override
+// gets its bytes instead, written into root.
+func v1JournalFor(t *testing.T, fixture []byte, root, template, clean string, override map[string][]byte) []byte {
 	t.Helper()
 	mine := journalRecords(t, root)
 	type v1Record struct {
@@ -168,9 +228,15 @@ func v1JournalFor(t *testing.T, fixture []byte, root string, override map[string
 		Data   map[string]string `json:"data"`
 	}
 	lines := strings.SplitAfter(strings.TrimSuffix(string(fixture), "\n"), "\n")
-	if len(lines) != len(mine) {
-		t.Fatalf("the fixture has %d records, this version wrote %d for the same interruptions: "+
-			"the runs no longer line up (regenerate testdata/journal-v1 as its README says, or make the interruptions match)", len(lines), len(mine))
+	recs := make([]v1Record, len(lines))
+	done := map[string]bool{}
+	for i, l := range lines {
+		if err := json.Unmarshal([]byte(l[9:]), &recs[i]); err != nil {
+			t.Fatalf("fixture line %d: %v", i+1, err)
+		}
+		if recs[i].Kind == "done" {
+			done[recs[i].Action] = true
+		}
 	}
 	subst := map[string]string{}
 	set := func(from, to string) {
@@ -179,40 +245,49 @@ func v1JournalFor(t *testing.T, fixture []byte, root string, override map[string
 		}
 		subst[from] = to
 	}
-	for i, l := range lines {
-		var old v1Record
-		if err := json.Unmarshal([]byte(l[9:]), &old); err != nil {
-			t.Fatalf("fixture line %d: %v", i+1, err)
+	stateOf := func(dir, p string) string {
+		st, err := fileStateOf(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
 		}
-		rec := mine[i]
-		if string(rec.Kind) != old.Kind || rec.Stage != old.Stage || rec.Action != old.Action {
-			t.Fatalf("record %d: this version wrote %s %s %s, the fixture %s %s %s", i+1, rec.Kind, rec.Stage, rec.Action, old.Kind, old.Stage, old.Action)
-		}
-		set(old.Run, rec.RunID)
+		return st
+	}
+	for i, old := range recs {
+		set(old.Run, mine[0].RunID)
 		if old.Kind == "run-start" {
 			set(old.Data["root"], root)
 		}
 		if _, files := old.Data["files"]; !files {
 			continue
 		}
-		if fmt.Sprint(len(rec.Changes)) != old.Data["files"] {
-			t.Fatalf("record %d (%s): %d changes, the fixture's files=%s", i+1, rec.Action, len(rec.Changes), old.Data["files"])
-		}
-		for j, c := range rec.Changes {
+		for j := 0; old.Data[fmt.Sprint("path.", j)] != ""; j++ {
 			k := fmt.Sprint(j)
-			if old.Data["path."+k] != c.Path {
-				t.Fatalf("record %d change %d: path %s, the fixture's %s", i+1, j, c.Path, old.Data["path."+k])
+			p := old.Data["path."+k]
+			if o := old.Data["old."+k]; strings.HasPrefix(o, "sha256:") {
+				set(o, stateOf(template, p))
+			} else if o != stateOf(template, p) {
+				t.Fatalf("record %d %s: the fixture's old state %s, this node's %s", i+1, p, o, stateOf(template, p))
 			}
-			for _, st := range [][2]string{{old.Data["old."+k], c.Old.String()}, {old.Data["new."+k], c.New.String()}} {
-				if strings.HasPrefix(st[0], "sha256:") {
-					set(st[0], st[1])
-				} else if st[0] != st[1] {
-					t.Fatalf("record %d %s: state %s, the fixture's %s", i+1, c.Path, st[1], st[0])
-				}
-			}
-			if b, ok := override[c.Path]; ok {
+			n := old.Data["new."+k]
+			switch b, ok := override[p]; {
+			case ok:
 				s := sha256.Sum256(b)
-				subst[old.Data["new."+k]] = "sha256:" + hex.EncodeToString(s[:])
+				subst[n] = "sha256:" + hex.EncodeToString(s[:]) // each attempt's new pem is the one kept
+				if err := os.WriteFile(filepath.Join(root, p), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			case strings.HasPrefix(n, "sha256:"):
+				set(n, stateOf(clean, p))
+				if done[old.Action] {
+					copyPath(t, filepath.Join(clean, p), filepath.Join(root, p))
+				}
+			default:
+				if n != stateOf(clean, p) {
+					t.Fatalf("record %d %s: the fixture's new state %s, this version's %s", i+1, p, n, stateOf(clean, p))
+				}
+				if done[old.Action] {
+					copyPath(t, filepath.Join(clean, p), filepath.Join(root, p))
+				}
 			}
 		}
 	}

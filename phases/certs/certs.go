@@ -28,8 +28,10 @@ var Stage = pipeline.Stage{
 	Name:    "certs",
 	Short:   "re-issue expired or expiring leaf certificates from the CA on disk",
 	Mutates: true,
-	Plan:    Plan,
-	Undo:    UndoDir,
+	// each action renews one credential from the CA: grouped fsyncs
+	Independent: true,
+	Plan:        Plan,
+	Undo:        UndoDir,
 }
 
 // Plan lists one action per leaf certificate to renew.

@@ -21,8 +21,10 @@ var Stage = pipeline.Stage{
 	Name:    "kubeconfigs",
 	Short:   "re-embed fresh client certificates in the kubeconfigs and the kubelet's client credential",
 	Mutates: true,
-	Plan:    Plan,
-	Undo:    certs.UndoDir,
+	// each action renews one credential from the CA: grouped fsyncs
+	Independent: true,
+	Plan:        Plan,
+	Undo:        certs.UndoDir,
 }
 
 // Plan lists one action per kubeconfig credential to renew.

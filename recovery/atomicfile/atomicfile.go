@@ -38,31 +38,107 @@ type Files struct {
 	batch *batch
 }
 
-// batch holds the directories whose fsync a batch of writes put off.
-type batch struct{ dirs []string }
+// batch holds the writes whose fsync, rename and directory fsync a batch
+// put off until Flush.
+type batch struct {
+	dirs    []string
+	pending []pending
+}
 
-// Batch returns Files whose WriteFile and ReplaceSymlink put off the fsync
-// of the target's directory until Flush: a group of files written in a
-// few directories costs one directory fsync per directory, not per file.
-// Until Flush returns, none of the renames is known to be durable.
+// pending is one write of a batch: a temporary file written (not yet
+// fsynced), or a symlink to make, renamed over path at Flush.
+type pending struct {
+	path    string
+	tmp     fsys.File // nil for a symlink
+	tmpName string
+	link    string
+}
+
+// Batch returns Files whose WriteFile and ReplaceSymlink only prepare the
+// write (a temporary file beside the target, written and closed to
+// others); Flush then fsyncs every temporary file at once, renames each
+// over its target in the order written, and fsyncs, once each and at
+// once, the directories. A group of files costs about one fsync round
+// trip, not one per file and directory. Until Flush returns, no target is
+// changed or known to be durable; Discard removes what a batch prepared
+// and did not flush.
 func (a Files) Batch() Files {
 	a.batch = &batch{}
 	return a
 }
 
-// Flush fsyncs, once each, the directories of the batch's writes.
-func (a Files) Flush() error {
+// Flush completes the batch's writes (see Batch). On error the targets
+// not yet renamed keep their old content and their temporary files are
+// removed.
+func (a Files) Flush() (err error) {
 	if a.batch == nil {
 		return nil
 	}
-	dirs := a.batch.dirs
-	a.batch.dirs = nil
-	for _, d := range dirs {
-		if err := a.FS.SyncDir(d); err != nil {
+	b := a.batch
+	defer func() {
+		if err != nil {
+			a.Discard()
+		}
+	}()
+	var files []int
+	for i, p := range b.pending {
+		if p.tmp == nil {
+			continue
+		}
+		if err := hook("sync", p.path); err != nil {
 			return err
 		}
+		files = append(files, i)
 	}
-	return nil
+	if err := fsys.Parallel(len(files), func(i int) error {
+		p := b.pending[files[i]]
+		if err := p.tmp.Sync(); err != nil {
+			return fmt.Errorf("%s: fsync: %w", p.path, err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for len(b.pending) > 0 {
+		p := b.pending[0]
+		if p.tmp != nil {
+			if err := p.tmp.Close(); err != nil {
+				return fmt.Errorf("%s: close: %w", p.path, err)
+			}
+			b.pending[0].tmp = nil
+			if err := hook("rename", p.path); err != nil {
+				return err
+			}
+			if err := a.FS.Rename(p.tmpName, p.path); err != nil {
+				return fmt.Errorf("%s: rename into place: %w", p.path, err)
+			}
+		} else if err := a.replaceSymlink(p.path, p.link); err != nil {
+			return err
+		}
+		b.pending = b.pending[1:]
+	}
+	dirs := b.dirs
+	b.dirs = nil
+	return fsys.Parallel(len(dirs), func(i int) error { return a.FS.SyncDir(dirs[i]) })
+}
+
+// Discard removes the temporary files of the batch's writes that Flush
+// did not rename (their targets are unchanged); a no-op after a
+// successful Flush.
+func (a Files) Discard() {
+	if a.batch == nil {
+		return
+	}
+	for _, p := range a.batch.pending {
+		if p.tmp != nil {
+			p.tmp.Close()
+			a.FS.Remove(p.tmpName)
+		} else if p.tmpName != "" {
+			a.FS.Remove(p.tmpName)
+		}
+	}
+	a.batch.pending = nil
+	a.batch.dirs = nil
 }
 
 // syncDirOf fsyncs dir now, or at Flush in a batch.
@@ -162,6 +238,11 @@ func (a Files) WriteFile(path string, data []byte, opt Options) (err error) {
 	if _, err = tmp.Write(data); err != nil {
 		return fmt.Errorf("%s: writing: %w", path, err)
 	}
+	if a.batch != nil {
+		// fsync, rename and the directory's fsync at Flush
+		a.batch.pending = append(a.batch.pending, pending{path: path, tmp: tmp, tmpName: tmpName})
+		return a.syncDirOf(dir)
+	}
 	if err = hook("sync", path); err != nil {
 		return err
 	}
@@ -187,6 +268,19 @@ func (a Files) ReplaceSymlink(path, target string) error {
 	if st, err := os.Lstat(path); err == nil && st.Mode()&fs.ModeSymlink == 0 {
 		return fmt.Errorf("%s: refusing to replace a %s with a symlink", path, describe(st.Mode()))
 	}
+	if a.batch != nil {
+		// made and renamed at Flush, after the files written before it
+		a.batch.pending = append(a.batch.pending, pending{path: path, link: target})
+		return a.syncDirOf(filepath.Dir(path))
+	}
+	if err := a.replaceSymlink(path, target); err != nil {
+		return err
+	}
+	return a.syncDirOf(filepath.Dir(path))
+}
+
+// replaceSymlink makes the new link beside path and renames it over path.
+func (a Files) replaceSymlink(path, target string) error {
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, fmt.Sprintf(".%s.kubecpr-link-%d", filepath.Base(path), os.Getpid()))
 	a.FS.Remove(tmp)
@@ -201,7 +295,7 @@ func (a Files) ReplaceSymlink(path, target string) error {
 		a.FS.Remove(tmp)
 		return fmt.Errorf("%s: rename symlink into place: %w", path, err)
 	}
-	return a.syncDirOf(dir)
+	return nil
 }
 
 // Rename moves oldpath to newpath (same filesystem) and makes it durable by

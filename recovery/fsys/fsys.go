@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 )
 
 // File is an open file being written.
@@ -126,6 +127,34 @@ func MkdirAll(f FS, dir string, perm fs.FileMode) error {
 	}
 	for i := len(missing) - 1; i >= 0; i-- {
 		if err := f.SyncDir(filepath.Dir(missing[i])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Parallel calls fn(0) … fn(n-1), at most 16 at a time, and returns the
+// first error. Independent fsyncs issued together cost about one journal
+// commit on ext4 and XFS instead of one each: a batch of writes syncs its
+// files, then its directories, this way.
+func Parallel(n int, fn func(i int) error) error {
+	if n == 1 {
+		return fn(0)
+	}
+	errs := make([]error, n)
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = fn(i)
+		}(i)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return err
 		}
 	}

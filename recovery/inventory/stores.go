@@ -108,7 +108,7 @@ func (s *KubeconfigStore) config() (*clientcmdapi.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := clientcmd.Load(data)
+	cfg, err := node.LoadKubeconfig(data)
 	if err != nil {
 		return nil, &FileError{Path: s.Path, Err: err, Hint: "the kubeconfig does not parse; restore it from a backup or regenerate it with kubeadm init phase kubeconfig"}
 	}

@@ -8,6 +8,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kubecpr/kubecpr/recovery/parsecache"
 )
 
 // Kubeconfig is a kubeconfig read from a node with its current context
@@ -20,9 +22,24 @@ type Kubeconfig struct {
 	User    *clientcmdapi.AuthInfo // nil when the context names none
 }
 
+// kubeconfigs remembers decoded kubeconfigs by content: decoding through
+// client-go's codec is the costliest read of a run, and each stage reads
+// the same files again.
+var kubeconfigs parsecache.Cache[*clientcmdapi.Config]
+
+// LoadKubeconfig decodes a kubeconfig (clientcmd.Load) and returns a copy
+// of its own to the caller.
+func LoadKubeconfig(data []byte) (*clientcmdapi.Config, error) {
+	cfg, err := kubeconfigs.Get(data, clientcmd.Load)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.DeepCopy(), nil
+}
+
 // ParseKubeconfig parses data read from node path p.
 func ParseKubeconfig(p string, data []byte) (*Kubeconfig, error) {
-	cfg, err := clientcmd.Load(data)
+	cfg, err := LoadKubeconfig(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: not a kubeconfig: %w", p, err)
 	}

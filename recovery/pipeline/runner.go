@@ -64,6 +64,9 @@ type Runner struct {
 	journal *journal.Journal
 	records []journal.Record
 	skipped []string
+	// the run's backup manifest once loaded (see backup)
+	manifest    *backup.Manifest
+	manifestDir string
 }
 
 // Skipped lists the actions this process journaled as skipped (a stage
@@ -508,10 +511,14 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 		}
 		start := time.Now()
 		fmt.Fprintf(r.Out, "[%d/%d] %s: %s\n", i+1, total, ps.Stage.Name, ps.Stage.Short)
-		if err := r.append(journal.Record{Kind: journal.KindStageStart, Stage: ps.Stage.Name}); err != nil {
+		// Stage records need no fsync of their own (durable with the
+		// stage's first intent or the next stage's): resume goes by the
+		// actions' records, not by these.
+		if err := r.appendLazy(journal.Record{Kind: journal.KindStageStart, Stage: ps.Stage.Name}); err != nil {
 			return err
 		}
-		for _, a := range ps.Actions {
+		for i := 0; i < len(ps.Actions); i++ {
+			a := ps.Actions[i]
 			st := states[a.ID]
 			if st != nil && st.done && !st.undone {
 				fmt.Fprintf(r.Out, "      = %s (done earlier)\n", a.Summary)
@@ -519,9 +526,31 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 			}
 			astart := time.Now()
 			var err error
-			if a.Files != nil {
+			switch {
+			case a.Files != nil && ps.Stage.Independent:
+				// this and the following file actions not yet done: one group
+				group, sts := []Action{a}, []*actionState{st}
+				for i+1 < len(ps.Actions) && ps.Actions[i+1].Files != nil {
+					next := ps.Actions[i+1]
+					if nst := states[next.ID]; nst != nil && nst.done && !nst.undone {
+						break
+					}
+					group, sts = append(group, next), append(sts, states[next.ID])
+					i++
+				}
+				err = r.applyFileGroup(ctx, ps.Stage.Name, group, sts, func(a Action) {
+					fmt.Fprintf(r.Out, "      ✓ %s\n", a.Summary) // made durable together: the stage's time says how long
+				})
+				var ge *groupError
+				if errors.As(err, &ge) && ge.action != "" {
+					a = r.actionByID(group, ge.action)
+				}
+				if err == nil {
+					continue
+				}
+			case a.Files != nil:
 				err = r.applyFiles(ctx, ps.Stage.Name, a, st)
-			} else if a.Run != nil {
+			case a.Run != nil:
 				err = r.applyRun(ctx, ps.Stage.Name, a, st)
 			}
 			if err != nil {
@@ -549,7 +578,7 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 			fmt.Fprintf(r.Out, "      - %s\n", note)
 		}
 		d := time.Since(start)
-		if err := r.append(journal.Record{Kind: journal.KindStageEnd, Stage: ps.Stage.Name,
+		if err := r.appendLazy(journal.Record{Kind: journal.KindStageEnd, Stage: ps.Stage.Name,
 			Data: map[string]string{"duration": d.String()}}); err != nil {
 			return err
 		}
@@ -691,77 +720,206 @@ func opState(op node.FileOp) journal.State {
 }
 
 func (r *Runner) applyFiles(ctx context.Context, stage string, a Action, st *actionState) error {
+	return r.applyFileGroup(ctx, stage, []Action{a}, []*actionState{st}, nil)
+}
+
+// preparedFiles is a file action ready to write: its intent and the
+// operations that change something.
+type preparedFiles struct {
+	a      Action
+	intent journal.Record
+	ops    []node.FileOp
+}
+
+// prepareFiles settles what an interrupted attempt of a left (done when
+// its files already hold what it promised; else the files it created are
+// removed) and computes its operations and intent record. done is true
+// when nothing is left to write.
+func (r *Runner) prepareFiles(ctx context.Context, stage string, a Action, st *actionState, m *backup.Manifest) (p preparedFiles, done bool, err error) {
 	if st != nil && st.lastIntent != nil && !st.done {
 		// In flight when the last run stopped: if every file already holds
 		// what the intent promised, the action completed.
 		if r.intentReached(st.lastIntent) {
 			fmt.Fprintf(r.Out, "      ~ %s: completed before the crash, verified by sha256\n", a.ID)
-			return r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID, Data: map[string]string{"verified": "resume"}})
+			return p, true, r.append(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID, Data: map[string]string{"verified": "resume"}})
 		}
-	}
-	if st != nil && st.lastIntent != nil && !st.done {
 		// Redoing an interrupted attempt: the files it created (absent
 		// before the action) go first, so the plan sees the node as the
 		// action found it and picks the same names (a power loss can keep
 		// a new kubelet pem while losing the link's change).
 		if err := r.removeCreated(a.ID, st); err != nil {
-			return err
+			return p, false, err
 		}
 	}
 	ops, err := a.Files(ctx)
 	if err != nil {
-		return err
-	}
-	m, err := backup.Load(r.backupDir())
-	if err != nil {
-		return fmt.Errorf("no complete backup for run %s at %s: %w", r.runID, r.backupDir(), err)
+		return p, false, err
 	}
 	// Non-nil even without files: what marks a file action's intent.
 	rec := journal.Record{Kind: journal.KindIntent, Stage: stage, Action: a.ID, Changes: make([]journal.Change, 0, len(ops))}
 	for i := range ops {
 		ops[i].Path = r.Node.Resolve(ops[i].Path, true)
 	}
+	changed := ops[:0]
 	for _, op := range ops {
 		host := r.Node.Path(op.Path)
 		old, err := fileState(host)
 		if err != nil {
-			return fmt.Errorf("%s: %w", op.Path, err)
+			return p, false, fmt.Errorf("%s: %w", op.Path, err)
 		}
+		if old == opState(op) && unchangedMode(host, op) {
+			// Already holds these bytes (a key kept across a renewal):
+			// nothing to write, journal or restore.
+			continue
+		}
+		changed = append(changed, op)
 		if !old.IsAbsent() {
 			if _, ok := m.Lookup(op.Path); !ok && !createdByThisAction(st, op.Path) {
-				return fmt.Errorf("%s is not in the backup %s: refusing to change a file that cannot be restored", op.Path, r.backupDir())
+				return p, false, fmt.Errorf("%s is not in the backup %s: refusing to change a file that cannot be restored", op.Path, r.backupDir())
 			}
 		}
 		rec.Changes = append(rec.Changes, journal.Change{Path: op.Path, Old: old, New: opState(op)})
 	}
-	if err := r.append(rec); err != nil {
-		return err
-	}
-	// The action's files: each written, fsynced and renamed in turn, the
-	// directories fsynced once each at the end (a cert and its key, the
-	// kubeconfigs of /etc/kubernetes share one). The done record needs no
-	// fsync of its own: the next record's fsync (or the journal's close)
-	// makes it durable, and without it resume verifies the files by sha256
-	// and rollback restores them — the power-loss tests check both.
-	files := r.files().Batch()
-	for _, op := range ops {
-		if err := ctx.Err(); err != nil {
-			return err
+	return preparedFiles{a: a, intent: rec, ops: changed}, false, nil
+}
+
+// groupError is a failure of a group of file actions, naming the action.
+type groupError struct {
+	action string
+	err    error
+}
+
+func (e *groupError) Error() string { return e.err.Error() }
+func (e *groupError) Unwrap() error { return e.err }
+
+// applyFileGroup applies file actions whose operations do not depend on
+// one another's writes (one stage's renewals) with the write-ahead
+// protocol, as one group: every action's intent is journaled and the last
+// one fsynced (one journal fsync for all), then every file is written to
+// a temporary file beside its target, all are fsynced at once, renamed
+// in order, and their directories fsynced once each, at once. Each
+// action's done record needs no fsync of its own: the next durable record
+// (or the journal's close) makes it durable, and without it resume
+// verifies the files by sha256 and rollback restores them — the
+// power-loss tests check every state in between. show, when set, is
+// called for each action applied.
+func (r *Runner) applyFileGroup(ctx context.Context, stage string, acts []Action, sts []*actionState, show func(Action)) error {
+	var m *backup.Manifest
+	var ready []preparedFiles
+	for i, a := range acts {
+		if m == nil {
+			var err error
+			if m, err = r.backup(); err != nil {
+				return &groupError{a.ID, err}
+			}
 		}
-		host := r.Node.Path(op.Path)
-		if op.IsLink() {
-			err = files.ReplaceSymlink(host, op.Link)
-		} else {
-			err = files.WriteFile(host, op.Data, atomicfile.Options{Mode: op.Mode, ForceMode: op.Secret, Owner: true})
-		}
+		p, done, err := r.prepareFiles(ctx, stage, a, sts[i], m)
 		if err != nil {
-			return err
+			return &groupError{a.ID, err}
+		}
+		if done {
+			continue
+		}
+		ready = append(ready, p)
+	}
+	for i, p := range ready {
+		appendFn := r.appendLazy
+		if i == len(ready)-1 {
+			appendFn = r.append
+		}
+		if err := appendFn(p.intent); err != nil {
+			return &groupError{p.a.ID, err}
+		}
+	}
+	files := r.files().Batch()
+	defer files.Discard()
+	for _, p := range ready {
+		for _, op := range p.ops {
+			if err := ctx.Err(); err != nil {
+				return &groupError{p.a.ID, err}
+			}
+			host := r.Node.Path(op.Path)
+			var err error
+			if op.IsLink() {
+				err = files.ReplaceSymlink(host, op.Link)
+			} else {
+				err = files.WriteFile(host, op.Data, atomicfile.Options{Mode: op.Mode, ForceMode: op.Secret, Owner: true})
+			}
+			if err != nil {
+				return &groupError{p.a.ID, err}
+			}
 		}
 	}
 	if err := files.Flush(); err != nil {
-		return err
+		return &groupError{r.actionOf(ready, err), err}
 	}
-	return r.appendLazy(journal.Record{Kind: journal.KindDone, Stage: stage, Action: a.ID})
+	for _, p := range ready {
+		if err := r.appendLazy(journal.Record{Kind: journal.KindDone, Stage: stage, Action: p.a.ID}); err != nil {
+			return &groupError{p.a.ID, err}
+		}
+		if show != nil {
+			show(p.a)
+		}
+	}
+	return nil
+}
+
+// actionOf names the action of a group whose file an error names (the
+// first one when none does).
+func (r *Runner) actionOf(ready []preparedFiles, err error) string {
+	for _, p := range ready {
+		for _, op := range p.ops {
+			if strings.Contains(err.Error(), r.Node.Path(op.Path)) {
+				return p.a.ID
+			}
+		}
+	}
+	if len(ready) == 0 {
+		return ""
+	}
+	return ready[0].a.ID
+}
+
+// actionByID returns the action of acts with id.
+func (r *Runner) actionByID(acts []Action, id string) Action {
+	for _, a := range acts {
+		if a.ID == id {
+			return a
+		}
+	}
+	return acts[0]
+}
+
+// backup is this run's backup manifest, loaded once (a complete backup
+// never changes).
+func (r *Runner) backup() (*backup.Manifest, error) {
+	if r.manifest != nil && r.manifestDir == r.backupDir() {
+		return r.manifest, nil
+	}
+	m, err := backup.Load(r.backupDir())
+	if err != nil {
+		return nil, fmt.Errorf("no complete backup for run %s at %s: %w", r.runID, r.backupDir(), err)
+	}
+	r.manifest, r.manifestDir = m, r.backupDir()
+	return m, nil
+}
+
+// unchangedMode reports whether writing op over host, which already holds
+// op's bytes, would leave its mode as it is: a secret is written with its
+// mode forced (a key left 0644 is corrected), anything else keeps its own.
+func unchangedMode(host string, op node.FileOp) bool {
+	if op.IsLink() || !op.Secret {
+		return true
+	}
+	st, err := os.Lstat(host)
+	if err != nil {
+		return false
+	}
+	want := op.Mode
+	if want == 0 {
+		want = 0o600
+	}
+	return st.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) == want
 }
 
 // removeCreated removes the files that the intents of action (from its

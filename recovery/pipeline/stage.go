@@ -158,7 +158,13 @@ type Stage struct {
 	// Live is true when the stage needs running processes (rehearse only
 	// reports what it would do).
 	Live bool
-	Plan func(ctx context.Context, d Data) ([]Action, error)
+	// Independent is true when none of the stage's file actions reads
+	// what another of them writes (each renews its own credential from
+	// the CA): the runner then prepares consecutive file actions together
+	// and makes their intents, files and directories durable with one
+	// round of fsyncs each instead of one per action.
+	Independent bool
+	Plan        func(ctx context.Context, d Data) ([]Action, error)
 	// Undo reverses one of the stage's Run actions during rollback, after
 	// every file has been restored (so a restart runs on the old files).
 	Undo func(ctx context.Context, d Data, actionID string, facts map[string]string) error

@@ -21,6 +21,8 @@ import (
 	"math"
 	"math/big"
 	"time"
+
+	"github.com/kubecpr/kubecpr/recovery/parsecache"
 )
 
 // PEM block types.
@@ -77,9 +79,18 @@ func ParseCertificate(data []byte) (*x509.Certificate, error) {
 	return certs[0], nil
 }
 
+// keys remembers parsed private keys by content (validating and
+// precomputing an RSA key costs about a millisecond; a run reads each key
+// several times).
+var keys parsecache.Cache[crypto.Signer]
+
 // ParsePrivateKey decodes the first private key block in data (PKCS#1,
-// SEC 1 or PKCS#8). Errors never include key bytes.
-func ParsePrivateKey(data []byte) (crypto.Signer, error) {
+// SEC 1 or PKCS#8). Errors never include key bytes. The key returned may
+// be shared with other callers that parsed the same bytes: it is never
+// to be changed.
+func ParsePrivateKey(data []byte) (crypto.Signer, error) { return keys.Get(data, parsePrivateKey) }
+
+func parsePrivateKey(data []byte) (crypto.Signer, error) {
 	rest := data
 	for {
 		var b *pem.Block
