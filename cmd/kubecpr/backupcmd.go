@@ -108,8 +108,12 @@ func backupCommand() *cli.Command {
 						return withCode(ExitFailed, fmt.Errorf("backup %s does not verify, refusing to restore from it: %w", id, err))
 					}
 					changed, err := backup.Restore(e.node.Root, dir, backup.RestoreOptions{Prune: c.Bool("prune"), DryRun: c.Bool("dry-run")})
+					verb := "restored"
+					if c.Bool("dry-run") {
+						verb = "would restore"
+					}
 					for _, p := range changed {
-						fmt.Fprintf(e.out, "restored %s\n", p)
+						fmt.Fprintf(e.out, "%s %s\n", verb, p)
 					}
 					if err != nil {
 						return withCode(ExitStageFailed, err)
