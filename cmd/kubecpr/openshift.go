@@ -270,6 +270,11 @@ func openshiftDiscovered(c *cli.Context, d distro.Distro, cl *node.Cluster, ue *
 	if d.Kind != distro.OpenShift || cl == nil || ue == nil {
 		return false
 	}
+	switch c.Command.Name {
+	case "resume", "rollback", "status":
+		// a recorded run's own node name (resume) or none needed
+		return true
+	}
 	if cl.NodeName == "" {
 		fmt.Fprintln(c.App.ErrWriter, "kubecpr: warning: this node's name is unknown (no readable /var/lib/kubelet/pki/kubelet-client-current.pem): "+
 			"checks that need it are skipped; `kubecpr openshift-node` needs --approve-node NAME")
