@@ -18,12 +18,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
@@ -433,21 +433,20 @@ func updateAdminSecret(ctx context.Context, o exportOptions, kc []byte) (resourc
 		return "", false, fmt.Errorf("--admin-kubeconfig %s: %w", o.adminKubeconfig, err)
 	}
 	cfg.Timeout = 30 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := kube.New(cfg)
 	if err != nil {
 		return "", false, fmt.Errorf("--admin-kubeconfig %s: %w", o.adminKubeconfig, err)
 	}
 	name := o.cluster + "-kubeconfig"
-	secrets := cs.CoreV1().Secrets(o.namespace)
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		s, err := secrets.Get(ctx, name, metav1.GetOptions{})
+		s, err := cs.GetSecret(ctx, o.namespace, name)
 		if apierrors.IsNotFound(err) {
-			if _, nerr := cs.CoreV1().Namespaces().Get(ctx, o.namespace, metav1.GetOptions{}); apierrors.IsNotFound(nerr) {
+			if _, nerr := cs.GetNamespace(ctx, o.namespace); apierrors.IsNotFound(nerr) {
 				return fmt.Errorf("namespace %s does not exist in the admin cluster: check --cluster (kubectl --kubeconfig %s get clusters -A)", o.namespace, o.adminKubeconfig)
 			}
 			s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: o.namespace, Labels: map[string]string{clusterNameLabel: o.cluster}},
 				Type: clusterSecretType, Data: map[string][]byte{secretValueKey: kc}}
-			s, err = secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: "kubecpr"})
+			s, err = cs.CreateSecret(ctx, o.namespace, s, metav1.CreateOptions{FieldManager: "kubecpr"})
 			if err == nil {
 				resourceVersion, created = s.ResourceVersion, true
 			}
@@ -460,7 +459,7 @@ func updateAdminSecret(ctx context.Context, o exportOptions, kc []byte) (resourc
 			s.Data = map[string][]byte{}
 		}
 		s.Data[secretValueKey] = kc
-		s, err = secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: "kubecpr"})
+		s, err = cs.UpdateSecret(ctx, o.namespace, s, metav1.UpdateOptions{FieldManager: "kubecpr"})
 		if err == nil {
 			resourceVersion = s.ResourceVersion
 		}

@@ -8,8 +8,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 )
@@ -28,13 +28,13 @@ func restartDaemonSet(ctx context.Context, d pipeline.Data, nsName string) (map[
 		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := kube.New(cfg)
 	if err != nil {
 		return nil, err
 	}
 	at := time.Now().UTC().Format(time.RFC3339)
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, at)
-	if _, err := cs.AppsV1().DaemonSets(ns).Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1PatchOptions()); err != nil {
+	if err := cs.PatchDaemonSet(ctx, ns, name, types.StrategicMergePatchType, []byte(patch), metav1PatchOptions()); err != nil {
 		return nil, fmt.Errorf("restarting DaemonSet %s: %w", nsName, err)
 	}
 	fmt.Fprintf(d.Out(), "      DaemonSet %s restarted (restartedAt %s)\n", nsName, at)

@@ -14,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -29,9 +28,23 @@ const (
 	SignNever  SignMode = "never"  // approve only
 )
 
+// API is what the approver asks of the API server (a *kube.Client does
+// it).
+type API interface {
+	ListCSRs(ctx context.Context, opts metav1.ListOptions) (*certificatesv1.CertificateSigningRequestList, error)
+	GetCSR(ctx context.Context, name string) (*certificatesv1.CertificateSigningRequest, error)
+	UpdateCSRApproval(ctx context.Context, c *certificatesv1.CertificateSigningRequest, opts metav1.UpdateOptions) (*certificatesv1.CertificateSigningRequest, error)
+	UpdateCSRStatus(ctx context.Context, c *certificatesv1.CertificateSigningRequest, opts metav1.UpdateOptions) (*certificatesv1.CertificateSigningRequest, error)
+}
+
+// NodeLister lists the cluster's Node objects (a *kube.Client does it).
+type NodeLister interface {
+	ListNodes(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error)
+}
+
 // Approver processes pending CSRs through one API server.
 type Approver struct {
-	Client    kubernetes.Interface
+	Client    API
 	Policy    Policy
 	CA        *pki.CA
 	Sign      SignMode
@@ -73,8 +86,8 @@ func approvedByUs(c *certificatesv1.CertificateSigningRequest) bool {
 
 // NodesFromAPI adds the cluster's Node objects (names and addresses) to a
 // policy's node list.
-func NodesFromAPI(ctx context.Context, cs kubernetes.Interface, into map[string]Node) error {
-	list, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+func NodesFromAPI(ctx context.Context, cs NodeLister, into map[string]Node) error {
+	list, err := cs.ListNodes(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err
 	}
@@ -97,7 +110,7 @@ func (a *Approver) listCSRs(ctx context.Context) ([]certificatesv1.CertificateSi
 	var items []certificatesv1.CertificateSigningRequest
 	opts := metav1.ListOptions{Limit: listPage}
 	for {
-		list, err := a.Client.CertificatesV1().CertificateSigningRequests().List(ctx, opts)
+		list, err := a.Client.ListCSRs(ctx, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -167,7 +180,6 @@ func (e *PassError) Unwrap() []error {
 // approve writes the approval of one CSR, re-reading it and trying again
 // when it changed meanwhile (a conflict), as long as it is still pending.
 func (a *Approver) approve(ctx context.Context, c *certificatesv1.CertificateSigningRequest, d Decision) (*certificatesv1.CertificateSigningRequest, error) {
-	client := a.Client.CertificatesV1().CertificateSigningRequests()
 	cur := c
 	var updated *certificatesv1.CertificateSigningRequest
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -179,9 +191,9 @@ func (a *Approver) approve(ctx context.Context, c *certificatesv1.CertificateSig
 			Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue, Reason: "KubecprApproved",
 			Message: "approved by kubecpr: " + d.Reason, LastUpdateTime: metav1.Now()})
 		var err error
-		updated, err = client.UpdateApproval(ctx, u.Name, u, metav1.UpdateOptions{})
+		updated, err = a.Client.UpdateCSRApproval(ctx, u, metav1.UpdateOptions{})
 		if apierrors.IsConflict(err) {
-			fresh, gerr := client.Get(ctx, c.Name, metav1.GetOptions{})
+			fresh, gerr := a.Client.GetCSR(ctx, c.Name)
 			if gerr != nil {
 				return gerr
 			}
@@ -196,7 +208,6 @@ func (a *Approver) approve(ctx context.Context, c *certificatesv1.CertificateSig
 // re-reading it and trying again on a conflict, as long as it is still
 // approved by kubecpr and has no certificate.
 func (a *Approver) writeCertificate(ctx context.Context, c *certificatesv1.CertificateSigningRequest, certPEM []byte) error {
-	client := a.Client.CertificatesV1().CertificateSigningRequests()
 	cur := c
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		if len(cur.Status.Certificate) > 0 {
@@ -207,9 +218,9 @@ func (a *Approver) writeCertificate(ctx context.Context, c *certificatesv1.Certi
 		}
 		u := cur.DeepCopy()
 		u.Status.Certificate = certPEM
-		_, err := client.UpdateStatus(ctx, u, metav1.UpdateOptions{})
+		_, err := a.Client.UpdateCSRStatus(ctx, u, metav1.UpdateOptions{})
 		if apierrors.IsConflict(err) {
-			fresh, gerr := client.Get(ctx, c.Name, metav1.GetOptions{})
+			fresh, gerr := a.Client.GetCSR(ctx, c.Name)
 			if gerr != nil {
 				return gerr
 			}

@@ -28,9 +28,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
-	certv1client "k8s.io/client-go/kubernetes/typed/certificates/v1"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/kubecpr/kubecpr/recovery/kube/kubetest"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
 
@@ -84,49 +84,31 @@ func names(ds []Decision) []string {
 // once. (The fake clientset serializes its reactors under one lock, so
 // concurrency is measured out here, around it.)
 type slowClient struct {
-	kubernetes.Interface
+	API
 	delay         time.Duration
 	inFlight, max *atomic.Int32
 }
 
-type slowCerts struct {
-	certv1client.CertificatesV1Interface
-	c slowClient
-}
-
-type slowCSRs struct {
-	certv1client.CertificateSigningRequestInterface
-	c slowClient
-}
-
 func newSlow(cs kubernetes.Interface, delay time.Duration) slowClient {
-	return slowClient{Interface: cs, delay: delay, inFlight: new(atomic.Int32), max: new(atomic.Int32)}
+	return slowClient{API: kubetest.New(cs), delay: delay, inFlight: new(atomic.Int32), max: new(atomic.Int32)}
 }
 
-func (c slowClient) CertificatesV1() certv1client.CertificatesV1Interface {
-	return slowCerts{c.Interface.CertificatesV1(), c}
-}
-
-func (c slowCerts) CertificateSigningRequests() certv1client.CertificateSigningRequestInterface {
-	return slowCSRs{c.CertificatesV1Interface.CertificateSigningRequests(), c.c}
-}
-
-func (s slowCSRs) write() func() {
-	n := s.c.inFlight.Add(1)
-	for m := s.c.max.Load(); n > m && !s.c.max.CompareAndSwap(m, n); m = s.c.max.Load() {
+func (c slowClient) write() func() {
+	n := c.inFlight.Add(1)
+	for m := c.max.Load(); n > m && !c.max.CompareAndSwap(m, n); m = c.max.Load() {
 	}
-	time.Sleep(s.c.delay)
-	return func() { s.c.inFlight.Add(-1) }
+	time.Sleep(c.delay)
+	return func() { c.inFlight.Add(-1) }
 }
 
-func (s slowCSRs) UpdateApproval(ctx context.Context, name string, c *certificatesv1.CertificateSigningRequest, o metav1.UpdateOptions) (*certificatesv1.CertificateSigningRequest, error) {
-	defer s.write()()
-	return s.CertificateSigningRequestInterface.UpdateApproval(ctx, name, c, o)
+func (c slowClient) UpdateCSRApproval(ctx context.Context, r *certificatesv1.CertificateSigningRequest, o metav1.UpdateOptions) (*certificatesv1.CertificateSigningRequest, error) {
+	defer c.write()()
+	return c.API.UpdateCSRApproval(ctx, r, o)
 }
 
-func (s slowCSRs) UpdateStatus(ctx context.Context, c *certificatesv1.CertificateSigningRequest, o metav1.UpdateOptions) (*certificatesv1.CertificateSigningRequest, error) {
-	defer s.write()()
-	return s.CertificateSigningRequestInterface.UpdateStatus(ctx, c, o)
+func (c slowClient) UpdateCSRStatus(ctx context.Context, r *certificatesv1.CertificateSigningRequest, o metav1.UpdateOptions) (*certificatesv1.CertificateSigningRequest, error) {
+	defer c.write()()
+	return c.API.UpdateCSRStatus(ctx, r, o)
 }
 
 func countActions(f *fake.Clientset, verb, sub string) int {
@@ -325,7 +307,7 @@ func TestPassRetriesConflicts(t *testing.T) {
 		return false, nil, nil
 	})
 	var out bytes.Buffer
-	a := &Approver{Client: f, Policy: policy, CA: ca, Sign: SignAlways, Out: &out, Workers: 4}
+	a := &Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignAlways, Out: &out, Workers: 4}
 	res, err := a.Pass(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -376,7 +358,7 @@ func TestPassCollectsErrorsPerCSR(t *testing.T) {
 		return false, nil, nil
 	})
 	var out bytes.Buffer
-	a := &Approver{Client: f, Policy: policy, CA: ca, Sign: SignAlways, Out: &out, Workers: 5}
+	a := &Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignAlways, Out: &out, Workers: 5}
 	res, err := a.Pass(context.Background())
 	var pe *PassError
 	if !errors.As(err, &pe) || len(pe.Failures) != 3 {
@@ -414,23 +396,23 @@ func TestPassSignModes(t *testing.T) {
 	objs, good, _ := corpus(t, 4, 1)
 
 	f := fake.NewClientset(objs...)
-	res, err := (&Approver{Client: f, Policy: policy, CA: ca, Sign: SignNever}).Pass(context.Background())
+	res, err := (&Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignNever}).Pass(context.Background())
 	if err != nil || len(res.Approved) != 4 || len(res.Signed) != 0 || countActions(f, "update", "status") != 0 {
 		t.Errorf("never: %v, approved %d, signed %d, status writes %d", err, len(res.Approved), len(res.Signed), countActions(f, "update", "status"))
 	}
 	// a second pass: nothing pending, nothing to sign in never mode
-	res, err = (&Approver{Client: f, Policy: policy, CA: ca, Sign: SignNever}).Pass(context.Background())
+	res, err = (&Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignNever}).Pass(context.Background())
 	if err != nil || len(res.Approved)+len(res.Signed) != 0 {
 		t.Errorf("never, second pass: %v %+v", err, res)
 	}
 	// ...and always signs what kubecpr approved before
-	res, err = (&Approver{Client: f, Policy: policy, CA: ca, Sign: SignAlways}).Pass(context.Background())
+	res, err = (&Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignAlways}).Pass(context.Background())
 	if err != nil || len(res.Approved) != 0 || fmt.Sprint(names(res.Signed)) != fmt.Sprint(good) {
 		t.Errorf("always after never: %v, approved %d, signed %v", err, len(res.Approved), names(res.Signed))
 	}
 
 	f = fake.NewClientset(objs...)
-	res, err = (&Approver{Client: f, Policy: policy, CA: ca, Sign: SignAlways, DryRun: true}).Pass(context.Background())
+	res, err = (&Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignAlways, DryRun: true}).Pass(context.Background())
 	if err != nil || len(res.Approved) != 4 || len(res.Signed) != 0 || len(res.Refused) != 1 || countActions(f, "update", "approval")+countActions(f, "update", "status") != 0 {
 		t.Errorf("dry run: %v %+v", err, res)
 	}
@@ -453,7 +435,7 @@ func TestPassSignModes(t *testing.T) {
 	}()
 	var out bytes.Buffer
 	start := time.Now()
-	res, err = (&Approver{Client: f, Policy: policy, CA: ca, Sign: SignAuto, SignGrace: 600 * time.Millisecond, Out: &out}).Pass(ctx)
+	res, err = (&Approver{Client: kubetest.New(f), Policy: policy, CA: ca, Sign: SignAuto, SignGrace: 600 * time.Millisecond, Out: &out}).Pass(ctx)
 	want := []string{good[0], good[2], good[3]}
 	if err != nil || fmt.Sprint(names(res.Signed)) != fmt.Sprint(want) {
 		t.Errorf("auto: %v, signed %v, want %v\n%s", err, names(res.Signed), want, out.String())
@@ -468,7 +450,7 @@ func TestPassSignModes(t *testing.T) {
 
 	// no CA key (external CA): one clear error, the approvals stand
 	f = fake.NewClientset(objs...)
-	res, err = (&Approver{Client: f, Policy: policy, CA: &pki.CA{Name: "ca", Cert: ca.Cert}, Sign: SignAlways}).Pass(context.Background())
+	res, err = (&Approver{Client: kubetest.New(f), Policy: policy, CA: &pki.CA{Name: "ca", Cert: ca.Cert}, Sign: SignAlways}).Pass(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "external CA") || len(res.Approved) != 4 {
 		t.Errorf("external CA: %v, approved %d", err, len(res.Approved))
 	}

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/kubecpr/kubecpr/recovery/bootstraptoken"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
@@ -20,7 +18,7 @@ const BootstrapKubeconfig = "/etc/kubernetes/bootstrap-kubelet.conf"
 // node-token group, so kubeadm's RBAC lets it file CSRs) and writes a
 // bootstrap kubeconfig (0600) pointing at server. The token secret is
 // never printed or journaled: it lives only in that file and in the API.
-func createBootstrapToken(ctx context.Context, d pipeline.Data, cs kubernetes.Interface, server string, caPEM []byte, ttl time.Duration) (map[string]string, error) {
+func createBootstrapToken(ctx context.Context, d pipeline.Data, cs bootstraptoken.Secrets, server string, caPEM []byte, ttl time.Duration) (map[string]string, error) {
 	tok, err := bootstraptoken.Create(ctx, cs, time.Now(), ttl, "created by kubecpr for a kubelet that must re-bootstrap")
 	if err != nil {
 		return nil, err

@@ -48,10 +48,11 @@ const (
 // approves and signs with (ClientQPS, ClientBurst), and its wire format:
 // protobuf, as kube-controller-manager and the kubelet speak to the API
 // server (--kube-api-content-type), JSON only for what has no protobuf.
-// client-go's generated clients (v0.33) already prefer protobuf for the
-// built-in types when nothing is set; saying it here keeps it so
-// whatever the client-go default becomes. The stage only reads and
-// writes built-in types (CSRs, Nodes, bootstrap token Secrets).
+// kubecpr's client (recovery/kube), like client-go's generated clients
+// (v0.33), already prefers protobuf for the built-in types when nothing
+// is set; saying it here keeps it so whatever that default becomes. The
+// stage only reads and writes built-in types (CSRs, Nodes, bootstrap
+// token Secrets).
 func TuneClient(cfg *rest.Config) *rest.Config {
 	cfg.QPS, cfg.Burst = ClientQPS, ClientBurst
 	cfg.RateLimiter = nil

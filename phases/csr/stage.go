@@ -8,11 +8,11 @@ import (
 	"strconv"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/crashpoint"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -63,21 +63,21 @@ func orAuto(m SignMode) SignMode {
 }
 
 // nodeAPI returns a client for the node's own API server when it answers.
-func nodeAPI(ctx context.Context, d pipeline.Data) (kubernetes.Interface, bool) {
+func nodeAPI(ctx context.Context, d pipeline.Data) (*kube.Client, bool) {
 	cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
 	if err != nil {
 		return nil, false
 	}
 	cfg.Timeout = 3 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := kube.New(cfg)
 	if err != nil {
 		return nil, false
 	}
-	if b, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil || string(b) != "ok" {
+	if b, err := cs.Readyz(ctx); err != nil || string(b) != "ok" {
 		return nil, false
 	}
 	cfg.Timeout = 30 * time.Second
-	if cs, err = kubernetes.NewForConfig(TuneClient(cfg)); err != nil {
+	if cs, err = kube.New(TuneClient(cfg)); err != nil {
 		return nil, false
 	}
 	return cs, true
@@ -224,13 +224,13 @@ func run(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 
 // recoveryClient is the stage's client of its recovery API server: the
 // server's own kubeconfig, with the stage's limits (TuneClient).
-func recoveryClient(kubeconfig string) (kubernetes.Interface, error) {
+func recoveryClient(kubeconfig string) (*kube.Client, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
-	return kubernetes.NewForConfig(TuneClient(cfg))
+	return kube.New(TuneClient(cfg))
 }
 
 func loadCA(n *node.Node, pkiDir string) (*pki.CA, error) {

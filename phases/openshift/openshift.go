@@ -28,13 +28,13 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/phases/csr"
 	"github.com/kubecpr/kubecpr/recovery/distro"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -204,7 +204,7 @@ func planCSR(d pipeline.Data, o Options) ([]pipeline.Action, error) {
 // Client is the API client the csr stage uses on OpenShift: a kubeconfig
 // given on the host, else the node's localhost-recovery kubeconfig (read
 // inside the node root).
-func Client(n *node.Node, kubeconfig string) (kubernetes.Interface, string, error) {
+func Client(n *node.Node, kubeconfig string) (*kube.Client, string, error) {
 	var cfg *rest.Config
 	var err error
 	via := kubeconfig
@@ -218,7 +218,7 @@ func Client(n *node.Node, kubeconfig string) (kubernetes.Interface, string, erro
 		return nil, via, fmt.Errorf("%s: %w (pass --kubeconfig with a kubeconfig that reaches this cluster's API server)", via, err)
 	}
 	cfg.Timeout = 30 * time.Second
-	cs, err := kubernetes.NewForConfig(csr.TuneClient(cfg))
+	cs, err := kube.New(csr.TuneClient(cfg))
 	return cs, via, err
 }
 

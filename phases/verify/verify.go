@@ -15,11 +15,10 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/health"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/pki"
@@ -137,10 +136,10 @@ func live(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 		cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
 		if err == nil {
 			cfg.Timeout = 10 * time.Second
-			var cs *kubernetes.Clientset
-			if cs, err = kubernetes.NewForConfig(cfg); err == nil {
+			var cs *kube.Client
+			if cs, err = kube.New(cfg); err == nil {
 				var v fmt.Stringer
-				if v, err = cs.Discovery().ServerVersion(); err == nil {
+				if v, err = cs.ServerVersion(ctx); err == nil {
 					fmt.Fprintf(d.Out(), "      the API at %s answers admin.conf (%s)\n", cfg.Host, v)
 					facts["api"] = cfg.Host
 				}

@@ -26,11 +26,11 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
@@ -275,15 +275,15 @@ func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) 
 	return s, nil
 }
 
-// Client returns a clientset with the recovery admin credentials.
-func (s *Server) Client() (*kubernetes.Clientset, error) {
+// Client returns a client with the recovery admin credentials.
+func (s *Server) Client() (*kube.Client, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
 	cfg.QPS, cfg.Burst = 200, 400
-	return kubernetes.NewForConfig(cfg)
+	return kube.New(cfg)
 }
 
 func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
@@ -304,7 +304,7 @@ func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
 			return ctx.Err()
 		default:
 		}
-		b, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		b, err := cs.Readyz(ctx)
 		if err == nil && strings.TrimSpace(string(b)) == "ok" {
 			return nil
 		}

@@ -20,7 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
@@ -34,6 +33,13 @@ const (
 	Namespace  = "kube-system"
 	SecretType = "bootstrap.kubernetes.io/token"
 )
+
+// Secrets is what Create and Delete ask of the API server (a
+// *kube.Client does it).
+type Secrets interface {
+	CreateSecret(ctx context.Context, namespace string, s *corev1.Secret, opts metav1.CreateOptions) (*corev1.Secret, error)
+	DeleteSecret(ctx context.Context, namespace, name string) error
+}
 
 // Token is a bootstrap token: ID is public (it names the Secret and the
 // user system:bootstrap:<id>), Secret is not.
@@ -94,7 +100,7 @@ func Generate(expires time.Time) (Token, error) {
 // Create generates a token valid for ttl from now and creates its Secret:
 // usable for authentication only, in kubeadm's node-token group, expiring
 // (the API server refuses it afterwards; the token cleaner deletes it).
-func Create(ctx context.Context, cs kubernetes.Interface, now time.Time, ttl time.Duration, description string) (Token, error) {
+func Create(ctx context.Context, cs Secrets, now time.Time, ttl time.Duration, description string) (Token, error) {
 	if ttl <= 0 {
 		return Token{}, fmt.Errorf("bootstrap token lifetime %s: want a positive duration", ttl)
 	}
@@ -102,7 +108,7 @@ func Create(ctx context.Context, cs kubernetes.Interface, now time.Time, ttl tim
 	if err != nil {
 		return Token{}, err
 	}
-	_, err = cs.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{
+	_, err = cs.CreateSecret(ctx, Namespace, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-" + t.ID, Namespace: Namespace},
 		Type:       SecretType,
 		StringData: map[string]string{
@@ -121,8 +127,8 @@ func Create(ctx context.Context, cs kubernetes.Interface, now time.Time, ttl tim
 
 // Delete removes the token's Secret: the token stops authenticating at
 // once. An already deleted Secret is not an error.
-func Delete(ctx context.Context, cs kubernetes.Interface, id string) error {
-	err := cs.CoreV1().Secrets(Namespace).Delete(ctx, "bootstrap-token-"+id, metav1.DeleteOptions{})
+func Delete(ctx context.Context, cs Secrets, id string) error {
+	err := cs.DeleteSecret(ctx, Namespace, "bootstrap-token-"+id)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting bootstrap token Secret %s/bootstrap-token-%s: %w", Namespace, id, err)
 	}

@@ -12,12 +12,11 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/kubecpr/kubecpr/phases/csr"
 	"github.com/kubecpr/kubecpr/recovery/bootstraptoken"
 	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
 	"github.com/kubecpr/kubecpr/recovery/cluster/transport"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 )
 
@@ -64,7 +63,7 @@ func (d *Driver) workers(ctx context.Context, workers []cinv.Node) error {
 // workers only — every other CSR is refused and reported.
 type bootstrapper struct {
 	d        *Driver
-	cs       kubernetes.Interface
+	cs       *kube.Client
 	tok      bootstraptoken.Token
 	approver *csr.Approver
 	out      io.WriteCloser
@@ -79,7 +78,7 @@ type bootstrapper struct {
 
 // adminClient is a client of the recovered API server with admin.conf of
 // the control-plane tree on this machine (the driving node, or --ca-from).
-func (d *Driver) adminClient() (kubernetes.Interface, string, error) {
+func (d *Driver) adminClient() (*kube.Client, string, error) {
 	if d.o.Control == nil {
 		return nil, "", errors.New("--workers bootstrap creates a bootstrap token through the API with admin.conf: run kubecpr cluster on a control-plane node, or pass --ca-from NODE (a root: control-plane node of the inventory)")
 	}
@@ -89,7 +88,7 @@ func (d *Driver) adminClient() (kubernetes.Interface, string, error) {
 		return nil, "", fmt.Errorf("--workers bootstrap needs %s: %w", d.o.Control.Path(admin), err)
 	}
 	cfg.Timeout = 30 * time.Second
-	cs, err := kubernetes.NewForConfig(csr.TuneClient(cfg))
+	cs, err := kube.New(csr.TuneClient(cfg))
 	return cs, cfg.Host, err
 }
 

@@ -20,9 +20,9 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 )
@@ -120,11 +120,11 @@ func KubeletIdentity(ctx context.Context, n *node.Node) (string, error) {
 		return "", err
 	}
 	cfg.Timeout = 10 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := kube.New(cfg)
 	if err != nil {
 		return "", err
 	}
-	r, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	r, err := cs.CreateSelfSubjectReview(ctx, &authv1.SelfSubjectReview{}, metav1.CreateOptions{})
 	if err != nil {
 		return "", fmt.Errorf("the kubelet's credential (%s) does not authenticate at %s: %w", node.KubernetesDir+"/kubelet.conf", cfg.Host, err)
 	}

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubecpr/kubecpr/phases/csr"
+	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/test/cluster"
 )
@@ -47,7 +48,7 @@ func BenchmarkApproveAndSign1000NodeCSRs(b *testing.B) {
 	workers, _ := strconv.Atoi(os.Getenv("KUBECPR_BENCH_CSR_WORKERS"))
 	e.run(ctx, b, func(int) func() error {
 		return func() error {
-			a := &csr.Approver{Client: e.admin, CA: e.ca, Sign: csr.SignAlways, Workers: workers,
+			a := &csr.Approver{Client: e.approver, CA: e.ca, Sign: csr.SignAlways, Workers: workers,
 				Policy: csr.Policy{Nodes: map[string]csr.Node{e.n.Name: {Name: e.n.Name}}}}
 			res, err := a.Pass(ctx)
 			if err != nil {
@@ -132,12 +133,14 @@ const csrBenchCount = 1000
 
 // csrBench is one real etcd and kube-apiserver laid out by kubeadm, with a
 // bootstrap token to file kubelet CSRs and an admin client tuned as the
-// csr stage tunes its own (csr.TuneClient).
+// csr stage tunes its own (csr.TuneClient): the stage's own client for the
+// approver, a clientset for the rest.
 type csrBench struct {
 	n         *cluster.Node
 	etcd, api *cluster.Proc
 	boot      kubernetes.Interface
 	admin     kubernetes.Interface
+	approver  *kube.Client
 	ca        *pki.CA
 }
 
@@ -156,6 +159,10 @@ func startCSRBench(ctx context.Context, b *testing.B) *csrBench {
 	adminCfg, _ := clientcmd.BuildConfigFromFlags("", e.n.Path("/etc/kubernetes/super-admin.conf"))
 	adminCfg.Timeout = 30 * time.Second
 	e.admin = kubernetes.NewForConfigOrDie(csr.TuneClient(adminCfg))
+	var err error
+	if e.approver, err = kube.New(csr.TuneClient(adminCfg)); err != nil {
+		b.Fatal(err)
+	}
 	caCert, _ := pki.ParseCertificate(ca)
 	kb, _ := os.ReadFile(e.n.Path("/etc/kubernetes/pki/ca.key"))
 	caKey, _ := pki.ParsePrivateKey(kb)
