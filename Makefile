@@ -55,7 +55,7 @@ demo: build
 # whole-cluster ones (tens of minutes): 100 workers locally and over SSH, 1
 # and 3 control planes in containerd, 1,000 CSRs through a real apiserver.
 bench: build testbin
-	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -run '^$$' -bench 'RunUntilKubeconfigs|KubeadmRenewAll' -count=3 ./cmd/kubecpr/
+	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -run '^$$' -bench 'RunUntilKubeconfigs|KubeadmRenewAll' -benchtime 15x -count=3 ./cmd/kubecpr/
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./recovery/... ./backup/...
 
 bench-cluster: build testbin

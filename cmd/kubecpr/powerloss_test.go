@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -165,4 +166,48 @@ func TestEveryFsyncIsNeeded(t *testing.T) {
 			t.Errorf("fsync at %s (%d calls) can be removed and no power-loss state breaks resume or rollback", site, base.Sites()[site])
 		})
 	}
+}
+
+// TestRunSyncsByStageNotByFile holds the offline run to the write-ahead
+// protocol's grouped shape (issue 11's speed goal rests on it): the
+// journal is fsynced a bounded number of times — not once per action —
+// and a key that a renewal keeps is neither rewritten nor journaled.
+func TestRunSyncsByStageNotByFile(t *testing.T) {
+	template := expiredNode(t)
+	root := copyNode(t, template)
+	keyBefore, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyInfo, _ := os.Stat(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"))
+	pl := recordRun(t, root, nil)
+	journalSyncs := 0
+	for site, n := range pl.Sites() {
+		if strings.HasPrefix(site, "journal.") {
+			journalSyncs += n
+		}
+	}
+	recs := journalRecords(t, root)
+	actions := 0
+	for _, r := range recs {
+		if r.Kind == "intent" {
+			actions++
+		}
+		for _, c := range r.Changes {
+			if strings.HasSuffix(c.Path, ".key") {
+				t.Errorf("%s journaled (%s → %s) though the run keeps keys", c.Path, c.Old, c.New)
+			}
+		}
+	}
+	// Here 10 (the journal's fsyncs and its directories' when they are
+	// made) for 16 intents; one per action was 27.
+	if journalSyncs == 0 || journalSyncs > 10 || journalSyncs >= actions {
+		t.Errorf("%d journal fsyncs for %d intents: want at most 10, fewer than one per action (sites: %v)", journalSyncs, actions, pl.Sites())
+	}
+	keyAfter, _ := os.ReadFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"))
+	info, _ := os.Stat(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"))
+	if !bytes.Equal(keyBefore, keyAfter) || !info.ModTime().Equal(keyInfo.ModTime()) {
+		t.Error("apiserver.key was rewritten though its key is kept")
+	}
+	t.Logf("%d journal fsyncs for %d intents", journalSyncs, actions)
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -395,68 +394,72 @@ func TestBounceKilledThenRollbackOrResume(t *testing.T) {
 	}
 }
 
-// A component that does not come back stops the run, saying which, what
-// its log said, and the ways on.
-func TestBounceComponentDoesNotComeBack(t *testing.T) {
-	t.Parallel()
-	cn := startContainerNode(t)
-	cn.expireAndRestart(t)
-	// Break the apiserver's manifest the way a bad edit would.
-	p := cn.Path("/etc/kubernetes/manifests/kube-apiserver.yaml")
-	b, _ := os.ReadFile(p)
-	os.WriteFile(p, []byte(strings.Replace(string(b), "    - --allow-privileged=true\n", "    - --allow-privileged=true\n    - --no-such-flag=1\n", 1)), 0o600)
-	args := append([]string{"run"}, cn.liveArgs("containerd")...)
-	args[len(args)-1] = "25s"
-	r := cn.kubecpr(t, nil, args...)
-	if r.code != 6 {
-		t.Fatalf("exit %d, want 6\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	for _, want := range []string{"kube-apiserver did not come back", "unknown flag: --no-such-flag", "kubecpr rollback", "kubecpr resume"} {
-		if !strings.Contains(r.stderr, want) {
-			t.Errorf("message lacks %q:\n%s", want, r.stderr)
-		}
-	}
-	_ = fmt.Sprint
-}
-
+// One control plane in containerd for two scenarios (a node costs a
+// minute of CPU to bring up): the recovery API server in containerd mode,
+// then a component that does not come back.
+//
 // The recovery API server in containerd mode: the kube-apiserver image of
 // the node's manifest, host network, kubecpr's labels (not the kubelet's,
-// so the kubelet leaves it alone); usable with its kubeconfig; gone after stop.
-func TestRecoveryServerInContainerd(t *testing.T) {
+// so the kubelet leaves it alone); usable with its kubeconfig; gone after
+// stop.
+//
+// A component that does not come back stops the run, saying which, what
+// its log said, and the ways on.
+func TestContainerdRecoveryServerAndBrokenComponent(t *testing.T) {
 	t.Parallel()
 	cn := startContainerNode(t)
-	r := cn.kubecpr(t, nil, "recovery-server", "start", "--cri-socket", cn.d.Socket, "--recovery-ttl", "30m")
-	if r.code != 0 {
-		t.Fatalf("start: %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	c := cn.d.Client(t)
-	ctx := namespaces.WithNamespace(context.Background(), runtime.Namespace)
-	ctr, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver")
-	if err != nil {
-		t.Fatalf("no recovery container: %v", err)
-	}
-	info, _ := ctr.Info(ctx)
-	if info.Labels["io.kubecpr.role"] != "recovery-apiserver" || info.Labels[runtime.LabelPodNamespace] != "" {
-		t.Errorf("labels %v", info.Labels)
-	}
-	if info.Image != imageName(t, cn.Node, "kube-apiserver") {
-		t.Errorf("image %s", info.Image)
-	}
-	kc := strings.TrimSpace(cn.kubecpr(t, nil, "recovery-server", "kubeconfig").stdout)
-	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{}); err != nil {
-		t.Errorf("using the recovery server: %v", err)
-	}
-	if r := cn.kubecpr(t, nil, "recovery-server", "stop"); r.code != 0 {
-		t.Fatalf("stop: %d %s", r.code, r.stderr)
-	}
-	if _, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver"); err == nil {
-		t.Error("the recovery container is still there after stop")
-	}
-	if _, err := os.Stat(kc); !os.IsNotExist(err) {
-		t.Errorf("credentials left: %v", err)
-	}
+	t.Run("recovery server in containerd", func(t *testing.T) {
+		r := cn.kubecpr(t, nil, "recovery-server", "start", "--cri-socket", cn.d.Socket, "--recovery-ttl", "30m")
+		if r.code != 0 {
+			t.Fatalf("start: %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		c := cn.d.Client(t)
+		ctx := namespaces.WithNamespace(context.Background(), runtime.Namespace)
+		ctr, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver")
+		if err != nil {
+			t.Fatalf("no recovery container: %v", err)
+		}
+		info, _ := ctr.Info(ctx)
+		if info.Labels["io.kubecpr.role"] != "recovery-apiserver" || info.Labels[runtime.LabelPodNamespace] != "" {
+			t.Errorf("labels %v", info.Labels)
+		}
+		if info.Image != imageName(t, cn.Node, "kube-apiserver") {
+			t.Errorf("image %s", info.Image)
+		}
+		kc := strings.TrimSpace(cn.kubecpr(t, nil, "recovery-server", "kubeconfig").stdout)
+		cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Namespaces().List(context.Background(), metav1.ListOptions{}); err != nil {
+			t.Errorf("using the recovery server: %v", err)
+		}
+		if r := cn.kubecpr(t, nil, "recovery-server", "stop"); r.code != 0 {
+			t.Fatalf("stop: %d %s", r.code, r.stderr)
+		}
+		if _, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver"); err == nil {
+			t.Error("the recovery container is still there after stop")
+		}
+		if _, err := os.Stat(kc); !os.IsNotExist(err) {
+			t.Errorf("credentials left: %v", err)
+		}
+	})
+	t.Run("component does not come back", func(t *testing.T) {
+		cn.expireAndRestart(t)
+		// Break the apiserver's manifest the way a bad edit would.
+		p := cn.Path("/etc/kubernetes/manifests/kube-apiserver.yaml")
+		b, _ := os.ReadFile(p)
+		os.WriteFile(p, []byte(strings.Replace(string(b), "    - --allow-privileged=true\n", "    - --allow-privileged=true\n    - --no-such-flag=1\n", 1)), 0o600)
+		args := append([]string{"run"}, cn.liveArgs("containerd")...)
+		args[len(args)-1] = "25s"
+		r := cn.kubecpr(t, nil, args...)
+		if r.code != 6 {
+			t.Fatalf("exit %d, want 6\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		for _, want := range []string{"kube-apiserver did not come back", "unknown flag: --no-such-flag", "kubecpr rollback", "kubecpr resume"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("message lacks %q:\n%s", want, r.stderr)
+			}
+		}
+	})
 }
