@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kubecpr/kubecpr/recovery/atomicfile"
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 // RestoreOptions narrow a restore.
@@ -204,20 +205,26 @@ func matches(root string, e Entry) (bool, error) {
 // Prune removes it first). An entry the node already has exactly (a write
 // that never happened: the disk filled up first) is left untouched, so a
 // rollback on a full disk does not need space for what it did not change.
-func RestoreEntry(root, dir string, e Entry) error {
+func RestoreEntry(root, dir string, e Entry) error { return RestoreEntryOn(nil, root, dir, e) }
+
+// RestoreEntryOn is RestoreEntry making its changes through fsy (the run's
+// filesystem: the power-loss tests record a rollback through it; nil is
+// the real one).
+func RestoreEntryOn(fsy fsys.FS, root, dir string, e Entry) error {
 	if err := validEntry(e); err != nil {
 		return fmt.Errorf("restoring: %w", err)
 	}
 	if same, err := matches(root, e); err == nil && same {
 		return nil
 	}
-	if err := restoreEntry(root, dir, e); err != nil {
+	if err := restoreEntry(fsys.Or(fsy), root, dir, e); err != nil {
 		return fmt.Errorf("restoring %s: %w", e.Path, err)
 	}
 	return nil
 }
 
-func restoreEntry(root, dir string, e Entry) error {
+func restoreEntry(fsy fsys.FS, root, dir string, e Entry) error {
+	af := atomicfile.On(fsy)
 	mode := fs.FileMode(e.Mode) & KeptModeBits
 	if e.Type == TypeDir {
 		_, host, err := resolve(root, e.Path, true)
@@ -225,24 +232,24 @@ func restoreEntry(root, dir string, e Entry) error {
 			return err
 		}
 		if info, err := os.Lstat(host); err == nil && !info.IsDir() {
-			if err := atomicfile.Remove(host); err != nil {
+			if err := af.Remove(host); err != nil {
 				return err
 			}
 		}
-		if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+		if err := fsys.MkdirAll(fsy, filepath.Dir(host), 0o755); err != nil {
 			return err
 		}
-		if err := os.Mkdir(host, mode); err == nil {
-			if err := atomicfile.SyncDir(filepath.Dir(host)); err != nil {
+		if err := fsy.Mkdir(host, mode); err == nil {
+			if err := af.SyncDir(filepath.Dir(host)); err != nil {
 				return err
 			}
 		} else if !errors.Is(err, fs.ErrExist) {
 			return err
 		}
-		if err := atomicfile.Chown(host, e.UID, e.GID); err != nil {
+		if err := af.Chown(host, e.UID, e.GID); err != nil {
 			return err
 		}
-		return os.Chmod(host, mode) // after chown, and past the umask
+		return fsy.Chmod(host, mode) // after chown, and past the umask
 	}
 
 	_, host, err := resolve(root, e.Path, false)
@@ -253,21 +260,21 @@ func restoreEntry(root, dir string, e Entry) error {
 	if statErr == nil && info.IsDir() {
 		return fmt.Errorf("%s is a directory now; remove it (or restore with --prune) to put the backed-up %s back", host, e.Type)
 	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+	if err := fsys.MkdirAll(fsy, filepath.Dir(host), 0o755); err != nil {
 		return err
 	}
 
 	switch e.Type {
 	case TypeSymlink:
 		if statErr == nil && info.Mode()&fs.ModeSymlink == 0 {
-			if err := atomicfile.Remove(host); err != nil {
+			if err := af.Remove(host); err != nil {
 				return err
 			}
 		}
-		if err := atomicfile.ReplaceSymlink(host, e.Link); err != nil {
+		if err := af.ReplaceSymlink(host, e.Link); err != nil {
 			return err
 		}
-		if err := atomicfile.Chown(host, e.UID, e.GID); err != nil {
+		if err := af.Chown(host, e.UID, e.GID); err != nil {
 			return err
 		}
 		return lutimes(host, e)
@@ -279,22 +286,22 @@ func restoreEntry(root, dir string, e Entry) error {
 			return err
 		}
 		if statErr == nil && !info.Mode().IsRegular() {
-			if err := atomicfile.Remove(host); err != nil {
+			if err := af.Remove(host); err != nil {
 				return err
 			}
 		} else if statErr == nil {
 			// WriteFile keeps an existing file's owner: give it the recorded
 			// one first, so the restored bytes are never readable by an
 			// owner they did not have.
-			if err := atomicfile.Chown(host, e.UID, e.GID); err != nil {
+			if err := af.Chown(host, e.UID, e.GID); err != nil {
 				return err
 			}
 		}
 		opt := atomicfile.Options{Mode: mode, ForceMode: true, Owner: true, UID: e.UID, GID: e.GID}
-		if err := atomicfile.WriteFile(host, b, opt); err != nil {
+		if err := af.WriteFile(host, b, opt); err != nil {
 			return err
 		}
-		if err := atomicfile.Chown(host, e.UID, e.GID); err != nil {
+		if err := af.Chown(host, e.UID, e.GID); err != nil {
 			return err
 		}
 		return os.Chtimes(host, e.ModTime, e.ModTime)

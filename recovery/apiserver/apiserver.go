@@ -46,7 +46,7 @@ type Options struct {
 	// kube-apiserver manifest when Binary is empty.
 	CRISocket string
 	TTL       time.Duration // credential lifetime (default 2h)
-	Port      int           // 0: 7443 when free, else any free port
+	Port      int           // 0: 7443 when free, else any free port; <0: any free port
 	Now       time.Time     // the certificates' clock
 	StateDir  string        // host path
 	PKIDir    string        // node path of the cluster PKI
@@ -65,13 +65,17 @@ type Server struct {
 	rt         *runtime.Containerd // containerd mode
 }
 
+// freePort is preferred when it is free (0: 7443), else any free port
+// (preferred < 0: any).
 func freePort(preferred int) (int, error) {
 	if preferred == 0 {
 		preferred = 7443
 	}
-	if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", preferred)); err == nil {
-		l.Close()
-		return preferred, nil
+	if preferred > 0 {
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", preferred)); err == nil {
+			l.Close()
+			return preferred, nil
+		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -143,7 +147,20 @@ func writePair(dir, name string, is issued) (string, string, error) {
 }
 
 // Start launches the recovery server and waits until it is ready.
-func Start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) {
+func Start(ctx context.Context, n *node.Node, o Options) (*Server, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := start(ctx, n, o)
+		// The port was free when chosen and taken before the server bound
+		// it (another recovery server starting at the same moment): choose
+		// another, when the port is kubecpr's choice.
+		if err == nil || o.Port > 0 || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return s, err
+		}
+		o.Port = -1
+	}
+}
+
+func start(ctx context.Context, n *node.Node, o Options) (s *Server, err error) {
 	if o.TTL == 0 {
 		o.TTL = 2 * time.Hour
 	}

@@ -1130,7 +1130,7 @@ func (r *Runner) undoFiles(first *journal.Record, st *actionState, m *backup.Man
 		host := r.Node.Path(p)
 		want := orig[p]
 		if e, ok := m.Lookup(p); ok {
-			if err := backup.RestoreEntry(r.Node.Root, r.backupDir(), e); err != nil {
+			if err := backup.RestoreEntryOn(r.FS, r.Node.Root, r.backupDir(), e); err != nil {
 				errs = append(errs, err)
 				continue
 			}
