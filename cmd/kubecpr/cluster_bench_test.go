@@ -73,8 +73,14 @@ var (
 func releaseBin(t testing.TB) string {
 	t.Helper()
 	releaseOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kubecpr-release-")
+		// One fixed place, outside the clone, rebuilt each time: a temporary
+		// directory per benchmark process left a 32 MiB binary behind each.
+		cache, err := os.UserCacheDir()
 		if err != nil {
+			cache = os.TempDir()
+		}
+		dir := filepath.Join(cache, "kubecpr", "bench-release")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			releaseErr = err
 			return
 		}
