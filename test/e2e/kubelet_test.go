@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -304,14 +307,15 @@ func (kn *kubeletNode) ownedSnapshot(t *testing.T) map[string]string {
 //
 // While the killed run had the renewed credential in place, the kubelet
 // may also have stored that one again under a name of its own (it does so
-// on a start that finds its current pem different from what it loaded).
+// on a start that finds the pair it loaded not in its own store's form).
 // Rollback cannot take that file back (kubecpr did not write it, so no
 // journal names it), and it is harmless once the link points at the
-// restored credential again: a new kubelet-client-*.pem holding exactly
-// the bytes of a pem kubecpr wrote in a run of this node (by the sha256
-// its journal recorded) is accepted when the link is restored; any other
-// extra file fails the comparison.
-func (kn *kubeletNode) afterKubeletRewrite(t *testing.T, want map[string]string) map[string]string {
+// restored credential again. Such a file is accepted when kubecpr never
+// wrote that path (no journal of the node names it), its certificate is
+// one that was on the node when the run was killed (duringRun: the DER
+// sha256 of every kubelet client certificate then), and the link is
+// restored; any other extra file fails the comparison.
+func (kn *kubeletNode) afterKubeletRewrite(t *testing.T, want map[string]string, duringRun map[string]bool) map[string]string {
 	t.Helper()
 	got := kn.ownedSnapshot(t)
 	const dir, link = "var/lib/kubelet/pki/", "var/lib/kubelet/pki/kubelet-client-current.pem"
@@ -336,24 +340,58 @@ func (kn *kubeletNode) afterKubeletRewrite(t *testing.T, want map[string]string)
 			got[link] = want[link]
 		}
 	}
-	installed := kn.kubeletPEMsWritten(t)
-	for p, desc := range got {
-		if _, old := want[p]; old || !strings.HasPrefix(p, dir+"kubelet-client-") || p == link || got[link] != want[link] {
+	written := kn.pathsWritten(t)
+	for p := range got {
+		if _, old := want[p]; old || !strings.HasPrefix(p, dir+"kubelet-client-") || p == link || got[link] != want[link] || written[p] {
 			continue
 		}
-		if from, ok := installed[contentOf(desc)]; ok && from != p {
-			t.Logf("the kubelet stored the credential kubecpr installed as %s (during the killed run) again as %s; the link is restored", from, p)
+		if der := clientCertDER(t, kn.Path("/"+p)); der != "" && duringRun[der] {
+			t.Logf("the kubelet stored a credential it had during the killed run again as %s (kubecpr never wrote that path); the link is restored", p)
 			delete(got, p)
 		}
 	}
 	return got
 }
 
-// kubeletPEMsWritten maps the sha256 of every kubelet client pem a run of
-// this node wrote (as its journal recorded it) to the node path written.
-func (kn *kubeletNode) kubeletPEMsWritten(t *testing.T) map[string]string {
+// kubeletClientCerts is the DER sha256 of the certificate in every
+// kubelet-client-*.pem on the node now.
+func (kn *kubeletNode) kubeletClientCerts(t *testing.T) map[string]bool {
 	t.Helper()
-	out := map[string]string{}
+	out := map[string]bool{}
+	pems, _ := filepath.Glob(kn.Path("/var/lib/kubelet/pki/kubelet-client-*.pem"))
+	for _, p := range pems {
+		if der := clientCertDER(t, p); der != "" {
+			out[der] = true
+		}
+	}
+	return out
+}
+
+// clientCertDER is the sha256 of the first certificate's DER in the pem
+// file at host path p ("" when it holds none).
+func clientCertDER(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			return ""
+		}
+		if blk.Type == "CERTIFICATE" {
+			s := sha256.Sum256(blk.Bytes)
+			return hex.EncodeToString(s[:])
+		}
+	}
+}
+
+// pathsWritten is every node path a run of this node journaled a change
+// of (kubecpr's own writes).
+func (kn *kubeletNode) pathsWritten(t *testing.T) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
 	journals, _ := filepath.Glob(kn.Path("/var/lib/kubecpr/runs/*/journal.log"))
 	for _, j := range journals {
 		recs, err := journal.ReadFile(j)
@@ -362,9 +400,7 @@ func (kn *kubeletNode) kubeletPEMsWritten(t *testing.T) map[string]string {
 		}
 		for _, r := range recs {
 			for _, c := range r.Changes {
-				if p := strings.TrimPrefix(c.Path, "/"); strings.HasPrefix(p, "var/lib/kubelet/pki/kubelet-client-") && c.New.Kind == journal.StateFile {
-					out[c.New.SHA256] = p
-				}
+				out[strings.TrimPrefix(c.Path, "/")] = true
 			}
 		}
 	}
@@ -396,11 +432,12 @@ func TestRealKubeletKilledMidBounce(t *testing.T) {
 	}
 
 	killedRun()
+	duringRun := kn.kubeletClientCerts(t)
 	r := kubecprbin.Run(t, nil, append([]string{"--root", kn.Root, "rollback"}, kn.liveArgs("manifests")...)...)
 	if r.Code != 0 {
 		t.Fatalf("rollback: exit %d\n%s\n%s\nkubelet:\n%s", r.Code, r.Stdout, r.Stderr, kn.k.LogTail(40))
 	}
-	if d := diffMaps(expired, kn.afterKubeletRewrite(t, expired)); d != "" {
+	if d := diffMaps(expired, kn.afterKubeletRewrite(t, expired, duringRun)); d != "" {
 		t.Fatalf("rollback not byte-identical:\n%s", d)
 	}
 	served, err := cluster.ServedCertificate(kn.EtcdClientPort)
