@@ -128,3 +128,107 @@ func assertNoTemp(t *testing.T, dir string) {
 		}
 	}
 }
+
+// A batch changes no target until Flush; a failure at any file's fsync or
+// rename leaves the targets not yet renamed with their old bytes and no
+// temporary file; Discard removes what an unflushed batch prepared.
+func TestBatchAllOrOldAndNoTemps(t *testing.T) {
+	for _, step := range []string{"sync", "rename"} {
+		t.Run(step, func(t *testing.T) {
+			dir := t.TempDir()
+			names := []string{"a.crt", "b.crt", "c.crt"}
+			for _, n := range names {
+				os.WriteFile(filepath.Join(dir, n), []byte("old "+n), 0o644)
+			}
+			boom := errors.New("injected")
+			seen := 0
+			Syncer = func(s, _ string) error {
+				if s == step {
+					if seen++; seen == 2 {
+						return boom
+					}
+				}
+				return nil
+			}
+			defer func() { Syncer = nil }()
+			b := On(nil).Batch()
+			for _, n := range names {
+				if err := b.WriteFile(filepath.Join(dir, n), []byte("new "+n), Options{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, n := range names {
+				if got, _ := os.ReadFile(filepath.Join(dir, n)); string(got) != "old "+n {
+					t.Fatalf("%s changed before Flush: %q", n, got)
+				}
+			}
+			if err := b.Flush(); !errors.Is(err, boom) {
+				t.Fatalf("Flush: %v, want the injected error", err)
+			}
+			for i, n := range names {
+				got, _ := os.ReadFile(filepath.Join(dir, n))
+				want := "old " + n
+				if step == "rename" && i == 0 {
+					want = "new " + n // renamed before the failing one
+				}
+				if string(got) != want {
+					t.Errorf("%s = %q after a failed %s, want %q", n, got, step, want)
+				}
+			}
+			assertNoTemp(t, dir)
+		})
+	}
+	t.Run("discard", func(t *testing.T) {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "kubelet.conf")
+		os.WriteFile(p, []byte("old"), 0o600)
+		b := On(nil).Batch()
+		if err := b.WriteFile(p, []byte("new"), Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ReplaceSymlink(filepath.Join(dir, "current.pem"), "/x.pem"); err != nil {
+			t.Fatal(err)
+		}
+		b.Discard()
+		if got, _ := os.ReadFile(p); string(got) != "old" {
+			t.Errorf("target changed by a discarded batch: %q", got)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, "current.pem")); err == nil {
+			t.Error("a discarded batch made its symlink")
+		}
+		assertNoTemp(t, dir)
+		if err := b.Flush(); err != nil {
+			t.Errorf("Flush after Discard: %v", err)
+		}
+	})
+	t.Run("order", func(t *testing.T) {
+		dir := t.TempDir()
+		b := On(nil).Batch()
+		pem := filepath.Join(dir, "kubelet-client-2026.pem")
+		link := filepath.Join(dir, "kubelet-client-current.pem")
+		var renamed []string
+		Syncer = func(s, p string) error {
+			if s == "rename" {
+				renamed = append(renamed, filepath.Base(p))
+			}
+			return nil
+		}
+		defer func() { Syncer = nil }()
+		if err := b.WriteFile(pem, []byte("pair"), Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ReplaceSymlink(link, pem); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if len(renamed) != 2 || renamed[0] != filepath.Base(pem) || renamed[1] != filepath.Base(link) {
+			t.Errorf("renames %v: the file must be in place before the link that points at it", renamed)
+		}
+		if got, _ := os.ReadFile(link); string(got) != "pair" {
+			t.Errorf("link reads %q", got)
+		}
+		assertNoTemp(t, dir)
+	})
+}
