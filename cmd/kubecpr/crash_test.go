@@ -25,6 +25,18 @@ func copyNode(t *testing.T, src string) string {
 	return dst
 }
 
+// completedRun copies template and runs on the copy the offline recovery
+// the crash and power-loss tests interrupt (`run --until kubeconfigs
+// --update-user-kubeconfigs`), to its end; it returns the copy.
+func completedRun(t *testing.T, template string) string {
+	t.Helper()
+	root := copyNode(t, template)
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+		t.Fatalf("uninterrupted run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	return root
+}
+
 func journalRecords(t *testing.T, root string) []journal.Record {
 	t.Helper()
 	cur, err := os.ReadFile(filepath.Join(root, "var/lib/kubecpr/current"))
@@ -48,10 +60,7 @@ func TestCrashAtEveryJournalRecord(t *testing.T) {
 	template := expiredNode(t)
 	original := snapshot(t, template)
 
-	clean := copyNode(t, template)
-	if r := kubecpr(t, nil, rootArgs(clean, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
-		t.Fatalf("uninterrupted run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
+	clean := completedRun(t, template)
 	total := len(journalRecords(t, clean))
 	wantIDs := identities(t, clean, false)
 	wantFiles := fileSet(snapshot(t, clean))

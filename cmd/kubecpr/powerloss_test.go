@@ -94,10 +94,7 @@ func (c powerLossCase) check(t *testing.T, view powerloss.View) string {
 
 func newPowerLossCase(t *testing.T) (string, powerLossCase) {
 	template := expiredNode(t)
-	clean := copyNode(t, template)
-	if r := kubecpr(t, nil, rootArgs(clean, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
-		t.Fatalf("uninterrupted run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
+	clean := completedRun(t, template)
 	return template, powerLossCase{
 		original:  snapshot(t, template),
 		wantIDs:   identities(t, clean, false),

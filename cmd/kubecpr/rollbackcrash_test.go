@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kubecpr/kubecpr/recovery/fsys/powerloss"
+	"github.com/kubecpr/kubecpr/recovery/journal"
 )
 
 // An operator's rollback can be killed or lose power too: rollback again
@@ -19,10 +20,7 @@ func TestCrashDuringRollback(t *testing.T) {
 	t.Parallel() // processes and trees of its own
 	template := expiredNode(t)
 	original := snapshot(t, template)
-	ran := copyNode(t, template)
-	if r := kubecpr(t, nil, rootArgs(ran, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
-		t.Fatalf("run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
+	ran := completedRun(t, template)
 	before := len(journalRecords(t, ran))
 	probe := copyNode(t, ran)
 	if r := kubecpr(t, nil, rootArgs(probe, "rollback")...); r.code != 0 {
@@ -56,25 +54,19 @@ func TestCrashDuringRollback(t *testing.T) {
 	}
 }
 
-// countRecords is how many records the current run's journal at root has
-// beyond the first n (all runs' journals, for a run closed by rollback).
+// countRecords is how many records the one run journal at root has beyond
+// the first n (the run is closed by its rollback, so not "current").
 func countRecords(t *testing.T, root string, n int) int {
 	t.Helper()
 	journals, _ := filepath.Glob(filepath.Join(root, "var/lib/kubecpr/runs/*/journal.log"))
 	if len(journals) != 1 {
 		t.Fatalf("journals: %v", journals)
 	}
-	b, err := os.ReadFile(journals[0])
+	recs, err := journal.ReadFile(journals[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := 0
-	for _, c := range b {
-		if c == '\n' {
-			lines++
-		}
-	}
-	return lines - n
+	return len(recs) - n
 }
 
 // A power cut during rollback: the rollback runs through the power-loss
@@ -83,10 +75,7 @@ func countRecords(t *testing.T, root string, n int) int {
 func TestPowerLossDuringRollback(t *testing.T) {
 	template := expiredNode(t)
 	original := snapshot(t, template)
-	ran := copyNode(t, template)
-	if r := kubecpr(t, nil, rootArgs(ran, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
-		t.Fatalf("run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
+	ran := completedRun(t, template)
 	root := copyNode(t, ran)
 	pl, err := powerloss.New(root)
 	if err != nil {
