@@ -47,6 +47,7 @@ func currentRun(t *testing.T, root string) string {
 // TestResumeUsesTheRunsOptions: a run killed half-way is resumed with no
 // options and does what the interrupted run would have done.
 func TestResumeUsesTheRunsOptions(t *testing.T) {
+	t.Parallel()
 	root := expiredNode(t)
 	args := rootArgs(root, "run", "--until", "kubeconfigs", "--validity", "48h", "--update-user-kubeconfigs")
 	r := kubecpr(t, []string{"KUBECPR_CRASH_AFTER_RECORD=8"}, args...)
@@ -92,6 +93,7 @@ func TestResumeUsesTheRunsOptions(t *testing.T) {
 // last records is not rolled back "successfully" while the node stays
 // renewed; backup restore is the documented way out.
 func TestLostJournalIsNotTrusted(t *testing.T) {
+	t.Parallel()
 	t.Run("deleted", func(t *testing.T) {
 		root := expiredNode(t)
 		before := snapshot(t, root)
@@ -147,6 +149,7 @@ func TestLostJournalIsNotTrusted(t *testing.T) {
 // authenticating with a token is not a certificate: listed as such, never
 // renewed, never an error.
 func TestTokenUserLeftAlone(t *testing.T) {
+	t.Parallel()
 	root := expiredNode(t)
 	admin, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/admin.conf"))
 	if err != nil {
@@ -184,6 +187,7 @@ func TestTokenUserLeftAlone(t *testing.T) {
 // TestSkippedIsNotDone: on a copy, the live stages are shown and journaled
 // as skipped, and the end says what is left to do on the live node.
 func TestSkippedIsNotDone(t *testing.T) {
+	t.Parallel()
 	root := expiredNode(t)
 	r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...)
 	if r.code != 0 {
@@ -210,6 +214,7 @@ func TestSkippedIsNotDone(t *testing.T) {
 }
 
 func TestBadValidityAndClock(t *testing.T) {
+	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	for _, v := range []string{"-24h", "1s", "59m"} {
@@ -227,6 +232,7 @@ func clientcmdWrite(k *node.Kubeconfig) ([]byte, error) { return clientcmd.Write
 // TestSmallTraps: a regular file where the kubelet keeps its link, setuid
 // and setgid bits through a rollback, a broken service-account key pair.
 func TestSmallTraps(t *testing.T) {
+	t.Parallel()
 	t.Run("regular kubelet pem", func(t *testing.T) {
 		root := expiredNode(t)
 		cur := filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")
@@ -309,6 +315,7 @@ func TestSmallTraps(t *testing.T) {
 // dial it on the way out (a socket that accepts and never answers made
 // every such run wait 10 s at exit).
 func TestNoDialAtExit(t *testing.T) {
+	t.Parallel()
 	root := expiredNode(t)
 	sock := filepath.Join(t.TempDir(), "silent.sock")
 	l, err := net.Listen("unix", sock)
@@ -340,6 +347,7 @@ func TestNoDialAtExit(t *testing.T) {
 // left beside its target is removed when the run is opened again; status
 // lists every run recorded, not only the current one.
 func TestStrayTempsAndEveryRun(t *testing.T) {
+	t.Parallel()
 	root := expiredNode(t)
 	// Killed after the intent of the first certificate (apiserver).
 	r := kubecpr(t, []string{"KUBECPR_CRASH_AFTER_RECORD=11"}, rootArgs(root, "run", "--until", "kubeconfigs")...)

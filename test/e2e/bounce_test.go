@@ -132,7 +132,7 @@ func (cn *containerNode) kubecpr(t *testing.T, env []string, args ...string) res
 
 func (cn *containerNode) liveArgs(method string) []string {
 	return []string{"--cri-socket", cn.d.Socket, "--restart-method", method,
-		"--kubelet-restart-command", "touch " + cn.Path("/kubelet-restarted"), "--component-timeout", "2m"}
+		"--kubelet-restart-command", "touch " + cn.Path("/kubelet-restarted"), "--component-timeout", "5m"}
 }
 
 // assertServesNewCerts checks on the wire that the apiserver and etcd serve
@@ -343,6 +343,7 @@ func TestBounceThroughContainerd(t *testing.T) {
 // Then a new run killed at the same point, and resume: all healthy on the
 // new certificates.
 func TestBounceKilledThenRollbackOrResume(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ method, crashAt string }{
 		{"containerd", "bounce-stopped-kube-apiserver"},
 		// The manifests method killed mid-bounce, rolled back and resumed

@@ -170,7 +170,7 @@ func TestClusterRecoversQuorum(t *testing.T) {
 	if err := os.MkdirAll(driver, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	res := kubecprbin.Run(t, nil, "--root", driver, "cluster", "run", "--inventory", invFile, "--ca-from", "cp-1", "--component-timeout", "3m")
+	res := kubecprbin.Run(t, nil, "--root", driver, "cluster", "run", "--inventory", invFile, "--ca-from", "cp-1", "--component-timeout", "5m")
 	if res.Code != 0 {
 		t.Fatalf("kubecpr cluster run: exit %d\n%s%s\n%s", res.Code, res.Stdout, res.Stderr, run.Diagnostics())
 	}
@@ -356,7 +356,7 @@ func TestClusterWorkersBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := kubecprbin.Run(t, nil, "--root", driver, "cluster", "run", "--inventory", invFile, "--ca-from", cp.Name,
-		"--workers", "bootstrap", "--component-timeout", "3m")
+		"--workers", "bootstrap", "--component-timeout", "5m")
 	runEnd := time.Now()
 	lap("cluster run")
 	if res.Code != 0 {

@@ -131,7 +131,7 @@ func TestRealKubeletRecovery(t *testing.T) {
 	t.Parallel()
 	kn := startKubeletNode(t)
 	cs := kn.Client(t, "/etc/kubernetes/admin.conf")
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// the kubelet made the mirror pods: it is the real one, talking to the API
 	for _, comp := range components {
@@ -225,7 +225,7 @@ func TestRealKubeletRecovery(t *testing.T) {
 
 func (kn *kubeletNode) liveArgs(method string) []string {
 	return []string{"--cri-socket", kn.d.Socket, "--restart-method", method,
-		"--kubelet-restart-command", kn.k.RestartCommand(), "--component-timeout", "3m", "--manifest-wait", "5s"}
+		"--kubelet-restart-command", kn.k.RestartCommand(), "--component-timeout", "5m", "--manifest-wait", "5s"}
 }
 
 // assertRecovered: client-go works with the new admin.conf; the apiserver
@@ -438,7 +438,7 @@ func TestRealKubeletKilledMidBounce(t *testing.T) {
 	kn := startKubeletNode(t)
 	kn.expire(t)
 	expired := kn.ownedSnapshot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	const crashAt = "bounce-manifest-out-kube-apiserver"
 	killedRun := func() {
