@@ -47,7 +47,16 @@ unit:
 # then test/cluster: 631 s. All four at once (-p 4): 641-703 s, at load
 # ~23, where the real kubelet's timings flaked.
 test: lint deps testbin
-	@race_log=$$(mktemp); 	  echo "$(GO) test -race -count=1 $(CORE_PKGS)  (in the background, output below)"; 	  $(GO) test -race -count=1 $(CORE_PKGS) > $$race_log 2>&1 & race=$$!; 	  echo "KUBECPR_TESTBIN_DIR=... $(GO) test -count=1 -parallel 4 -timeout 30m ./test/e2e ./cmd/... ./test/..."; 	  KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -count=1 -parallel 4 -timeout 30m ./test/e2e ./cmd/... ./test/...; it=$$?; 	  wait $$race; rc=$$?; 	  echo "== race detector on the core packages:"; cat $$race_log; rm -f $$race_log; 	  if [ $$it -ne 0 ] || [ $$rc -ne 0 ]; then echo "make test: FAILED (integration exit $$it, race exit $$rc)"; exit 1; fi
+	@race_log=$$(mktemp); bindir=$$(mktemp -d); \
+	  echo "$(GO) test -race -count=1 $(CORE_PKGS)  (in the background, output below)"; \
+	  $(GO) test -race -count=1 $(CORE_PKGS) > $$race_log 2>&1 & race=$$!; \
+	  $(GO) build -tags kubecpr_crashtest -ldflags '-s -w' -o $$bindir/kubecpr ./cmd/kubecpr || exit 1; \
+	  echo "KUBECPR_TESTBIN_DIR=... KUBECPR_TEST_BINARY=... $(GO) test -count=1 -parallel 4 -timeout 30m ./test/e2e ./cmd/... ./test/..."; \
+	  KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) KUBECPR_TEST_BINARY=$$bindir/kubecpr \
+	    $(GO) test -count=1 -parallel 4 -timeout 30m ./test/e2e ./cmd/... ./test/...; it=$$?; \
+	  rm -rf $$bindir; wait $$race; rc=$$?; \
+	  echo "== race detector on the core packages:"; cat $$race_log; rm -f $$race_log; \
+	  if [ $$it -ne 0 ] || [ $$rc -ne 0 ]; then echo "make test: FAILED (integration exit $$it, race exit $$rc)"; exit 1; fi
 
 e2e: deps testbin
 	KUBECPR_TESTBIN_DIR=$$(hack/testbin/build.sh) $(GO) test -count=1 -timeout 30m -v ./test/e2e/...

@@ -116,6 +116,10 @@ func TestRunUntilKubeconfigsThenRollback(t *testing.T) {
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	idsBefore := identities(t, root, true)
+	oldPEM, err := os.Readlink(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
 	if r.code != 0 {
@@ -173,6 +177,9 @@ func TestRunUntilKubeconfigsThenRollback(t *testing.T) {
 	link, err := os.Readlink(filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem"))
 	if err != nil || link != "/var/lib/kubelet/pki/"+inventory.KubeletPEMName(now) {
 		t.Errorf("kubelet-client-current.pem -> %q (%v), want the new dated file", link, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, oldPEM)); err != nil || link == oldPEM {
+		t.Errorf("the previous pem %s: %v (the kubelet keeps its old rotations; the link must leave it)", oldPEM, err)
 	}
 
 	r = kubecpr(t, nil, rootArgs(root, "rollback")...)

@@ -107,6 +107,9 @@ func crashAt(t *testing.T, k int, template string, original map[string]string, w
 		exercised.Add(1)
 		return
 	}
+	// The crashed tree, copied before resume touches it: the state a
+	// second kill at record k leaves (cp -a keeps modes, links and times).
+	crashed := copyNode(t, root)
 	if r := kubecpr(t, nil, rootArgs(root, "resume", "--update-user-kubeconfigs")...); r.code != 0 {
 		t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -127,7 +130,7 @@ func crashAt(t *testing.T, k int, template string, original map[string]string, w
 	}
 
 	// crash → rollback → original bytes
-	root = crash()
+	root = crashed
 	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
 		t.Fatalf("rollback after crash: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}

@@ -553,6 +553,7 @@ func TestCrashWhileRecreatingKubeletPKI(t *testing.T) {
 				return root
 			}
 			root := crash()
+			crashed := copyNode(t, root) // the state a second kill at record k leaves
 			if r := kubecpr(t, nil, rootArgs(root, "resume")...); r.code != 0 {
 				t.Fatalf("resume: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 			}
@@ -568,7 +569,7 @@ func TestCrashWhileRecreatingKubeletPKI(t *testing.T) {
 			if d := cmp.Diff(original, snapshot(t, root)); d != "" {
 				t.Fatalf("rollback after resume (-original +after):\n%s", d)
 			}
-			root = crash()
+			root = crashed
 			if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
 				t.Fatalf("rollback after crash: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 			}

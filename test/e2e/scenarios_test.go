@@ -44,45 +44,11 @@ func whoami(ctx context.Context, t *testing.T, n *cluster.Node, kubelet bool, ku
 	return r.Status.UserInfo.Username, nil
 }
 
-// Seed 001: the kubelet's client certificate expired too, kubelet.conf
-// pointing at kubelet-client-current.pem. kubecpr re-issues it the way the
-// kubelet rotates (new dated file, symlink repointed), and the real
-// apiserver authenticates the kubelet as system:node:cp-1 again.
-func TestScenarioKubeletClientExpired(t *testing.T) {
-	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	n := cluster.Kubeadm(t, cluster.Options{})
-	n.KubeletBootstrapped(t)
-	oldLink, _ := os.Readlink(n.Path("/var/lib/kubelet/pki/kubelet-client-current.pem"))
-	expireAll(t, n, nil)
-
-	r := kubecpr(t, n, "check")
-	if r.code != 2 || !strings.Contains(r.stdout, "kubelet-client-current.pem") {
-		t.Fatalf("check: exit %d\n%s", r.code, r.stdout)
-	}
-	if r := kubecpr(t, n, "run"); r.code != 0 {
-		t.Fatalf("run: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	newLink, _ := os.Readlink(n.Path("/var/lib/kubelet/pki/kubelet-client-current.pem"))
-	if newLink == oldLink || !strings.HasPrefix(newLink, "/var/lib/kubelet/pki/kubelet-client-") {
-		t.Errorf("symlink %q -> %q, want a new dated file", oldLink, newLink)
-	}
-	if _, err := os.Stat(n.Path(oldLink)); err != nil {
-		t.Errorf("the old pem was removed: %v (the kubelet keeps old rotations)", err)
-	}
-	etcd := n.StartEtcd(t)
-	api := n.StartAPIServer(t)
-	defer etcd.Stop()
-	defer api.Stop()
-	if err := n.WaitReady(ctx, t, "/etc/kubernetes/admin.conf", api); err != nil {
-		t.Fatalf("%v\n%s", err, api.LogTail(20))
-	}
-	user, err := whoami(ctx, t, n, true, "")
-	if err != nil || user != "system:node:cp-1" {
-		t.Fatalf("kubelet credential: user %q, err %v", user, err)
-	}
-}
+// Seed 001 (the kubelet's client certificate expired too) is
+// TestRealKubeletRecovery: the real kubelet authenticates with the
+// re-issued credential and renews its lease; the kubelet's way of storing
+// it (a new dated file, the link repointed, the old file kept) is
+// cmd/kubecpr's TestRunUntilKubeconfigsThenRollback.
 
 // Seed 002, external CA: ca.crt without ca.key. kubecpr writes CSRs and
 // stops (exit 8) before any change; the CA, kept aside, signs them; the

@@ -4,6 +4,8 @@ package kubecprbin
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -25,21 +27,56 @@ var (
 // point named in its environment; the shipped one cannot.
 const CrashTag = "kubecpr_crashtest"
 
-// Path builds github.com/kubecpr/kubecpr/cmd/kubecpr (once) with CrashTag
-// and returns it.
+// Path returns the kubecpr binary built with CrashTag: the one named by
+// $KUBECPR_TEST_BINARY when set (`make test` builds it once for every test
+// package), else github.com/kubecpr/kubecpr/cmd/kubecpr built once per
+// test process into the user's cache directory: one file per package
+// directory (two worktrees never share one), replaced atomically, so that
+// test processes of the same tree running at once each link theirs and
+// rename it into place. (It was a new temporary directory per process,
+// never removed: 80 MB left in /tmp by every test run.)
 func Path(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
-		dir, err := os.MkdirTemp("", "kubecpr-bin-")
+		if p := os.Getenv("KUBECPR_TEST_BINARY"); p != "" {
+			if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+				binErr = fmt.Errorf("$KUBECPR_TEST_BINARY=%s: not a built binary (%v): unset it or run make test", p, err)
+				return
+			}
+			binPath = p
+			return
+		}
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			cache = os.TempDir()
+		}
+		dir := filepath.Join(cache, "kubecpr", "test-binary")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			binErr = err
+			return
+		}
+		tmp, err := os.CreateTemp(dir, ".kubecpr-*")
 		if err != nil {
 			binErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "kubecpr")
-		out, err := exec.Command("go", "build", "-tags", CrashTag, "-o", binPath, "github.com/kubecpr/kubecpr/cmd/kubecpr").CombinedOutput()
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		// -s -w: no symbol table or DWARF (pclntab stays: panics still
+		// name functions and lines); links in about half the time.
+		out, err := exec.Command("go", "build", "-tags", CrashTag, "-ldflags", "-s -w", "-o", tmp.Name(), "github.com/kubecpr/kubecpr/cmd/kubecpr").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		wd, err := os.Getwd()
+		if err != nil {
+			binErr = err
+			return
+		}
+		sum := sha256.Sum256([]byte(wd))
+		binPath = filepath.Join(dir, "kubecpr-"+hex.EncodeToString(sum[:6]))
+		binErr = os.Rename(tmp.Name(), binPath)
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
