@@ -161,11 +161,15 @@ func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[strin
 type ComponentError struct {
 	Component string
 	Err       error
+	CrashLoop string // crashLoopNote: containers started for it since kubecpr acted that exited
 	Logs      string
 }
 
 func (e *ComponentError) Error() string {
 	msg := fmt.Sprintf("%s did not come back: %v", e.Component, e.Err)
+	if e.CrashLoop != "" {
+		msg += "\n" + e.CrashLoop
+	}
 	if e.Logs != "" {
 		msg += "\nlast lines of its log:\n" + e.Logs
 	}
@@ -173,6 +177,34 @@ func (e *ComponentError) Error() string {
 }
 
 func (e *ComponentError) Unwrap() error { return e.Err }
+
+// crashLoopNote says, when containers of comp created since kubecpr acted
+// (not oldID, the one it stopped) have exited, that the component keeps
+// exiting and the kubelet restarts it with a back-off: a timeout then
+// usually means "it crashes" rather than "it is slow". The kubelet
+// removes all but the newest dead containers of a pod, so the count is a
+// lower bound. "" when none exited (or nothing is known).
+func crashLoopNote(cs []runtime.Container, comp, oldID string, since time.Time) string {
+	exited, started := 0, 0
+	var last time.Time
+	for _, c := range cs {
+		if c.Name != comp || c.ID == oldID || c.Created.Before(since) {
+			continue
+		}
+		started++
+		if !c.Running {
+			exited++
+			if c.Created.After(last) {
+				last = c.Created
+			}
+		}
+	}
+	if exited == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d of the %d %s containers started since kubecpr acted exited (the latest exited one started %s): it keeps exiting, and the kubelet restarts it with a back-off that doubles from 10 s to 5 minutes; its log below says why (on a loaded machine, kube-apiserver exits when its RBAC bootstrap takes over 30 s); a longer --component-timeout waits through the back-off",
+		exited, started, comp, last.UTC().Format("15:04:05"))
+}
 
 // Restart restarts one component and proves it healthy on the new files.
 func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy bool) (map[string]string, error) {
@@ -186,21 +218,29 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 	defer cancel()
 	facts := map[string]string{"method": live.RestartMethod}
 	oldLogs := logFiles(d.Node(), comp)
+	var rt runtime.Runtime
+	oldID := ""
 	fail := func(err error) (map[string]string, error) {
-		return nil, &ComponentError{Component: comp, Err: err, Logs: LogTailSince(d.Node(), comp, 15, oldLogs)}
+		ce := &ComponentError{Component: comp, Err: err, Logs: LogTailSince(d.Node(), comp, 15, oldLogs)}
+		if rt != nil {
+			lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if cs, err := rt.ControlPlane(lctx); err == nil {
+				ce.CrashLoop = crashLoopNote(cs, comp, oldID, start)
+			}
+			lcancel()
+		}
+		return nil, ce
 	}
 	// A manifest parked by an interrupted run goes back first.
 	if err := putBack(d, comp); err != nil {
 		return nil, err
 	}
-	var rt runtime.Runtime
 	if live.Runtime != nil {
 		var err error
 		if rt, err = live.Runtime(); err != nil {
 			return nil, err
 		}
 	}
-	oldID := ""
 	var current runtime.Container
 	if rt != nil {
 		cs, err := rt.ControlPlane(cctx)

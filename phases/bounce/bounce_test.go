@@ -281,3 +281,36 @@ func TestLeaderlessGrace(t *testing.T) {
 		t.Errorf("no answer: grace %s (%q)", g, why)
 	}
 }
+
+// A component whose new containers keep exiting is named as crash-looping
+// (with the kubelet's back-off), not as merely slow; containers from
+// before kubecpr acted, the one it stopped, and other components do not
+// count.
+func TestCrashLoopNote(t *testing.T) {
+	since := time.Date(2026, 12, 2, 4, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return since.Add(time.Duration(s) * time.Second) }
+	cs := []runtime.Container{
+		{ID: "before", Name: "kube-apiserver", Created: at(-60)},
+		{ID: "stopped", Name: "kube-apiserver", Created: at(-30)},
+		{ID: "a", Name: "kube-apiserver", Created: at(5)},
+		{ID: "b", Name: "kube-apiserver", Created: at(50)},
+		{ID: "c", Name: "kube-apiserver", Created: at(95), Running: true},
+		{ID: "e", Name: "etcd", Created: at(10)},
+	}
+	note := crashLoopNote(cs, "kube-apiserver", "stopped", since)
+	for _, want := range []string{"2 of the 3 kube-apiserver containers", "started 04:00:50", "back-off", "--component-timeout"} {
+		if !strings.Contains(note, want) {
+			t.Errorf("note lacks %q: %q", want, note)
+		}
+	}
+	if got := crashLoopNote(cs[4:5], "kube-apiserver", "stopped", since); got != "" {
+		t.Errorf("one running container is not a crash loop: %q", got)
+	}
+	if got := crashLoopNote(cs[:2], "kube-apiserver", "stopped", since); got != "" {
+		t.Errorf("containers from before kubecpr acted count: %q", got)
+	}
+	err := &ComponentError{Component: "kube-apiserver", Err: context.DeadlineExceeded, CrashLoop: note, Logs: "x"}
+	if msg := err.Error(); !strings.Contains(msg, "did not come back") || !strings.Contains(msg, "\n"+note+"\nlast lines of its log:") {
+		t.Errorf("the error does not carry the note before the log:\n%s", msg)
+	}
+}
