@@ -109,7 +109,7 @@ func restartAndWaitCrashLoop(t *testing.T, ks []*realkubelet.Kubelet) {
 //  3. `kubecpr cluster rollback` puts every node's credentials back byte for
 //     byte.
 func TestClusterRecoversQuorum(t *testing.T) {
-	t.Parallel() // its own containerd daemons, ports and trees; mostly waiting
+	parallel(t, 330*time.Second) // its own containerd daemons, ports and trees; mostly waiting
 	start := time.Now()
 	lap := func(what string) { t.Logf("%s at %s", what, time.Since(start).Round(100*time.Millisecond)) }
 	nodes := cluster.ControlPlanes(t, 3, cluster.Options{})
@@ -284,7 +284,7 @@ func quoteArgs(args []string) string {
 // file pushed to the worker is gone; the token's secret is not in
 // kubecpr's output or journals.
 func TestClusterWorkersBootstrap(t *testing.T) {
-	t.Parallel()
+	parallel(t, 200*time.Second)
 	start := time.Now()
 	lap := func(what string) { t.Logf("%s at %s", what, time.Since(start).Round(100*time.Millisecond)) }
 	cp := cluster.ControlPlanes(t, 1, cluster.Options{})[0]
