@@ -8,7 +8,6 @@ import (
 )
 
 func TestNormalizeArgs(t *testing.T) {
-	t.Parallel()
 	app := newApp()
 	for _, tc := range []struct{ in, want string }{
 		{"check", "check"},

@@ -153,7 +153,6 @@ func mount(t *testing.T, src, dst string, opts ...string) {
 
 // check names the file for each kind of bad input (and exits 2).
 func TestCheckNamesBadFiles(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(root string)

@@ -19,7 +19,6 @@ import (
 )
 
 func TestCheckExitCodes(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name     string
 		leafEnd  time.Time
@@ -61,7 +60,6 @@ func TestCheckExitCodes(t *testing.T) {
 }
 
 func TestCheckTableHasKubeadmColumns(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	r := kubecpr(t, nil, rootArgs(root, "check")...)
 	for _, col := range []string{"CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY", "EXTERNALLY MANAGED", "STATUS", "<invalid>", "expired"} {
@@ -112,7 +110,6 @@ func identities(t *testing.T, root string, includeKey bool) map[string]certIdent
 }
 
 func TestRunUntilKubeconfigsThenRollback(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	idsBefore := identities(t, root, true)
@@ -199,7 +196,6 @@ func TestRunUntilKubeconfigsThenRollback(t *testing.T) {
 }
 
 func TestDryRunChangesNothing(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	for _, args := range [][]string{{"plan"}, {"run", "--dry-run"}} {
@@ -220,7 +216,6 @@ func TestDryRunChangesNothing(t *testing.T) {
 }
 
 func TestRehearseNeverTouchesTheNode(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t, func(o *fixture.Options) {
 		// Valid today, expiring next month: the drill runs on that day.
 		o.Leaf.NotAfter, o.KubeletClient.NotAfter = now.AddDate(0, 1, 0), now.AddDate(0, 1, 0)
@@ -241,7 +236,6 @@ func TestRehearseNeverTouchesTheNode(t *testing.T) {
 }
 
 func TestStatusShowsJournal(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "certs", "--update-user-kubeconfigs")...); r.code != 0 {
 		t.Fatalf("run: %d %s", r.code, r.stderr)

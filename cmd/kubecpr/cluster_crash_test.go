@@ -19,7 +19,6 @@ import (
 // byte-identical to before. Two control planes (so a kill can land while
 // the other node's run is still going) and one worker.
 func TestClusterCrashAtEveryRecord(t *testing.T) {
-	t.Parallel()
 	template := t.TempDir()
 	invFile, roots := expiredClusterOf(t, template, 2, 1)
 	original := map[string]map[string]string{}

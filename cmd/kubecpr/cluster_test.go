@@ -160,7 +160,6 @@ func checkClusterRecovered(t *testing.T, roots map[string]string) {
 }
 
 func TestClusterRunOnCopies(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	invFile, roots := expiredCluster(t, dir)
 	driver := filepath.Join(dir, "driver")
@@ -217,7 +216,6 @@ func TestClusterRunOnCopies(t *testing.T) {
 // TestClusterBadInventory: each wrong inventory is refused before any
 // change anywhere, naming the node.
 func TestClusterBadInventory(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	invFile, roots := expiredCluster(t, dir)
 	good, err := os.ReadFile(invFile)

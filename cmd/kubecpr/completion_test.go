@@ -39,7 +39,6 @@ func shell(t *testing.T, name string, args ...string) (string, error) {
 }
 
 func TestBashCompletion(t *testing.T) {
-	t.Parallel()
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("bash is not installed")
 	}
@@ -109,7 +108,6 @@ func contains(list []string, s string) bool {
 }
 
 func TestZshCompletion(t *testing.T) {
-	t.Parallel()
 	script := completionScript(t, "zsh")
 	data, _ := os.ReadFile(script)
 	if !strings.HasPrefix(string(data), "#compdef kubecpr\n") || !strings.Contains(string(data), completionFlag) {
@@ -125,7 +123,6 @@ func TestZshCompletion(t *testing.T) {
 }
 
 func TestFishCompletion(t *testing.T) {
-	t.Parallel()
 	script := completionScript(t, "fish")
 	data, _ := os.ReadFile(script)
 	for _, cmd := range newApp().Commands {
@@ -154,7 +151,6 @@ func TestFishCompletion(t *testing.T) {
 }
 
 func TestCompletionRefusals(t *testing.T) {
-	t.Parallel()
 	for _, args := range [][]string{{"completion"}, {"completion", "powershell"}, {"completion", "bash", "zsh"}} {
 		r := kubecpr(t, nil, args...)
 		if r.code != ExitFailed || !strings.Contains(r.stderr, "bash, zsh or fish") {
@@ -164,7 +160,6 @@ func TestCompletionRefusals(t *testing.T) {
 }
 
 func TestManPage(t *testing.T) {
-	t.Parallel()
 	r := kubecpr(t, nil, "man")
 	if r.code != 0 {
 		t.Fatalf("man: exit %d\n%s", r.code, r.stderr)
@@ -196,7 +191,6 @@ func TestManPage(t *testing.T) {
 // A completion request stays last, where cli/v2 looks for it, wherever
 // normalizeArgs moves the flags before it.
 func TestCompletionArgs(t *testing.T) {
-	t.Parallel()
 	app := newApp()
 	for _, tc := range []struct{ in, want []string }{
 		{[]string{"kubecpr", "backup", "restore", "ID", completionFlag}, []string{"kubecpr", "backup", "restore", "ID", completionFlag}},

@@ -202,7 +202,6 @@ func TestShippedBinaryHasNoCrashSeam(t *testing.T) {
 // stays open with everything journaled and names the commands that go on
 // from there; resume then ends where an uninterrupted run ends.
 func TestInterruptSaysWhatToDo(t *testing.T) {
-	t.Parallel()
 	template := expiredNode(t)
 	clean := copyNode(t, template)
 	if r := kubecpr(t, nil, rootArgs(clean, "run", "--until", "kubeconfigs")...); r.code != 0 {

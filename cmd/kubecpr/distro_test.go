@@ -33,7 +33,6 @@ func layTree(t *testing.T, paths ...string) string {
 // k3s and RKE2 nodes are refused by every command that reads the node,
 // with the product's own command, before anything is written.
 func TestK3sAndRKE2AreRefusedWithTheirOwnCommand(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		paths []string
@@ -74,7 +73,6 @@ func TestK3sAndRKE2AreRefusedWithTheirOwnCommand(t *testing.T) {
 }
 
 func TestOpenShiftSaysWhatKubecprDoesThere(t *testing.T) {
-	t.Parallel()
 	root := layTree(t, "/etc/kubernetes/static-pod-resources/kube-apiserver-pod-3/kube-apiserver-pod.yaml",
 		"/etc/kubernetes/kubeconfig", "/var/lib/kubelet/kubeconfig")
 	r := kubecpr(t, nil, rootArgs(root, "check")...)

@@ -88,7 +88,6 @@ func copyPath(t *testing.T, src, dst string) {
 // path by path, and every line's checksum recomputed. The journal
 // installed is in the old shape.
 func TestJournalOfThePreviousVersion(t *testing.T) {
-	t.Parallel()
 	fixture, err := os.ReadFile(filepath.Join(fuzzseed.ModuleTestdata(t), "journal-v1", "interrupted-resume.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -96,7 +96,6 @@ func (x exported) checkChain(t *testing.T, caFile string) {
 }
 
 func TestKubeconfigExport(t *testing.T) {
-	t.Parallel()
 	root := freshNode(t)
 	out := filepath.Join(t.TempDir(), "bmctl-workspace", "c1", "c1-kubeconfig")
 	start := time.Now()
@@ -173,7 +172,6 @@ func TestKubeconfigExport(t *testing.T) {
 // server, CA) and what to do with the admin cluster's secret, and holds
 // nothing of the key or the kubeconfig; the text goes to stderr.
 func TestKubeconfigExportDocument(t *testing.T) {
-	t.Parallel()
 	root := freshNode(t)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "bmctl-workspace", "c1", "c1-kubeconfig")
@@ -222,7 +220,6 @@ func TestKubeconfigExportDocument(t *testing.T) {
 }
 
 func TestKubeconfigExportRefusals(t *testing.T) {
-	t.Parallel()
 	root := freshNode(t)
 	dir := t.TempDir()
 	for _, tc := range []struct {

@@ -22,7 +22,6 @@ import (
 // brings a new one; a run on a copy renews everything else, leaves the pem
 // to the kubelet (kubecpr never writes it) and still completes.
 func TestKubeletServerCurrentOnKubeadm(t *testing.T) {
-	t.Parallel()
 	root := t.TempDir()
 	leaf := fixture.Window{NotBefore: now.AddDate(-1, 0, -3), NotAfter: now.AddDate(0, 0, -3)}
 	fn, err := fixture.Generate(root, fixture.Options{NodeName: "cp-1", Now: now, Keys: keys,

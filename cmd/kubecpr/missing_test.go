@@ -104,7 +104,6 @@ func certReport(rep inventory.Report, name string) *inventory.CertReport {
 // from the cluster CA in the kubelet's own layout and re-creates its
 // self-signed serving pair; rollback removes them and the directory.
 func TestDeletedKubeletPKI(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	if err := os.RemoveAll(filepath.Join(root, "var/lib/kubelet/pki")); err != nil {
 		t.Fatal(err)
@@ -269,7 +268,6 @@ func reference(t *testing.T, opts ...func(*fixture.Options)) string {
 // A missing apiserver.crt/.key (moved away, as in the blog seed) is
 // created from the cluster CA with kubeadm's profile for this node.
 func TestRunCreatesMissingAPIServerCert(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	for _, f := range []string{"apiserver.crt", "apiserver.key"} {
 		if err := os.Remove(filepath.Join(root, "etc/kubernetes/pki", f)); err != nil {
@@ -312,7 +310,6 @@ func TestRunCreatesMissingAPIServerCert(t *testing.T) {
 // Every other missing pki leaf is created with its kubeadm profile (etcd
 // server and peer name this node).
 func TestRunCreatesMissingEtcdAndClientCerts(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	gone := []string{"etcd/server", "etcd/peer", "etcd/healthcheck-client", "apiserver-etcd-client", "apiserver-kubelet-client", "front-proxy-client"}
 	for _, b := range gone {
@@ -342,7 +339,6 @@ func TestRunCreatesMissingEtcdAndClientCerts(t *testing.T) {
 // admin` writes it: usable against the API (server, CA, client
 // certificate of kubernetes-admin in kubeadm:cluster-admins).
 func TestRunCreatesMissingAdminConf(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	if err := os.Remove(filepath.Join(root, "etc/kubernetes/admin.conf")); err != nil {
 		t.Fatal(err)
@@ -439,7 +435,6 @@ func TestRunCreatesMissingAdminConf(t *testing.T) {
 // --apiserver-cert-extra-sans re-issue the API server certificate with
 // them added to what it had (the node reached at a new address).
 func TestAPIServerExtraSANs(t *testing.T) {
-	t.Parallel()
 	extra := []string{"10.20.30.40", "api.example.test"}
 	wantSANs := func(t *testing.T) sanSet {
 		// kubeadm's profile for cp-1 with those certSANs, by the fixture.
@@ -584,7 +579,6 @@ func TestCrashWhileRecreatingKubeletPKI(t *testing.T) {
 // credential is missing (not a corrupt file to restore), and run issues a
 // new one, repointing the link.
 func TestDanglingKubeletClientLink(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	link := filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")
 	target, err := os.Readlink(link)

@@ -32,7 +32,6 @@ func ocpTree(t *testing.T, o ocpfixture.Options) string {
 // its expiry, exit 2, the OpenShift message is given exactly once, and
 // nothing is written.
 func TestOpenShiftCheckAndDiagnoseListTheNode(t *testing.T) {
-	t.Parallel()
 	root := ocpTree(t, ocpfixture.Options{Master: true, NodeName: "master-0", Revision: 7, KCMRevision: 5, OtherMasters: []string{"master-1"}})
 	expired := now.AddDate(0, 0, -3).UTC().Format("Jan 02, 2006 15:04 MST")
 	rows := []string{"kubelet-client-current.pem", "kubelet-server-current.pem", "kubelet kubeconfig", "bootstrap kubeconfig",
@@ -128,7 +127,6 @@ func lineWith(out, prefix string) string {
 // An OpenShift worker (its /etc/kubernetes/kubelet.conf is a
 // KubeletConfiguration, not kubeadm's kubeconfig) is OpenShift, not kubeadm.
 func TestOpenShiftWorkerIsNotKubeadm(t *testing.T) {
-	t.Parallel()
 	root := ocpTree(t, ocpfixture.Options{NodeName: "worker-1"})
 	r := kubecpr(t, nil, rootArgs(root, "check")...)
 	if r.code != 2 || !strings.Contains(r.stderr, "this is an OpenShift 4 node") || !strings.Contains(r.stdout, "kubelet-client-current.pem") {
@@ -142,7 +140,6 @@ func TestOpenShiftWorkerIsNotKubeadm(t *testing.T) {
 // The kubeadm pipeline refuses an OpenShift node before any change, and
 // says what to run instead.
 func TestOpenShiftRefusesTheKubeadmPipeline(t *testing.T) {
-	t.Parallel()
 	root := ocpTree(t, ocpfixture.Options{Master: true})
 	for _, args := range [][]string{{"run"}, {"plan"}, {"run", "--dry-run"}} {
 		before := snapshot(t, root)
@@ -162,7 +159,6 @@ func TestOpenShiftRefusesTheKubeadmPipeline(t *testing.T) {
 // openshift-node --dry-run on a copy: the plan is the node part, nothing
 // is written; on a kubeadm node the command refuses.
 func TestOpenShiftNodePlan(t *testing.T) {
-	t.Parallel()
 	root := ocpTree(t, ocpfixture.Options{Master: true, NodeName: "master-2"})
 	before := snapshot(t, root)
 	r := kubecpr(t, nil, rootArgs(root, "openshift-node", "--dry-run")...)
@@ -194,7 +190,6 @@ func TestOpenShiftNodePlan(t *testing.T) {
 // match), restarts the kubelet, and stops in the csr stage: the API server
 // it was told to use does not answer.
 func TestOpenShiftNodeRunWithStatusResumeRollback(t *testing.T) {
-	t.Parallel()
 	root := ocpTree(t, ocpfixture.Options{Master: true, NodeName: "master-0",
 		Leaf: ocpfixture.Window{NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(1, 0, 0)}})
 	link := filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")

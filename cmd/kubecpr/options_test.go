@@ -11,7 +11,6 @@ import (
 )
 
 func TestRotateKeys(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := identities(t, root, true)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--rotate-keys", "--update-user-kubeconfigs")...); r.code != 0 {
@@ -38,7 +37,6 @@ func TestRotateKeys(t *testing.T) {
 }
 
 func TestMigrateOrganizations(t *testing.T) {
-	t.Parallel()
 	// a node laid out before kubeadm 1.29: admin.conf is O=system:masters
 	root := expiredNode(t, func(o *fixture.Options) { o.PreKubeadm129 = true })
 	if got := identities(t, root, false)["admin.conf"].Subject; got != "CN=kubernetes-admin,O=system:masters" {
@@ -61,7 +59,6 @@ func TestMigrateOrganizations(t *testing.T) {
 }
 
 func TestRenewWithinOnlyTouchesExpiring(t *testing.T) {
-	t.Parallel()
 	// leaves valid for 6 more months, the kubelet client cert for 5 days
 	root := expiredNode(t, func(o *fixture.Options) {
 		o.Leaf.NotAfter = now.AddDate(0, 6, 0)
@@ -77,7 +74,6 @@ func TestRenewWithinOnlyTouchesExpiring(t *testing.T) {
 }
 
 func TestBackupCommands(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...); r.code != 0 {
@@ -108,7 +104,6 @@ func TestBackupCommands(t *testing.T) {
 // The kubelet's current pem was written in the same second as the run's
 // clock: the rotated file gets the next free name, the old one is kept.
 func TestKubeletPEMNameCollision(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t, func(o *fixture.Options) {
 		o.KubeletClient = fixture.Window{NotBefore: now, NotAfter: now.AddDate(0, 0, 3)}
 	})
@@ -131,7 +126,6 @@ func TestKubeletPEMNameCollision(t *testing.T) {
 
 // A completed run can still be rolled back, once.
 func TestRollbackOfACompletedRun(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--update-user-kubeconfigs")...); r.code != 0 || !strings.Contains(r.stdout, "finished on this copy") {

@@ -404,7 +404,6 @@ func actionStates(as []docAction) map[string]string {
 // typed in every position: before the command, after it, after another
 // flag's value, as --output=.
 func TestOutputDocumentsOfARecovery(t *testing.T) {
-	t.Parallel()
 	for _, format := range []string{"json", "yaml"} {
 		t.Run(format, func(t *testing.T) {
 			root := expiredNode(t)
@@ -599,7 +598,6 @@ func TestOutputDocumentsOfARecovery(t *testing.T) {
 // document asked of a command that writes none, is a usage error (exit 3)
 // before anything is done, with nothing on stdout.
 func TestOutputFlagPositionsAndErrors(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "certs")...); r.code != 0 {
 		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
@@ -653,7 +651,6 @@ func TestOutputFlagPositionsAndErrors(t *testing.T) {
 // decodes strictly, in json and yaml, as docs/schema.md describes it, and
 // in json into the CheckReport type itself.
 func TestCheckOutputCompatible(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	leafEnd, caEnd := now.AddDate(0, 0, -3), now.AddDate(8, 0, 0)
 	for _, format := range []string{"json", "yaml"} {
@@ -784,7 +781,6 @@ func TestRecoveryServerStatusDocument(t *testing.T) {
 // document is the journal cluster status reads afterwards, and nothing but
 // the document is on stdout.
 func TestOutputDocumentsOfAClusterRun(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	invFile, roots := expiredClusterOf(t, dir, 1, 1)
 	driver := filepath.Join(dir, "driver")

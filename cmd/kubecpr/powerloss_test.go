@@ -109,7 +109,6 @@ func newPowerLossCase(t *testing.T) (string, powerLossCase) {
 // must succeed on it. Every change the run makes goes through the run's
 // filesystem (the model and the disk agree at the end).
 func TestPowerLossAtEveryFsync(t *testing.T) {
-	t.Parallel()
 	template, c := newPowerLossCase(t)
 	root := copyNode(t, template)
 	pl := recordRun(t, root, nil)
@@ -138,7 +137,6 @@ func TestPowerLossAtEveryFsync(t *testing.T) {
 // demands that some power-loss state then breaks resume or rollback. A
 // site whose removal breaks nothing is an fsync the run does not need.
 func TestEveryFsyncIsNeeded(t *testing.T) {
-	t.Parallel()
 	if testing.Short() {
 		t.Skip("one recorded run and up to every state per fsync site")
 	}
@@ -172,7 +170,6 @@ func TestEveryFsyncIsNeeded(t *testing.T) {
 // journal is fsynced a bounded number of times — not once per action —
 // and a key that a renewal keeps is neither rewritten nor journaled.
 func TestRunSyncsByStageNotByFile(t *testing.T) {
-	t.Parallel()
 	template := expiredNode(t)
 	root := copyNode(t, template)
 	keyBefore, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/pki/apiserver.key"))

@@ -73,7 +73,6 @@ func countRecords(t *testing.T, root string, n int) int {
 // filesystem, and on every durable state it can leave, a second rollback
 // must end byte-identical.
 func TestPowerLossDuringRollback(t *testing.T) {
-	t.Parallel()
 	template := expiredNode(t)
 	original := snapshot(t, template)
 	ran := completedRun(t, template)

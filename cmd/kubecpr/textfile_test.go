@@ -19,7 +19,6 @@ import (
 const textfileDir = "/var/lib/node_exporter/textfile_collector"
 
 func TestCheckTextfile(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	dir := filepath.Join(root, textfileDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -91,7 +90,6 @@ func TestCheckTextfile(t *testing.T) {
 }
 
 func TestCheckTextfileRefusals(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	for _, tc := range []struct {
 		name, dir, want string

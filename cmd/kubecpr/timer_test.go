@@ -179,7 +179,6 @@ func runService(t *testing.T, root, unit string) ([]result, bool) {
 }
 
 func TestTimerInstallVerifiesAndItsServiceRuns(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	bin := kubecprBin(t)
 	r := kubecpr(t, nil, rootArgs(root, "timer", "install", "--renew-within", "720h", "--update-user-kubeconfigs", "--binary", bin)...)
@@ -270,7 +269,6 @@ func TestTimerInstallVerifiesAndItsServiceRuns(t *testing.T) {
 }
 
 func TestTimerCheckOnly(t *testing.T) {
-	t.Parallel()
 	bin := kubecprBin(t)
 	for _, tc := range []struct {
 		name    string
@@ -315,7 +313,6 @@ func TestTimerCheckOnly(t *testing.T) {
 }
 
 func TestTimerRemoveDeletesOnlyItsOwn(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	bin := kubecprBin(t)
 	dir := filepath.Join(root, unitDir)
@@ -374,7 +371,6 @@ func TestTimerRemoveDeletesOnlyItsOwn(t *testing.T) {
 }
 
 func TestTimerInstallRefuses(t *testing.T) {
-	t.Parallel()
 	bin := kubecprBin(t)
 	k3s := t.TempDir()
 	for _, d := range []string{"etc/rancher/k3s", "var/lib/rancher/k3s/server/tls"} {
@@ -419,7 +415,6 @@ func TestTimerInstallRefuses(t *testing.T) {
 }
 
 func TestTimerRenewDoesNotChaseItsTail(t *testing.T) {
-	t.Parallel()
 	// The CA expires in 20 days, the leaves in 10: renewed leaves end with
 	// the CA, still inside the window. The first renewal is due (the
 	// kubelet's self-signed kubelet.crt has no CA to end with); the next
@@ -443,7 +438,6 @@ func TestTimerRenewDoesNotChaseItsTail(t *testing.T) {
 }
 
 func TestTimerRenewLeavesAnOpenRunToAPerson(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "certs")...); r.code != 0 {
 		t.Fatalf("run --until certs: exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -472,7 +466,6 @@ func treeWithState(t *testing.T, root string) map[string]string {
 }
 
 func TestSystemdQuoteRoundTrips(t *testing.T) {
-	t.Parallel()
 	for _, s := range []string{"plain", "with space", `quo"te`, `back\slash`, "100%", "$HOME", "${X}", ";", "", "tab\there", "'single'"} {
 		line := systemdQuote("/usr/bin/kubecpr") + " " + systemdQuote(s)
 		got := splitCommandLine(t, line)
@@ -483,7 +476,6 @@ func TestSystemdQuoteRoundTrips(t *testing.T) {
 }
 
 func TestTimerUnitsCarryTheNodeSettings(t *testing.T) {
-	t.Parallel()
 	u := timerUnits{Dir: "/etc/systemd/system", Binary: "/opt/kube cpr/kubecpr", TextfileDir: "/var/lib/node_exporter/text 100%",
 		Schedule: "daily", RenewWithin: 36 * time.Hour, Globals: []string{"--config", "/etc/kubeadm/$cfg.yaml", "--state-dir", "/srv/kubecpr"}}
 	if err := u.validate(); err != nil {

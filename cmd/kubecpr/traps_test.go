@@ -15,7 +15,6 @@ import (
 // under pressure meets it, and each must now leave nothing lost.
 
 func TestRehearseSandboxKeepsWhatWasThere(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 
@@ -63,7 +62,6 @@ func TestRehearseSandboxKeepsWhatWasThere(t *testing.T) {
 }
 
 func TestFlagsAfterArguments(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	before := snapshot(t, root)
 	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
@@ -108,7 +106,6 @@ func TestFlagsAfterArguments(t *testing.T) {
 // --root they resolve inside the root, as a chroot would; a decoy at the
 // same path on the host is never read or written.
 func TestAbsoluteLinksStayInsideRoot(t *testing.T) {
-	t.Parallel()
 	root := expiredNode(t)
 	host := t.TempDir() // the "same path" on the host: a decoy
 	move := func(np, to string) {
@@ -172,7 +169,6 @@ func treeOf(t *testing.T, dir string) map[string]string { return snapshot(t, dir
 // TestSpecialFilesAsCredentials: a FIFO, a device and a huge file where a
 // certificate belongs are refused promptly, with the file named.
 func TestSpecialFilesAsCredentials(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		make func(t *testing.T, p string)

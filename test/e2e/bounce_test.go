@@ -226,7 +226,7 @@ func assertLeasesRenewed(ctx context.Context, t *testing.T, cs kubernetes.Interf
 // nothing renewed. An etcd-defrag-style DaemonSet named with
 // --restart-daemonset gets its rollout restart through the API.
 func TestBounceThroughContainerd(t *testing.T) {
-	parallel(t, 220*time.Second)
+	t.Parallel()
 	cn := startContainerNode(t)
 	const image = "registry.k8s.io/kubecpr-pod:test"
 	importImages(t, cn.d, helloImage(t, image))
@@ -357,7 +357,7 @@ func TestBounceThroughContainerd(t *testing.T) {
 // A component that does not come back stops the run, saying which, what
 // its log said, and the ways on.
 func TestContainerdNodeScenarios(t *testing.T) {
-	parallel(t, 360*time.Second)
+	t.Parallel()
 	cn := startContainerNode(t)
 	t.Run("recovery server in containerd", func(t *testing.T) {
 		r := cn.kubecpr(t, nil, "recovery-server", "start", "--cri-socket", cn.d.Socket, "--recovery-ttl", "30m")

@@ -122,7 +122,7 @@ func fileCSR(ctx context.Context, cs *kubernetes.Clientset, name, signer string,
 // kubelet's client and serving CSRs (refusing a hostile one), and leaves
 // nothing behind; the certificates work against the real apiserver.
 func TestRecoveryServerApprovesKubeletCSRs(t *testing.T) {
-	parallel(t, 125*time.Second)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	n := cluster.Kubeadm(t, cluster.Options{})
@@ -279,7 +279,7 @@ func recoveryPort(out string) string {
 // running (the kernel does not kill a separate process group), and the
 // next kubecpr command tears it down: no process, no port, no credentials.
 func TestRecoveryServerReapedAfterKill(t *testing.T) {
-	parallel(t, 60*time.Second)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	n := cluster.Kubeadm(t, cluster.Options{})

@@ -23,7 +23,7 @@ import (
 // kubeadm lists, with the same expiry to the minute, and exits 0; once the
 // leaves are re-signed into the past it exits 2 with every leaf expired.
 func TestCheckAgreesWithKubeadm(t *testing.T) {
-	parallel(t, 11*time.Second)
+	t.Parallel()
 	n := cluster.Kubeadm(t, cluster.Options{})
 	exp := kubeadmCheck(t, n)
 	r := kubecpr(t, n, "-o", "json", "check")
@@ -80,7 +80,7 @@ func TestCheckAgreesWithKubeadm(t *testing.T) {
 // and client-go works with the new admin.conf; kubeadm agrees; rollback
 // returns the expired tree byte for byte.
 func TestRecoverRealKubeadmNode(t *testing.T) {
-	parallel(t, 105*time.Second)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	n := cluster.Kubeadm(t, cluster.Options{})

@@ -128,7 +128,7 @@ func (kn *kubeletNode) expire(t *testing.T) {
 // new certificates are served on the wire. The kubelet itself is back on
 // its renewed credential: it renews its node lease again.
 func TestRealKubeletRecovery(t *testing.T) {
-	parallel(t, 280*time.Second)
+	t.Parallel()
 	kn := startKubeletNode(t)
 	cs := kn.Client(t, "/etc/kubernetes/admin.conf")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -434,7 +434,7 @@ func (kn *kubeletNode) pathsWritten(t *testing.T) map[string]bool {
 // kubelet runs etcd on the old certificate again. Then a run killed at the
 // same point, and resume: all four healthy on the new certificates.
 func TestRealKubeletKilledMidBounce(t *testing.T) {
-	parallel(t, 310*time.Second)
+	t.Parallel()
 	kn := startKubeletNode(t)
 	kn.expire(t)
 	expired := kn.ownedSnapshot(t)

@@ -134,7 +134,7 @@ var (
 // approves the bootstrapper's client CSR and the node's serving CSR and
 // refuses every hostile one with its reason.
 func TestOpenShiftNodeBootstrapperCSRs(t *testing.T) {
-	parallel(t, 85*time.Second)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	n := cluster.Kubeadm(t, cluster.Options{NodeName: "master-0"})

@@ -54,7 +54,7 @@ func whoami(ctx context.Context, t *testing.T, n *cluster.Node, kubelet bool, ku
 // stops (exit 8) before any change; the CA, kept aside, signs them; the
 // second run installs them; the real apiserver accepts the result.
 func TestScenarioExternalCA(t *testing.T) {
-	parallel(t, 90*time.Second)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	n := cluster.Kubeadm(t, cluster.Options{})
@@ -137,7 +137,7 @@ func signCSR(t *testing.T, ca *fixture.CA, csrFile string) {
 // Two control-plane nodes made by real kubeadm share CAs, each with its own
 // apiserver/etcd SANs. A certificate copied from the other node is caught.
 func TestScenarioTwoControlPlaneNodes(t *testing.T) {
-	parallel(t, 48*time.Second)
+	t.Parallel()
 	n1 := cluster.Kubeadm(t, cluster.Options{NodeName: "cp-1"})
 	n2 := cluster.KubeadmJoin(t, n1, cluster.Options{NodeName: "cp-2"})
 	a, _ := os.ReadFile(n1.Path("/etc/kubernetes/pki/ca.crt"))
@@ -170,7 +170,7 @@ func TestScenarioTwoControlPlaneNodes(t *testing.T) {
 // Staging rehearsal a month before expiry: --now moves the clock; the node
 // itself is untouched; the drill reports every stage.
 func TestScenarioRehearsalWithClockAhead(t *testing.T) {
-	parallel(t, 43*time.Second)
+	t.Parallel()
 	n := cluster.Kubeadm(t, cluster.Options{})
 	before := snapshot(t, n.Root)
 	if r := kubecpr(t, n, "check"); r.code != 0 {
