@@ -338,25 +338,75 @@ func TestBounceThroughContainerd(t *testing.T) {
 	}
 }
 
-// One control plane in containerd for three scenarios (a node costs a
-// minute of CPU to bring up): the recovery API server in containerd mode;
-// kill -9 in the middle of the bounce, then rollback, then a killed run
-// resumed; a component that does not come back.
+// kill -9 during the bounce (containerd method). Then rollback: every file
+// back, every manifest in place, the components restarted on the old files.
+// Then a new run killed at the same point, and resume: all healthy on the
+// new certificates.
+func TestBounceKilledThenRollbackOrResume(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ method, crashAt string }{
+		{"containerd", "bounce-stopped-kube-apiserver"},
+		// The manifests method killed mid-bounce, rolled back and resumed
+		// is TestRealKubeletKilledMidBounce, with the real kubelet.
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			t.Parallel()
+			cn := startContainerNode(t)
+			cn.expireAndRestart(t)
+			expired := snapshot(t, cn.Root)
+			killedRun := func() {
+				t.Helper()
+				r := kubecprbin.Run(t, []string{"KUBECPR_CRASH_AT=" + tc.crashAt}, append([]string{"--root", cn.Root, "run"}, cn.liveArgs(tc.method)...)...)
+				if !r.Killed {
+					t.Fatalf("run was not killed at %s: exit %d\n%s%s", tc.crashAt, r.Code, r.Stdout, r.Stderr)
+				}
+			}
+
+			killedRun()
+			r := cn.kubecpr(t, nil, append([]string{"rollback"}, cn.liveArgs(tc.method)...)...)
+			if r.code != 0 {
+				t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			if d := diffMaps(expired, snapshot(t, cn.Root)); d != "" {
+				t.Fatalf("rollback not byte-identical:\n%s", d)
+			}
+			for _, m := range components {
+				if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
+					t.Errorf("after rollback, manifest %s: %v", m, err)
+				}
+			}
+			// restarted on the old files: etcd serves the restored (expired) certificate
+			served, err := cluster.ServedCertificate(cn.EtcdClientPort)
+			if err != nil {
+				t.Fatal(err)
+			}
+			disk, _ := fixture.ReadCert(cn.Path("/etc/kubernetes/pki/etcd/server.crt"))
+			if served.SerialNumber.Cmp(disk.SerialNumber) != 0 || time.Now().Before(served.NotAfter) {
+				t.Errorf("after rollback etcd serves %s (until %s), disk has %s", served.SerialNumber, served.NotAfter, disk.SerialNumber)
+			}
+
+			killedRun()
+			r = cn.kubecpr(t, nil, append([]string{"resume"}, cn.liveArgs(tc.method)...)...)
+			if r.code != 0 {
+				t.Fatalf("resume: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			cn.assertServesNewCerts(t)
+		})
+	}
+}
+
+// One control plane in containerd for two scenarios (a node costs a
+// minute of CPU to bring up): the recovery API server in containerd mode,
+// then a component that does not come back.
 //
 // The recovery API server in containerd mode: the kube-apiserver image of
 // the node's manifest, host network, kubecpr's labels (not the kubelet's,
 // so the kubelet leaves it alone); usable with its kubeconfig; gone after
 // stop.
 //
-// kill -9 during the bounce (containerd method; the manifests method is
-// TestRealKubeletKilledMidBounce, with the real kubelet). Then rollback:
-// every file back, every manifest in place, the components restarted on
-// the old files. Then a new run killed at the same point, and resume: all
-// healthy on the new certificates.
-//
 // A component that does not come back stops the run, saying which, what
 // its log said, and the ways on.
-func TestContainerdNodeScenarios(t *testing.T) {
+func TestContainerdRecoveryServerAndBrokenComponent(t *testing.T) {
 	t.Parallel()
 	cn := startContainerNode(t)
 	t.Run("recovery server in containerd", func(t *testing.T) {
@@ -394,48 +444,6 @@ func TestContainerdNodeScenarios(t *testing.T) {
 		if _, err := os.Stat(kc); !os.IsNotExist(err) {
 			t.Errorf("credentials left: %v", err)
 		}
-	})
-	t.Run("killed mid-bounce, rolled back; killed again, resumed", func(t *testing.T) {
-		const crashAt = "bounce-stopped-kube-apiserver"
-		cn.expireAndRestart(t)
-		expired := snapshot(t, cn.Root)
-		killedRun := func() {
-			t.Helper()
-			r := kubecprbin.Run(t, []string{"KUBECPR_CRASH_AT=" + crashAt}, append([]string{"--root", cn.Root, "run"}, cn.liveArgs("containerd")...)...)
-			if !r.Killed {
-				t.Fatalf("run was not killed at %s: exit %d\n%s%s", crashAt, r.Code, r.Stdout, r.Stderr)
-			}
-		}
-
-		killedRun()
-		r := cn.kubecpr(t, nil, append([]string{"rollback"}, cn.liveArgs("containerd")...)...)
-		if r.code != 0 {
-			t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-		}
-		if d := diffMaps(expired, snapshot(t, cn.Root)); d != "" {
-			t.Fatalf("rollback not byte-identical:\n%s", d)
-		}
-		for _, m := range components {
-			if _, err := os.Stat(cn.Path("/etc/kubernetes/manifests/" + m + ".yaml")); err != nil {
-				t.Errorf("after rollback, manifest %s: %v", m, err)
-			}
-		}
-		// restarted on the old files: etcd serves the restored (expired) certificate
-		served, err := cluster.ServedCertificate(cn.EtcdClientPort)
-		if err != nil {
-			t.Fatal(err)
-		}
-		disk, _ := fixture.ReadCert(cn.Path("/etc/kubernetes/pki/etcd/server.crt"))
-		if served.SerialNumber.Cmp(disk.SerialNumber) != 0 || time.Now().Before(served.NotAfter) {
-			t.Errorf("after rollback etcd serves %s (until %s), disk has %s", served.SerialNumber, served.NotAfter, disk.SerialNumber)
-		}
-
-		killedRun()
-		r = cn.kubecpr(t, nil, append([]string{"resume"}, cn.liveArgs("containerd")...)...)
-		if r.code != 0 {
-			t.Fatalf("resume: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-		}
-		cn.assertServesNewCerts(t)
 	})
 	t.Run("component does not come back", func(t *testing.T) {
 		cn.expireAndRestart(t)
