@@ -45,7 +45,11 @@ unit:
 # given, and test/e2e is the longest; in package order it waited for
 # cmd/kubecpr or test/cluster (793 s in all). First, beside cmd/kubecpr
 # then test/cluster: 631 s. All four at once (-p 4): 641-703 s, at load
-# ~23, where the real kubelet's timings flaked.
+# ~23, where the real kubelet's timings flaked. The suite is CPU-bound
+# (CPU pressure 45-95% on 2 cores): more parallel tests or a longest-first
+# order measured no faster or slower (docs/performance.md). The kubecpr
+# binary the tests drive (with the crash seam) is built once here for
+# every package (KUBECPR_TEST_BINARY) and removed after.
 test: lint deps testbin
 	@race_log=$$(mktemp); bindir=$$(mktemp -d); \
 	  echo "$(GO) test -race -count=1 $(CORE_PKGS)  (in the background, output below)"; \
