@@ -302,7 +302,7 @@ func Restart(ctx context.Context, d pipeline.Data, comp string, requireHealthy b
 		}
 	}
 	if rt != nil {
-		newID, err := waitNewContainer(cctx, rt, comp, oldID)
+		newID, err := waitNewContainer(cctx, rt, comp, oldID, start)
 		if err != nil {
 			return fail(fmt.Errorf("waiting for the kubelet to start a new %s container: %w", comp, err))
 		}
@@ -457,11 +457,17 @@ func servedNote(serial string) string {
 	return ", serving certificate serial " + serial
 }
 
-func waitNewContainer(ctx context.Context, rt runtime.Runtime, comp, oldID string) (string, error) {
+// waitNewContainer waits until the kubelet has started a container of
+// comp other than oldID: a running one, or one created since kubecpr acted
+// (since) that already exited. A component that exits at once (a bad
+// flag, expired files on the way back) may never be seen running between
+// two polls; it was started all the same, and what follows says why it
+// stops (proveHealthy's timeout with crashLoopNote and its log).
+func waitNewContainer(ctx context.Context, rt runtime.Runtime, comp, oldID string, since time.Time) (string, error) {
 	for {
 		cs, err := rt.ControlPlane(ctx)
 		if err == nil {
-			if c, ok := runtime.Newest(cs, comp); ok && c.ID != oldID && c.Running {
+			if c, ok := runtime.Newest(cs, comp); ok && c.ID != oldID && (c.Running || !c.Created.Before(since)) {
 				return c.ID, nil
 			}
 		}

@@ -314,3 +314,42 @@ func TestCrashLoopNote(t *testing.T) {
 		t.Errorf("the error does not carry the note before the log:\n%s", msg)
 	}
 }
+
+// listing is a runtime whose control plane is a fixed list.
+type listing []runtime.Container
+
+func (l listing) ControlPlane(context.Context) ([]runtime.Container, error) { return l, nil }
+func (l listing) Stop(context.Context, string, time.Duration) error         { return nil }
+func (l listing) Remove(context.Context, string) error                      { return nil }
+func (l listing) Close() error                                              { return nil }
+
+// The kubelet started a new container that exited before it could be seen
+// running (a component that fails at once): it counts as started, so the
+// error that follows is about the component, not about the kubelet. The
+// stopped container, or an exited one from before kubecpr acted, does not
+// count.
+func TestWaitNewContainerCountsOneThatAlreadyExited(t *testing.T) {
+	since := time.Now()
+	old := runtime.Container{ID: "old", Name: "kube-apiserver", Created: since.Add(-time.Minute)}
+	exited := runtime.Container{ID: "new", Name: "kube-apiserver", Created: since.Add(2 * time.Second)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	id, err := waitNewContainer(ctx, listing{old, exited}, "kube-apiserver", "old", since)
+	if err != nil || id != "new" {
+		t.Fatalf("got %q, %v; want the exited new container", id, err)
+	}
+	for name, l := range map[string]listing{
+		"only the stopped one":      {old},
+		"an exited one from before": {{ID: "older", Name: "kube-apiserver", Created: since.Add(-time.Second)}},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+		if id, err := waitNewContainer(ctx, l, "kube-apiserver", "old", since); err == nil {
+			t.Errorf("%s: counted %q as the new container", name, id)
+		}
+		cancel()
+	}
+	running := runtime.Container{ID: "run", Name: "kube-apiserver", Created: since.Add(-time.Second), Running: true}
+	if id, err := waitNewContainer(ctx, listing{old, running}, "kube-apiserver", "old", since); err != nil || id != "run" {
+		t.Errorf("a running container other than the stopped one: got %q, %v", id, err)
+	}
+}
