@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kubecpr/kubecpr/recovery/cluster/transport/sshtest"
+	"github.com/kubecpr/kubecpr/test/kubecprbin"
 )
 
 // benchWorkers is the number of workers of the cluster benchmarks
@@ -60,41 +61,7 @@ func BenchmarkClusterWorkersSSH(b *testing.B) {
 // `make build` builds it (-trimpath -ldflags '-s -w', CGO_ENABLED=0): the
 // binary an operator copies to their nodes.
 func BenchmarkClusterWorkersSSHRelease(b *testing.B) {
-	benchCluster(b, true, releaseBin(b))
-}
-
-var (
-	releaseOnce sync.Once
-	releasePath string
-	releaseErr  error
-)
-
-// releaseBin builds kubecpr as the Makefile's build target does (once).
-func releaseBin(t testing.TB) string {
-	t.Helper()
-	releaseOnce.Do(func() {
-		// One fixed place, outside the clone, rebuilt each time: a temporary
-		// directory per benchmark process left a 32 MiB binary behind each.
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			cache = os.TempDir()
-		}
-		dir := filepath.Join(cache, "kubecpr", "bench-release")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			releaseErr = err
-			return
-		}
-		releasePath = filepath.Join(dir, "kubecpr")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", releasePath, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			releaseErr = errors.New("go build: " + err.Error() + "\n" + string(out))
-		}
-	})
-	if releaseErr != nil {
-		t.Fatal(releaseErr)
-	}
-	return releasePath
+	benchCluster(b, true, kubecprbin.Release(b))
 }
 
 func benchCluster(b *testing.B, overSSH bool, bin string) {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/test/kubecprbin"
 )
 
 // copyNode clones a generated node so every kill point starts from the same
@@ -160,12 +161,7 @@ func fileSet(s map[string]string) map[string]string {
 // variable names, and a run with them set completes instead of dying.
 func TestShippedBinaryHasNoCrashSeam(t *testing.T) {
 	t.Parallel() // processes and trees of its own
-	bin := filepath.Join(t.TempDir(), "kubecpr")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := kubecprbin.Release(t)
 	b, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)

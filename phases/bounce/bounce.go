@@ -202,8 +202,12 @@ func crashLoopNote(cs []runtime.Container, comp, oldID string, since time.Time) 
 	if exited == 0 {
 		return ""
 	}
-	return fmt.Sprintf("%d of the %d %s containers started since kubecpr acted exited (the latest exited one started %s): it keeps exiting, and the kubelet restarts it with a back-off that doubles from 10 s to 5 minutes; its log below says why (on a loaded machine, kube-apiserver exits when its RBAC bootstrap takes over 30 s); a longer --component-timeout waits through the back-off",
-		exited, started, comp, last.UTC().Format("15:04:05"))
+	hint := ""
+	if comp == "kube-apiserver" {
+		hint = " (on an overloaded machine kube-apiserver also exits by itself when its RBAC bootstrap takes over 30 s)"
+	}
+	return fmt.Sprintf("%d of the %d %s containers started since kubecpr restarted it exited (the latest exited one started %s UTC): it keeps exiting, and the kubelet restarts it with a back-off that doubles from 10 s to 5 minutes. Its log below says why%s; a longer --component-timeout on resume waits through the back-off",
+		exited, started, comp, last.UTC().Format("15:04:05"), hint)
 }
 
 // Restart restarts one component and proves it healthy on the new files.

@@ -298,10 +298,13 @@ func TestCrashLoopNote(t *testing.T) {
 		{ID: "e", Name: "etcd", Created: at(10)},
 	}
 	note := crashLoopNote(cs, "kube-apiserver", "stopped", since)
-	for _, want := range []string{"2 of the 3 kube-apiserver containers", "started 04:00:50", "back-off", "--component-timeout"} {
+	for _, want := range []string{"2 of the 3 kube-apiserver containers", "started 04:00:50 UTC", "back-off", "RBAC bootstrap", "--component-timeout on resume"} {
 		if !strings.Contains(note, want) {
 			t.Errorf("note lacks %q: %q", want, note)
 		}
+	}
+	if got := crashLoopNote(append(cs, runtime.Container{ID: "e2", Name: "etcd", Created: at(20)}), "etcd", "", since); !strings.Contains(got, "2 of the 2 etcd containers") || strings.Contains(got, "RBAC") {
+		t.Errorf("etcd's note: %q", got)
 	}
 	if got := crashLoopNote(cs[4:5], "kube-apiserver", "stopped", since); got != "" {
 		t.Errorf("one running container is not a crash loop: %q", got)

@@ -20,6 +20,10 @@ var (
 	once    sync.Once
 	binPath string
 	binErr  error
+
+	releaseOnce sync.Once
+	releasePath string
+	releaseErr  error
 )
 
 // CrashTag is the build tag that compiles the crash-test seam into the
@@ -29,12 +33,9 @@ const CrashTag = "kubecpr_crashtest"
 
 // Path returns the kubecpr binary built with CrashTag: the one named by
 // $KUBECPR_TEST_BINARY when set (`make test` builds it once for every test
-// package), else github.com/kubecpr/kubecpr/cmd/kubecpr built once per
-// test process into the user's cache directory: one file per package
-// directory (two worktrees never share one), replaced atomically, so that
-// test processes of the same tree running at once each link theirs and
-// rename it into place. (It was a new temporary directory per process,
-// never removed: 80 MB left in /tmp by every test run.)
+// package), else built once per test process (see build). (It was a new
+// temporary directory per process, never removed: 80 MB left in /tmp by
+// every test run.)
 func Path(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
@@ -46,42 +47,63 @@ func Path(t testing.TB) string {
 			binPath = p
 			return
 		}
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			cache = os.TempDir()
-		}
-		dir := filepath.Join(cache, "kubecpr", "test-binary")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			binErr = err
-			return
-		}
-		tmp, err := os.CreateTemp(dir, ".kubecpr-*")
-		if err != nil {
-			binErr = err
-			return
-		}
-		tmp.Close()
-		defer os.Remove(tmp.Name())
 		// -s -w: no symbol table or DWARF (pclntab stays: panics still
 		// name functions and lines); links in about half the time.
-		out, err := exec.Command("go", "build", "-tags", CrashTag, "-ldflags", "-s -w", "-o", tmp.Name(), "github.com/kubecpr/kubecpr/cmd/kubecpr").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		wd, err := os.Getwd()
-		if err != nil {
-			binErr = err
-			return
-		}
-		sum := sha256.Sum256([]byte(wd))
-		binPath = filepath.Join(dir, "kubecpr-"+hex.EncodeToString(sum[:6]))
-		binErr = os.Rename(tmp.Name(), binPath)
+		binPath, binErr = build("test-binary", nil, "-tags", CrashTag, "-ldflags", "-s -w")
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
 	return binPath
+}
+
+// Release returns kubecpr built as `make build` builds it (-trimpath
+// -ldflags '-s -w', CGO_ENABLED=0, no crash seam): the binary an operator
+// copies to their nodes. Built once per test process (see build).
+func Release(t testing.TB) string {
+	t.Helper()
+	releaseOnce.Do(func() {
+		releasePath, releaseErr = build("release", []string{"CGO_ENABLED=0"}, "-trimpath", "-ldflags", "-s -w")
+	})
+	if releaseErr != nil {
+		t.Fatal(releaseErr)
+	}
+	return releasePath
+}
+
+// build links github.com/kubecpr/kubecpr/cmd/kubecpr with flags into the
+// user's cache directory (kubecpr/<kind>/): one file per package directory
+// of the test process (two worktrees never share one), replaced
+// atomically, so that test processes of the same tree running at once
+// each link theirs and rename it into place, and nothing piles up.
+func build(kind string, env []string, flags ...string) (string, error) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "kubecpr", kind)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".kubecpr-*")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	args := append(append([]string{"build"}, flags...), "-o", tmp.Name(), "github.com/kubecpr/kubecpr/cmd/kubecpr")
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %v: %v\n%s", args, err, out)
+	}
+	sum := sha256.Sum256([]byte(wd))
+	path := filepath.Join(dir, "kubecpr-"+hex.EncodeToString(sum[:6]))
+	return path, os.Rename(tmp.Name(), path)
 }
 
 // Result of one run.
