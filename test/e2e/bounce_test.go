@@ -452,7 +452,7 @@ func TestContainerdRecoveryServerAndBrokenComponent(t *testing.T) {
 		b, _ := os.ReadFile(p)
 		os.WriteFile(p, []byte(strings.Replace(string(b), "    - --allow-privileged=true\n", "    - --allow-privileged=true\n    - --no-such-flag=1\n", 1)), 0o600)
 		args := append([]string{"run"}, cn.liveArgs("containerd")...)
-		args[len(args)-1] = "25s"
+		args[len(args)-1] = "60s" // long enough for the kubelet stand-in to start the broken container under load
 		r := cn.kubecpr(t, nil, args...)
 		if r.code != 6 {
 			t.Fatalf("exit %d, want 6\n%s\n%s", r.code, r.stdout, r.stderr)
