@@ -468,8 +468,10 @@ func servedNote(serial string) string {
 // two polls; it was started all the same, and what follows says why it
 // stops (proveHealthy's timeout with crashLoopNote and its log).
 func waitNewContainer(ctx context.Context, rt runtime.Runtime, comp, oldID string, since time.Time) (string, error) {
+	var lastErr error // the runtime's answer, when listing failed last
 	for {
 		cs, err := rt.ControlPlane(ctx)
+		lastErr = err
 		if err == nil {
 			if c, ok := runtime.Newest(cs, comp); ok && c.ID != oldID && (c.Running || !c.Created.Before(since)) {
 				return c.ID, nil
@@ -477,6 +479,9 @@ func waitNewContainer(ctx context.Context, rt runtime.Runtime, comp, oldID strin
 		}
 		select {
 		case <-ctx.Done():
+			if lastErr != nil && !errors.Is(lastErr, ctx.Err()) {
+				return "", fmt.Errorf("%w (the container runtime could not list the containers: %v)", ctx.Err(), lastErr)
+			}
 			return "", ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}

@@ -3,6 +3,7 @@ package bounce
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -354,5 +355,23 @@ func TestWaitNewContainerCountsOneThatAlreadyExited(t *testing.T) {
 	running := runtime.Container{ID: "run", Name: "kube-apiserver", Created: since.Add(-time.Second), Running: true}
 	if id, err := waitNewContainer(ctx, listing{old, running}, "kube-apiserver", "old", since); err != nil || id != "run" {
 		t.Errorf("a running container other than the stopped one: got %q, %v", id, err)
+	}
+}
+
+// failing is a runtime that cannot list its containers.
+type failing struct{ listing }
+
+func (failing) ControlPlane(context.Context) ([]runtime.Container, error) {
+	return nil, errors.New("listing containers on /run/containerd/containerd.sock: connection refused")
+}
+
+// When the runtime never answered, the timeout says why the new container
+// was not seen, not only that time ran out.
+func TestWaitNewContainerSaysTheRuntimeFailed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel()
+	_, err := waitNewContainer(ctx, failing{}, "kube-apiserver", "old", time.Now())
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "could not list the containers: listing containers on /run/containerd/containerd.sock: connection refused") {
+		t.Fatalf("err = %v", err)
 	}
 }
