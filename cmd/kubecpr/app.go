@@ -75,6 +75,7 @@ type env struct {
 	out     io.Writer // text, progress and notes (stderr when format is json or yaml)
 	data    io.Writer // the json/yaml document (stdout)
 	format  string
+	state   string // host path of the state dir (node.StateDir), set by setup
 	// updatedOptions are live options given anew to an open run: the
 	// runner journals them so that resume reuses them.
 	updatedOptions map[string]string
@@ -106,6 +107,9 @@ func setup(c *cli.Context) (*env, error) {
 	if e.node, err = node.New(c.String("root")); err != nil {
 		return nil, withCode(ExitFailed, err)
 	}
+	if err := e.resolveState(c); err != nil {
+		return nil, err
+	}
 	// k3s and RKE2 rotate their own certificates: say so, change nothing.
 	d, err := distro.Detect(e.node)
 	if err != nil {
@@ -131,7 +135,25 @@ func setup(c *cli.Context) (*env, error) {
 	return e, nil
 }
 
-func (e *env) stateDir(c *cli.Context) string { return e.node.Path(c.String("state-dir")) }
+// stateDir is the host path of --state-dir, resolved inside the root with
+// every link followed (node.StateDir) and checked by setup.
+func (e *env) stateDir(c *cli.Context) string {
+	if e.state == "" {
+		e.state = e.node.Path(c.String("state-dir"))
+	}
+	return e.state
+}
+
+// resolveState resolves and checks --state-dir before anything reads or
+// writes there: refused (exit 7) when it is unusable.
+func (e *env) resolveState(c *cli.Context) error {
+	s, err := e.node.StateDir(c.String("state-dir"))
+	if err != nil {
+		return withCode(ExitPrecondition, err)
+	}
+	e.state = s
+	return nil
+}
 
 func (e *env) inventory() (*inventory.Inventory, error) {
 	inv, err := inventory.Build(e.node, e.cluster, e.now, e.warn)

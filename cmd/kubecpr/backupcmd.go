@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -14,11 +16,7 @@ import (
 
 func backupCommand() *cli.Command {
 	dirOf := func(c *cli.Context, e *env) (string, string, error) {
-		id := c.Args().First()
-		if id == "" {
-			return "", "", withCode(ExitFailed, fmt.Errorf("give a RUN-ID (kubecpr backup list shows them)"))
-		}
-		return id, filepath.Join(e.stateDir(c), "backups", id), nil
+		return backupDirOf(c, e.stateDir(c))
 	}
 	return &cli.Command{
 		Name:  "backup",
@@ -136,3 +134,38 @@ func backupCommand() *cli.Command {
 		},
 	}
 }
+
+// backupDirOf takes the one RUN-ID argument of backup verify|restore and
+// returns it with the host path of its backup. The id is an id, never a
+// path: a name of one component that kubecpr could have made, naming a
+// directory (not a link) that exists in the state dir's backups/.
+func backupDirOf(c *cli.Context, stateDir string) (string, string, error) {
+	base := filepath.Join(stateDir, "backups")
+	switch c.Args().Len() {
+	case 0:
+		return "", "", withCode(ExitFailed, fmt.Errorf("give a RUN-ID (kubecpr backup list shows them)"))
+	case 1:
+	default:
+		return "", "", withCode(ExitFailed, fmt.Errorf("one RUN-ID, not %d arguments (%s): kubecpr backup list shows the ids",
+			c.Args().Len(), strings.Join(c.Args().Slice(), " ")))
+	}
+	id := c.Args().First()
+	if !runIDPattern.MatchString(id) || id == "." || id == ".." {
+		return "", "", withCode(ExitFailed, fmt.Errorf("%q is not a run id (ids look like 20261207T031500Z-a1b2c3, a name, not a path): "+
+			"kubecpr backup list shows the backups in %s", id, base))
+	}
+	dir := filepath.Join(base, id)
+	st, err := os.Lstat(dir)
+	switch {
+	case os.IsNotExist(err):
+		return "", "", withCode(ExitFailed, fmt.Errorf("no backup %s in %s: kubecpr backup list shows the ids there (with --root and --state-dir as given here)", id, base))
+	case err != nil:
+		return "", "", withCode(ExitFailed, fmt.Errorf("backup %s: %w", id, err))
+	case !st.IsDir():
+		return "", "", withCode(ExitPrecondition, fmt.Errorf("%s is not a directory (%s): a backup is a directory kubecpr made; check what it is", dir, st.Mode().Type()))
+	}
+	return id, dir, nil
+}
+
+// runIDPattern is what a run id can be: one path component.
+var runIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)

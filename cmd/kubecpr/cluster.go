@@ -76,6 +76,9 @@ func setupLight(c *cli.Context) (*env, error) {
 	if e.node, err = node.New(c.String("root")); err != nil {
 		return nil, withCode(ExitFailed, err)
 	}
+	if err := e.resolveState(c); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kubecpr/kubecpr/backup"
 	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 )
 
@@ -58,6 +59,8 @@ func exitCode(err error) int {
 	var space *backup.SpaceError
 	var pre *pipeline.PreconditionError
 	var ext *pipeline.ExternalCAError
+	var notOwn *journal.NotOwnLockError
+	var badState *node.StateDirError
 	switch {
 	case errors.As(err, &se):
 		return se.code
@@ -69,7 +72,7 @@ func exitCode(err error) int {
 		return ExitJournal
 	case errors.As(err, &ext):
 		return ExitExternalCA
-	case errors.As(err, &space), errors.As(err, &pre):
+	case errors.As(err, &space), errors.As(err, &pre), errors.As(err, &notOwn), errors.As(err, &badState):
 		return ExitPrecondition
 	case errors.Is(err, context.Canceled):
 		return ExitInterrupted

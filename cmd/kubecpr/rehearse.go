@@ -49,6 +49,10 @@ func rehearseCommand() *cli.Command {
 			}
 			se := *e
 			se.node = sn
+			// The rehearsal's lock, journal and backups live in the sandbox.
+			if err := se.resolveState(c); err != nil {
+				return err
+			}
 			if c.String("now") == "" {
 				inv, err := inventory.Build(sn, e.cluster, e.now, e.warn)
 				if err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,9 +45,27 @@ func AcquireOn(fsy fsys.FS, dir string, now time.Time) (*Lock, error) {
 		return nil, fmt.Errorf("state dir %s: %w", dir, err)
 	}
 	p := filepath.Join(dir, "lock")
-	f, err := fsy.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	// O_NOFOLLOW: the lock is kubecpr's own file, written (truncated, then
+	// its holder's pid) once taken. A lock that is a link, or a hard link
+	// to another file, would have that file truncated — a link to ca.key
+	// lost the key this way. Refused before anything is written.
+	f, err := fsy.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			target, _ := os.Readlink(p)
+			return nil, &NotOwnLockError{Path: p, What: "a symbolic link to " + target}
+		}
 		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	if st, err := f.Stat(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	} else if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, &NotOwnLockError{Path: p, What: "not a regular file (" + st.Mode().String() + ")"}
+	} else if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 {
+		f.Close()
+		return nil, &NotOwnLockError{Path: p, What: fmt.Sprintf("a file with %d hard links (another name shares its bytes)", sys.Nlink)}
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		defer f.Close()
@@ -63,6 +82,19 @@ func AcquireOn(fsy fsys.FS, dir string, now time.Time) (*Lock, error) {
 		_, _ = f.WriteAt([]byte(info), 0)
 	}
 	return &Lock{f: f, path: p}, nil
+}
+
+// NotOwnLockError is a lock path that is not a plain file of kubecpr's
+// own: nothing was written to it.
+type NotOwnLockError struct {
+	Path string
+	What string
+}
+
+func (e *NotOwnLockError) Error() string {
+	return fmt.Sprintf("lock %s is %s: kubecpr writes its lock file and would overwrite what it shares bytes with; "+
+		"nothing was written to it. Check what it is, remove the lock path (rm %s: the lock holds no data) and run again",
+		e.Path, e.What, e.Path)
 }
 
 func readHolder(p string) error {
