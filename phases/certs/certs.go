@@ -189,23 +189,19 @@ func expiredCA(ca *inventory.CAItem, now time.Time) error {
 
 func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) pipeline.Action {
 	o := d.Options()
-	validity := o.Validity
-	if validity == 0 {
-		validity = 365 * 24 * time.Hour
-	}
+	validity, _ := leafLifetime(d)
 	keyNote := "key kept"
 	switch {
 	case it.Kind == inventory.KindKubeletClient:
 		keyNote = "new ECDSA P-256 key, as the kubelet makes" // whatever the old one was
+	case o.RotateKeys && encryptionAlgorithm(d) != "":
+		keyNote = "new " + pki.AlgorithmDescription(encryptionAlgorithm(d)) + " key (encryptionAlgorithm)"
 	case o.RotateKeys:
 		keyNote = "new " + pki.KeyDescription(it.Cert.PublicKey) + " key"
 	}
-	until := d.Now().Add(validity).UTC()
-	if until.After(ca.Cert.NotAfter) {
-		until = ca.Cert.NotAfter.UTC()
-	}
-	summary := fmt.Sprintf("renew %s (%s): %s %s → until %s, %s", it.Name, it.Path, it.Status,
-		it.Cert.NotAfter.UTC().Format("2006-01-02"), until.Format("2006-01-02"), keyNote)
+	until, lifeNote := lifetimeNote(d, ca)
+	summary := fmt.Sprintf("renew %s (%s): %s %s → until %s, %s; %s", it.Name, it.Path, it.Status,
+		it.Cert.NotAfter.UTC().Format("2006-01-02"), until.Format("2006-01-02"), keyNote, lifeNote)
 	var extra []string
 	if it.Name == pki.LeafAPIServer && it.Kind == inventory.KindCert {
 		extra = ExtraSANs(d)
@@ -233,6 +229,8 @@ func renewAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) 
 			if key == nil || o.RotateKeys || it.Kind == inventory.KindKubeletClient || !pki.KeyMatches(old.PublicKey, key) {
 				if it.Kind == inventory.KindKubeletClient {
 					key, err = pki.NewECKey()
+				} else if a := encryptionAlgorithm(d); a != "" {
+					key, err = pki.NewKeyForAlgorithm(a)
 				} else {
 					key, err = pki.NewKeyLike(old.PublicKey)
 				}

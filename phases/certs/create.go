@@ -57,17 +57,57 @@ func ExtraSANs(d pipeline.Data) []string {
 
 // newKeyFor is the key of a created leaf: kubeadm's algorithm (the CA's
 // family), or the kubelet's ECDSA P-256 for its client certificate.
-func newKeyFor(it *inventory.Item, ca *pki.CA) (crypto.Signer, error) {
+func newKeyFor(d pipeline.Data, it *inventory.Item, ca *pki.CA) (crypto.Signer, error) {
 	if it.Kind == inventory.KindKubeletClient {
 		return pki.NewECKey()
+	}
+	if a := encryptionAlgorithm(d); a != "" {
+		return pki.NewKeyForAlgorithm(a)
 	}
 	return pki.NewLeafKey(ca.Cert.PublicKey)
 }
 
-func keyNoteFor(it *inventory.Item, ca *pki.CA) string {
+// encryptionAlgorithm is the kubeadm config's encryptionAlgorithm, or "".
+func encryptionAlgorithm(d pipeline.Data) string {
+	if c := d.Cluster(); c != nil {
+		return c.EncryptionAlgorithm
+	}
+	return ""
+}
+
+// leafLifetime is how long a renewed or new leaf lives, and where that came
+// from: --validity, the kubeadm config's certificateValidityPeriod, or
+// kubeadm's default of one year.
+func leafLifetime(d pipeline.Data) (time.Duration, string) {
+	if v := d.Options().Validity; v != 0 {
+		return v, "--validity"
+	}
+	if c := d.Cluster(); c != nil && c.CertificateValidity != 0 {
+		return c.CertificateValidity, "certificateValidityPeriod in " + c.Source["certificateValidityPeriod"]
+	}
+	return 365 * 24 * time.Hour, "kubeadm's default, 1 year"
+}
+
+// lifetimeNote says how long a leaf will live and why, including when the
+// CA's own expiry cuts it short (kubeadm caps it the same way, silently).
+func lifetimeNote(d pipeline.Data, ca *pki.CA) (time.Time, string) {
+	validity, src := leafLifetime(d)
+	until := d.Now().Add(validity).UTC()
+	note := fmt.Sprintf("lifetime %s from %s", validity, src)
+	if until.After(ca.Cert.NotAfter) {
+		until = ca.Cert.NotAfter.UTC()
+		note += fmt.Sprintf("; capped at the CA's expiry %s (the CA expires before the lifetime ends: renew the CA, see docs/expired-ca.md)",
+			until.Format(time.RFC3339))
+	}
+	return until, note
+}
+
+func keyNoteFor(d pipeline.Data, it *inventory.Item, ca *pki.CA) string {
 	switch {
 	case it.Kind == inventory.KindKubeletClient:
 		return "new ECDSA P-256 key, as the kubelet makes"
+	case encryptionAlgorithm(d) != "":
+		return "new " + pki.AlgorithmDescription(encryptionAlgorithm(d)) + " key (encryptionAlgorithm)"
 	case isECDSA(ca.Cert.PublicKey):
 		return "new ECDSA P-256 key"
 	}
@@ -83,20 +123,13 @@ func isECDSA(pub crypto.PublicKey) bool {
 // profile, signed by ca. Missing identity (no node name, no advertise
 // address...) is an error before any change.
 func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string) (pipeline.Action, error) {
-	o := d.Options()
-	validity := o.Validity
-	if validity == 0 {
-		validity = 365 * 24 * time.Hour
-	}
-	until := d.Now().Add(validity).UTC()
-	if until.After(ca.Cert.NotAfter) {
-		until = ca.Cert.NotAfter.UTC()
-	}
+	validity, _ := leafLifetime(d)
+	until, lifeNote := lifetimeNote(d, ca)
 	id := Identity(d)
 	ropts := pki.RenewOptions{Now: d.Now(), Validity: validity}
 	n := d.Node()
 	summary := func(what string) string {
-		return fmt.Sprintf("create %s (%s, missing) valid until %s: %s", it.Name, it.Path, until.Format("2006-01-02"), what)
+		return fmt.Sprintf("create %s (%s, missing) valid until %s (%s): %s", it.Name, it.Path, until.Format("2006-01-02"), lifeNote, what)
 	}
 	switch it.Kind {
 	case inventory.KindCert:
@@ -108,7 +141,7 @@ func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string)
 		if !ok {
 			return pipeline.Action{}, fmt.Errorf("%s: unexpected store %T", it.Path, it.Store)
 		}
-		what := "kubeadm profile " + describeProfile(tmpl) + ", " + keyNoteFor(it, ca)
+		what := "kubeadm profile " + describeProfile(tmpl) + ", " + keyNoteFor(d, it, ca)
 		if k := existingKey(n, store.KeyPath); k != nil {
 			what = "kubeadm profile " + describeProfile(tmpl) + ", key kept (" + store.KeyPath + ")"
 		}
@@ -123,7 +156,7 @@ func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string)
 				write := key == nil
 				if key == nil {
 					var err error
-					if key, err = newKeyFor(it, ca); err != nil {
+					if key, err = newKeyFor(d, it, ca); err != nil {
 						return nil, err
 					}
 				}
@@ -145,7 +178,7 @@ func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string)
 		tmpl := pki.KubeletClientTemplate(id.NodeName)
 		return pipeline.Action{
 			ID:      actionID(stage, it),
-			Summary: summary(fmt.Sprintf("kubelet client certificate %s [system:nodes] from the cluster CA in the kubelet's layout (dated pem, kubelet-client-current.pem linking to it), %s", tmpl.Subject.CommonName, keyNoteFor(it, ca))),
+			Summary: summary(fmt.Sprintf("kubelet client certificate %s [system:nodes] from the cluster CA in the kubelet's layout (dated pem, kubelet-client-current.pem linking to it), %s", tmpl.Subject.CommonName, keyNoteFor(d, it, ca))),
 			Paths:   renderPaths(d, it),
 			Files: func(ctx context.Context) ([]node.FileOp, error) {
 				key, err := pki.NewECKey()
@@ -174,10 +207,10 @@ func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string)
 			// is not: issue one and write it where it points.
 			return pipeline.Action{
 				ID:      actionID(stage, it),
-				Summary: fmt.Sprintf("create the client certificate %s refers to (missing) valid until %s: %s, %s", it.Path, until.Format("2006-01-02"), describeProfile(tmpl), keyNoteFor(it, ca)),
+				Summary: fmt.Sprintf("create the client certificate %s refers to (missing) valid until %s: %s, %s", it.Path, until.Format("2006-01-02"), describeProfile(tmpl), keyNoteFor(d, it, ca)),
 				Paths:   ks.Paths(),
 				Files: func(ctx context.Context) ([]node.FileOp, error) {
-					key, err := newKeyFor(it, ca)
+					key, err := newKeyFor(d, it, ca)
 					if err != nil {
 						return nil, err
 					}
@@ -218,10 +251,10 @@ func createAction(d pipeline.Data, it *inventory.Item, ca *pki.CA, stage string)
 		}
 		return pipeline.Action{
 			ID:      actionID(stage, it),
-			Summary: summary(fmt.Sprintf("kubeadm kubeconfig for %s %v, server %s, CA embedded, %s", user, tmpl.Subject.Organization, server, keyNoteFor(it, ca))),
+			Summary: summary(fmt.Sprintf("kubeadm kubeconfig for %s %v, server %s, CA embedded, %s", user, tmpl.Subject.Organization, server, keyNoteFor(d, it, ca))),
 			Paths:   []string{it.Path},
 			Files: func(ctx context.Context) ([]node.FileOp, error) {
-				key, err := newKeyFor(it, ca)
+				key, err := newKeyFor(d, it, ca)
 				if err != nil {
 					return nil, err
 				}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -33,6 +34,13 @@ type Cluster struct {
 	CertSANs             []string `json:"certSANs,omitempty"`
 	StaticPodPath        string   `json:"staticPodPath"`
 	CRISocket            string   `json:"criSocket,omitempty"`
+
+	// From a v1beta4 ClusterConfiguration: the lifetimes kubeadm gives
+	// leaves and CAs, and the key type of keys it makes. Zero or empty when
+	// no config said so (kubeadm's defaults apply: 8760h, 87600h, RSA-2048).
+	CertificateValidity   time.Duration `json:"certificateValidityPeriod,omitempty"`
+	CACertificateValidity time.Duration `json:"caCertificateValidityPeriod,omitempty"`
+	EncryptionAlgorithm   string        `json:"encryptionAlgorithm,omitempty"`
 
 	Source map[string]string `json:"source"`
 }
@@ -107,10 +115,13 @@ type kubeadmDoc struct {
 		AdvertiseAddress string `yaml:"advertiseAddress"`
 		BindPort         int    `yaml:"bindPort"`
 	} `yaml:"localAPIEndpoint"`
-	ControlPlaneEndpoint string `yaml:"controlPlaneEndpoint"`
-	KubernetesVersion    string `yaml:"kubernetesVersion"`
-	CertificatesDir      string `yaml:"certificatesDir"`
-	Networking           struct {
+	ControlPlaneEndpoint        string `yaml:"controlPlaneEndpoint"`
+	CertificateValidityPeriod   string `yaml:"certificateValidityPeriod"`
+	CACertificateValidityPeriod string `yaml:"caCertificateValidityPeriod"`
+	EncryptionAlgorithm         string `yaml:"encryptionAlgorithm"`
+	KubernetesVersion           string `yaml:"kubernetesVersion"`
+	CertificatesDir             string `yaml:"certificatesDir"`
+	Networking                  struct {
 		ServiceSubnet string `yaml:"serviceSubnet"`
 		DNSDomain     string `yaml:"dnsDomain"`
 	} `yaml:"networking"`
@@ -125,7 +136,9 @@ type kubeadmDoc struct {
 }
 
 // Discover works out the cluster configuration. configFile, when not empty,
-// is a kubeadm config on the host (not under Root) whose values win.
+// is a kubeadm config whose values win: a node path under Root, or, where
+// no such node path exists but the host path does, a host path (Source
+// "config" says which was read).
 func (n *Node) Discover(configFile string) (*Cluster, error) {
 	c := &Cluster{Source: map[string]string{}}
 	set := func(field string, dst *string, v, src string) {
@@ -136,7 +149,7 @@ func (n *Node) Discover(configFile string) (*Cluster, error) {
 	}
 
 	if configFile != "" {
-		if err := c.fromKubeadmConfig(configFile, set); err != nil {
+		if err := c.fromKubeadmConfig(n, configFile, set); err != nil {
 			return nil, err
 		}
 	}
@@ -231,10 +244,10 @@ func (n *Node) Discover(configFile string) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) fromKubeadmConfig(file string, set func(string, *string, string, string)) error {
-	data, err := os.ReadFile(file)
+func (c *Cluster) fromKubeadmConfig(n *Node, file string, set func(string, *string, string, string)) error {
+	data, err := n.readConfig(file, c)
 	if err != nil {
-		return fmt.Errorf("--config %s: %w", file, err)
+		return err
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	found := false
@@ -269,6 +282,9 @@ func (c *Cluster) fromKubeadmConfig(file string, set func(string, *string, strin
 				c.CertSANs = d.APIServer.CertSANs
 				c.Source["certSANs"] = src
 			}
+			if err := c.certificateSettings(&d, file, src); err != nil {
+				return err
+			}
 			if d.Etcd.External != nil && len(d.Etcd.External.Endpoints) > 0 {
 				c.EtcdEndpoints = d.Etcd.External.Endpoints
 				c.Source["etcdEndpoints"] = src
@@ -277,6 +293,64 @@ func (c *Cluster) fromKubeadmConfig(file string, set func(string, *string, strin
 	}
 	if !found {
 		return fmt.Errorf("--config %s: no InitConfiguration or ClusterConfiguration document in it", file)
+	}
+	return nil
+}
+
+// readConfig reads --config: the node path under Root first; a host path
+// only where the node path does not exist and the host path does.
+func (n *Node) readConfig(file string, c *Cluster) ([]byte, error) {
+	data, err := n.ReadFile(file)
+	if err == nil {
+		c.Source["config"] = file + " (node path under the root)"
+		return data, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("--config %s: %w", file, err)
+	}
+	if fi, herr := os.Stat(file); herr == nil && fi.Mode().IsRegular() && n.Root != "/" && n.Root != "" {
+		data, herr := os.ReadFile(file)
+		if herr != nil {
+			return nil, fmt.Errorf("--config %s (host path): %w", file, herr)
+		}
+		c.Source["config"] = file + " (host path: no such file under the root)"
+		return data, nil
+	}
+	return nil, fmt.Errorf("--config %s: no such file under the root %s (nor on the host): "+
+		"pass the kubeadm config's path on the node, e.g. /etc/kubernetes/kubeadm.yaml", file, n.Root)
+}
+
+// Encryption algorithms a v1beta4 ClusterConfiguration may name.
+var encryptionAlgorithms = []string{"RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"}
+
+// certificateSettings reads the v1beta4 fields that change certificates.
+// v1beta3 has none of them (kubeadm's defaults then apply).
+func (c *Cluster) certificateSettings(d *kubeadmDoc, file, src string) error {
+	for _, f := range []struct {
+		field string
+		v     string
+		dst   *time.Duration
+	}{
+		{"certificateValidityPeriod", d.CertificateValidityPeriod, &c.CertificateValidity},
+		{"caCertificateValidityPeriod", d.CACertificateValidityPeriod, &c.CACertificateValidity},
+	} {
+		if f.v == "" || *f.dst != 0 {
+			continue
+		}
+		v, err := time.ParseDuration(f.v)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("--config %s: %s %q is not a positive duration (kubeadm writes e.g. 8760h0m0s): fix the file", file, f.field, f.v)
+		}
+		*f.dst = v
+		c.Source[f.field] = src
+	}
+	if a := d.EncryptionAlgorithm; a != "" && c.EncryptionAlgorithm == "" {
+		if !contains(encryptionAlgorithms, a) {
+			return fmt.Errorf("--config %s: encryptionAlgorithm %q is not one kubeadm knows (%s): fix the file",
+				file, a, strings.Join(encryptionAlgorithms, ", "))
+		}
+		c.EncryptionAlgorithm = a
+		c.Source["encryptionAlgorithm"] = src
 	}
 	return nil
 }

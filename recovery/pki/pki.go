@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/kubecpr/kubecpr/recovery/parsecache"
@@ -404,4 +405,30 @@ func KubeletClientBundle(ca *CA, nodeName string, o RenewOptions) ([]byte, *x509
 		return nil, nil, err
 	}
 	return append(EncodeCertificate(cert), kp...), cert, nil
+}
+
+// NewKeyForAlgorithm makes a key of one of kubeadm's encryptionAlgorithm
+// values (RSA-2048, RSA-3072, RSA-4096, ECDSA-P256, ECDSA-P384).
+func NewKeyForAlgorithm(algorithm string) (crypto.Signer, error) {
+	switch algorithm {
+	case "RSA-2048":
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case "RSA-3072":
+		return rsa.GenerateKey(rand.Reader, 3072)
+	case "RSA-4096":
+		return rsa.GenerateKey(rand.Reader, 4096)
+	case "ECDSA-P256":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "ECDSA-P384":
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	}
+	return nil, fmt.Errorf("encryptionAlgorithm %q is not one kubeadm knows (RSA-2048, RSA-3072, RSA-4096, ECDSA-P256, ECDSA-P384)", algorithm)
+}
+
+// AlgorithmDescription says what NewKeyForAlgorithm makes, for plans.
+func AlgorithmDescription(algorithm string) string {
+	if a, ok := strings.CutPrefix(algorithm, "ECDSA-"); ok {
+		return "ECDSA " + a[:1] + "-" + a[1:]
+	}
+	return strings.Replace(algorithm, "-", " ", 1)
 }
