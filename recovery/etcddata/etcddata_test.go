@@ -1,6 +1,7 @@
 package etcddata_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -10,6 +11,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/kubecpr/kubecpr/recovery/etcddata"
 	"github.com/kubecpr/kubecpr/test/cluster"
@@ -50,6 +55,20 @@ func TestRealEtcd(t *testing.T) {
 	ctl("put", "a", "2")
 	ctl("put", "b", "x")
 	ctl("del", "b")
+	cm := &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm-config", Namespace: "kube-system"},
+		Data:       map[string]string{"ClusterConfiguration": clusterConfig},
+	}
+	var enc bytes.Buffer
+	if err := protobuf.NewSerializer(scheme.Scheme, scheme.Scheme).Encode(cm, &enc); err != nil {
+		t.Fatal(err)
+	}
+	put := exec.Command(filepath.Join(bin, "etcdctl"), "--endpoints="+curl, "put", etcddata.KubeadmConfigKey)
+	put.Stdin = bytes.NewReader(enc.Bytes())
+	if out, err := put.CombinedOutput(); err != nil {
+		t.Fatalf("etcdctl put kubeadm-config: %v\n%s", err, out)
+	}
 	db := filepath.Join(dir, "data", "member", "snap", "db")
 	time.Sleep(300 * time.Millisecond) // etcd's batch commit interval is 100 ms
 
@@ -95,4 +114,15 @@ func TestRealEtcd(t *testing.T) {
 	etcd.Process.Kill()
 	etcd.Wait()
 	t.Run("stopped", func(t *testing.T) { check(t, false) })
+	t.Run("kubeadm config", func(t *testing.T) {
+		got, err := etcddata.KubeadmConfig(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(clusterConfig, string(got)); diff != "" {
+			t.Errorf("KubeadmConfig (-want +got):\n%s", diff)
+		}
+	})
 }
+
+const clusterConfig = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\ncertificateValidityPeriod: 2160h0m0s\n"
