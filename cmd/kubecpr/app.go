@@ -131,6 +131,9 @@ func setup(c *cli.Context) (*env, error) {
 			return nil, withCode(ExitFailed, err)
 		}
 	}
+	if cl != nil && cl.ConfigNote() != "" {
+		fmt.Fprintf(c.App.ErrWriter, "kubecpr: note: %s\n", cl.ConfigNote())
+	}
 	e.cluster = cl
 	return e, nil
 }

@@ -21,7 +21,7 @@ import (
 
 func renewFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.DurationFlag{Name: "validity", Value: 365 * 24 * time.Hour, Usage: "lifetime of re-issued certificates (capped at the CA's own expiry)"},
+		&cli.DurationFlag{Name: "validity", Value: 365 * 24 * time.Hour, Usage: "lifetime of re-issued certificates (capped at the CA's own expiry); when not given, the kubeadm config's certificateValidityPeriod, else one year"},
 		&cli.DurationFlag{Name: "renew-within", Usage: "renew only certificates expiring within this (default 0: every leaf, as kubeadm certs renew all)"},
 		&cli.BoolFlag{Name: "rotate-keys", Usage: "make new private keys (same algorithm and size) instead of keeping them"},
 		&cli.StringFlag{Name: "csr-dir", Usage: "external CA: write CSRs and keys here; signed <name>.crt files found here are installed"},
@@ -129,13 +129,19 @@ func selectionFlags() []cli.Flag {
 }
 
 func options(c *cli.Context) pipeline.Options {
-	return pipeline.Options{
-		Validity: c.Duration("validity"), RenewWithin: c.Duration("renew-within"), RotateKeys: c.Bool("rotate-keys"),
+	o := pipeline.Options{
+		RenewWithin: c.Duration("renew-within"), RotateKeys: c.Bool("rotate-keys"),
 		CSRDir: c.String("csr-dir"), MigrateOrganizations: c.Bool("migrate-organizations"),
 		UpdateUserKubeconfigs: c.Bool("update-user-kubeconfigs"), DryRun: c.Bool("dry-run"),
 		KubeletClientBundle: c.String("kubelet-client-bundle"), KubeletBootstrapTokenFile: c.String("kubelet-bootstrap-token-file"),
 		APIServerCertExtraSANs: splitList(c.String("apiserver-cert-extra-sans")),
 	}
+	// Only an explicit --validity wins over the kubeadm config's
+	// certificateValidityPeriod; zero lets the certs stage choose.
+	if c.IsSet("validity") {
+		o.Validity = c.Duration("validity")
+	}
+	return o
 }
 
 func stageHelp() string {

@@ -76,10 +76,15 @@ func certificates(d pipeline.Data) (map[string]string, error) {
 		msg := fmt.Sprintf("%s (%s) is %s", it.Name, it.Path, it.Status)
 		switch {
 		case it.Status.Severity() >= 2:
-		case it.Status == pki.StatusExpiring && validity(o) > inv.Warn && o.RenewWithin == 0:
+		case it.Status == pki.StatusExpiring && cappedByCA(inv, it):
+			// Renewed, but its CA expires first: kubeadm caps it there too.
+			fmt.Fprintf(d.Out(), "      note: %s expires %s with its CA %q (a leaf cannot outlive its CA): renew the CA before then (docs/expired-ca.md)\n",
+				it.Path, it.Cert.NotAfter.UTC().Format(time.RFC3339), it.CAName)
+			continue
+		case it.Status == pki.StatusExpiring && validity(d) > inv.Warn && o.RenewWithin == 0:
 			// Renewed for longer than --warn, yet expiring within it: it
 			// was not renewed.
-			msg += fmt.Sprintf(" (expires %s, within --warn %s although this run issues %s)", it.Cert.NotAfter.UTC().Format(time.RFC3339), inv.Warn, validity(o))
+			msg += fmt.Sprintf(" (expires %s, within --warn %s although this run issues %s)", it.Cert.NotAfter.UTC().Format(time.RFC3339), inv.Warn, validity(d))
 		default:
 			continue
 		}
@@ -95,11 +100,27 @@ func certificates(d pipeline.Data) (map[string]string, error) {
 	return map[string]string{"certificates": strconv.Itoa(len(inv.Items)), "worst": string(inv.Worst())}, nil
 }
 
-func validity(o pipeline.Options) time.Duration {
-	if o.Validity == 0 {
-		return 365 * 24 * time.Hour
+// validity is the lifetime the certs stage issued: --validity, else the
+// kubeadm config's certificateValidityPeriod, else one year.
+func validity(d pipeline.Data) time.Duration {
+	if v := d.Options().Validity; v != 0 {
+		return v
 	}
-	return o.Validity
+	if c := d.Cluster(); c != nil && c.CertificateValidity != 0 {
+		return c.CertificateValidity
+	}
+	return 365 * 24 * time.Hour
+}
+
+// cappedByCA tells whether a leaf ends when its CA does (issued capped).
+func cappedByCA(inv *inventory.Inventory, it *inventory.Item) bool {
+	for _, c := range inv.CAs {
+		if c.Name == it.CAName && c.CA != nil && c.CA.Cert != nil && it.Cert != nil {
+			d := c.CA.Cert.NotAfter.Sub(it.Cert.NotAfter)
+			return d >= 0 && d < time.Minute
+		}
+	}
+	return false
 }
 
 // liveTimeout is LiveTimeout, or the run's --component-timeout when that

@@ -115,12 +115,13 @@ type kubeadmDoc struct {
 		AdvertiseAddress string `yaml:"advertiseAddress"`
 		BindPort         int    `yaml:"bindPort"`
 	} `yaml:"localAPIEndpoint"`
-	ControlPlaneEndpoint        string `yaml:"controlPlaneEndpoint"`
-	CertificateValidityPeriod   string `yaml:"certificateValidityPeriod"`
-	CACertificateValidityPeriod string `yaml:"caCertificateValidityPeriod"`
-	EncryptionAlgorithm         string `yaml:"encryptionAlgorithm"`
-	KubernetesVersion           string `yaml:"kubernetesVersion"`
-	CertificatesDir             string `yaml:"certificatesDir"`
+	ControlPlaneEndpoint        string          `yaml:"controlPlaneEndpoint"`
+	CertificateValidityPeriod   string          `yaml:"certificateValidityPeriod"`
+	CACertificateValidityPeriod string          `yaml:"caCertificateValidityPeriod"`
+	EncryptionAlgorithm         string          `yaml:"encryptionAlgorithm"`
+	FeatureGates                map[string]bool `yaml:"featureGates"`
+	KubernetesVersion           string          `yaml:"kubernetesVersion"`
+	CertificatesDir             string          `yaml:"certificatesDir"`
 	Networking                  struct {
 		ServiceSubnet string `yaml:"serviceSubnet"`
 		DNSDomain     string `yaml:"dnsDomain"`
@@ -140,6 +141,50 @@ type kubeadmDoc struct {
 // no such node path exists but the host path does, a host path (Source
 // "config" says which was read).
 func (n *Node) Discover(configFile string) (*Cluster, error) {
+	return n.DiscoverWith(DiscoverOptions{Config: configFile})
+}
+
+// DiscoverOptions says where Discover finds kubeadm's configuration.
+type DiscoverOptions struct {
+	// Config is --config: a node path (or a host path where only that
+	// exists). Empty: the ClusterConfiguration kubeadm keeps in etcd.
+	Config string
+	// EtcdKubeadmConfig, when set, reads the ClusterConfiguration document
+	// of the kubeadm-config ConfigMap out of an etcd member's bbolt file
+	// (a host path), offline. Nil: not read from etcd, kubeadm's defaults
+	// for the certificate settings apply.
+	EtcdKubeadmConfig func(dbHostPath string) ([]byte, error)
+}
+
+// Kubeadm's defaults for the v1beta4 certificate settings.
+const (
+	DefaultCertificateValidity   = 365 * 24 * time.Hour
+	DefaultCACertificateValidity = 10 * 365 * 24 * time.Hour
+	DefaultEncryptionAlgorithm   = "RSA-2048"
+)
+
+// CAValidity is how long a renewed CA lives: the config's
+// caCertificateValidityPeriod, else kubeadm's default of ten years.
+func (c *Cluster) CAValidity() time.Duration {
+	if c.CACertificateValidity != 0 {
+		return c.CACertificateValidity
+	}
+	return DefaultCACertificateValidity
+}
+
+// ConfigNote is a line for the output when kubeadm's configuration was read
+// from somewhere the user may not expect (a host path, etcd's data), or "".
+func (c *Cluster) ConfigNote() string {
+	if s := c.Source["config"]; s != "" && !strings.HasSuffix(s, "(node path under the root)") {
+		return "kubeadm config read from " + s
+	}
+	return ""
+}
+
+// DiscoverWith is Discover with the sources of kubeadm's configuration
+// spelled out.
+func (n *Node) DiscoverWith(o DiscoverOptions) (*Cluster, error) {
+	configFile := o.Config
 	c := &Cluster{Source: map[string]string{}}
 	set := func(field string, dst *string, v, src string) {
 		if v != "" && *dst == "" {
@@ -152,6 +197,8 @@ func (n *Node) Discover(configFile string) (*Cluster, error) {
 		if err := c.fromKubeadmConfig(n, configFile, set); err != nil {
 			return nil, err
 		}
+	} else if err := n.kubeadmConfigFromEtcd(c, o.EtcdKubeadmConfig, set); err != nil {
+		return nil, err
 	}
 
 	// The API server manifest has most of it.
@@ -226,6 +273,16 @@ func (n *Node) Discover(configFile string) (*Cluster, error) {
 		}
 	}
 
+	for field, def := range map[string]string{
+		"certificateValidityPeriod":   "8760h (1 year)",
+		"caCertificateValidityPeriod": "87600h (10 years)",
+		"encryptionAlgorithm":         DefaultEncryptionAlgorithm + " (new keys like the CA's)",
+	} {
+		if c.Source[field] == "" {
+			c.Source[field] = "kubeadm's default " + def + ": " + c.configAbsence()
+		}
+	}
+
 	var missing []string
 	for _, f := range []struct {
 		name string
@@ -249,6 +306,15 @@ func (c *Cluster) fromKubeadmConfig(n *Node, file string, set func(string, *stri
 	if err != nil {
 		return err
 	}
+	return c.parseKubeadmConfig(data, "--config "+file, file, set)
+}
+
+// parseKubeadmConfig reads kubeadm's InitConfiguration, JoinConfiguration
+// and ClusterConfiguration documents (v1beta3 and v1beta4; the fields
+// kubecpr reads are the same in both, except the v1beta4-only certificate
+// settings). what names the input in errors, from in Source.
+func (c *Cluster) parseKubeadmConfig(data []byte, what, from string, set func(string, *string, string, string)) error {
+	file := from
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	found := false
 	for {
@@ -258,7 +324,7 @@ func (c *Cluster) fromKubeadmConfig(n *Node, file string, set func(string, *stri
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("--config %s: not valid YAML: %w", file, err)
+			return fmt.Errorf("%s: not valid YAML: %w", what, err)
 		}
 		src := file + " (" + d.Kind + ")"
 		switch d.Kind {
@@ -282,7 +348,7 @@ func (c *Cluster) fromKubeadmConfig(n *Node, file string, set func(string, *stri
 				c.CertSANs = d.APIServer.CertSANs
 				c.Source["certSANs"] = src
 			}
-			if err := c.certificateSettings(&d, file, src); err != nil {
+			if err := c.certificateSettings(&d, what, src); err != nil {
 				return err
 			}
 			if d.Etcd.External != nil && len(d.Etcd.External.Endpoints) > 0 {
@@ -292,9 +358,44 @@ func (c *Cluster) fromKubeadmConfig(n *Node, file string, set func(string, *stri
 		}
 	}
 	if !found {
-		return fmt.Errorf("--config %s: no InitConfiguration or ClusterConfiguration document in it", file)
+		return fmt.Errorf("%s: no InitConfiguration or ClusterConfiguration document in it (kubeadm's config, apiVersion kubeadm.k8s.io/v1beta3 or v1beta4)", what)
 	}
 	return nil
+}
+
+// kubeadmConfigFromEtcd reads the ClusterConfiguration of the
+// kubeadm-config ConfigMap from this node's etcd member data, offline.
+// A node that is not an etcd member, or no reader, is not an error: the
+// Source then says that kubeadm's defaults apply.
+func (n *Node) kubeadmConfigFromEtcd(c *Cluster, read func(string) ([]byte, error), set func(string, *string, string, string)) error {
+	dataDir := "/var/lib/etcd"
+	if m, err := n.ReadManifest(path.Join(ManifestsDir, "etcd.yaml")); err == nil && m.Flags["data-dir"] != "" {
+		dataDir = m.Flags["data-dir"]
+	}
+	db := path.Join(dataDir, "member", "snap", "db")
+	switch {
+	case read == nil:
+		c.Source["config"] = "none (no --config; reading the kubeadm-config ConfigMap from etcd's data is not available in this build)"
+		return nil
+	case !n.Exists(db):
+		c.Source["config"] = "none (no --config, and no etcd member data at " + db + ")"
+		return nil
+	}
+	data, err := read(n.Path(db))
+	if err != nil {
+		return fmt.Errorf("the kubeadm-config ConfigMap in etcd's data %s could not be read: %w; pass the kubeadm config with --config FILE", db, err)
+	}
+	from := "kubeadm-config ConfigMap in " + db
+	c.Source["config"] = from
+	return c.parseKubeadmConfig(data, from, from, set)
+}
+
+func (c *Cluster) configAbsence() string {
+	s := c.Source["config"]
+	if s == "" || strings.HasPrefix(s, "none") {
+		return "no kubeadm config read"
+	}
+	return "not set in " + s
 }
 
 // readConfig reads --config: the node path under Root first; a host path
@@ -325,7 +426,7 @@ var encryptionAlgorithms = []string{"RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P
 
 // certificateSettings reads the v1beta4 fields that change certificates.
 // v1beta3 has none of them (kubeadm's defaults then apply).
-func (c *Cluster) certificateSettings(d *kubeadmDoc, file, src string) error {
+func (c *Cluster) certificateSettings(d *kubeadmDoc, what, src string) error {
 	for _, f := range []struct {
 		field string
 		v     string
@@ -339,18 +440,24 @@ func (c *Cluster) certificateSettings(d *kubeadmDoc, file, src string) error {
 		}
 		v, err := time.ParseDuration(f.v)
 		if err != nil || v <= 0 {
-			return fmt.Errorf("--config %s: %s %q is not a positive duration (kubeadm writes e.g. 8760h0m0s): fix the file", file, f.field, f.v)
+			return fmt.Errorf("%s: %s %q is not a positive duration (kubeadm writes e.g. 8760h0m0s): fix it", what, f.field, f.v)
 		}
 		*f.dst = v
 		c.Source[f.field] = src
 	}
 	if a := d.EncryptionAlgorithm; a != "" && c.EncryptionAlgorithm == "" {
 		if !contains(encryptionAlgorithms, a) {
-			return fmt.Errorf("--config %s: encryptionAlgorithm %q is not one kubeadm knows (%s): fix the file",
-				file, a, strings.Join(encryptionAlgorithms, ", "))
+			return fmt.Errorf("%s: encryptionAlgorithm %q is not one kubeadm knows (%s): fix it",
+				what, a, strings.Join(encryptionAlgorithms, ", "))
 		}
 		c.EncryptionAlgorithm = a
 		c.Source["encryptionAlgorithm"] = src
+	}
+	// Before encryptionAlgorithm (v1beta3, kubeadm 1.19 to 1.30) the
+	// PublicKeysECDSA feature gate made ECDSA P-256 keys.
+	if d.FeatureGates["PublicKeysECDSA"] && c.EncryptionAlgorithm == "" {
+		c.EncryptionAlgorithm = "ECDSA-P256"
+		c.Source["encryptionAlgorithm"] = src + " featureGates.PublicKeysECDSA"
 	}
 	return nil
 }
