@@ -454,11 +454,24 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		}
 	}
 	if len(cps) > 0 {
-		if f := facts[cps[0].Name]; f != nil && f.EtcdInitialCluster != "" {
-			members, err := cinv.ParseInitialCluster(f.EtcdInitialCluster)
-			if err != nil {
-				problems = append(problems, fmt.Errorf("node %s: %w", cps[0].Name, err))
-			} else if err := cinv.CrossCheck(inv, cinv.ClusterFacts{EtcdMembers: members}); err != nil {
+		var names []string
+		for _, n := range cps {
+			names = append(names, n.Name)
+		}
+		members, source, fallback, err := EtcdMembership(names, facts)
+		switch {
+		case err != nil:
+			problems = append(problems, err)
+		case len(members) > 0:
+			known := cinv.ClusterFacts{EtcdMembers: members}
+			if fallback {
+				fmt.Fprintf(d.o.Out, "note: etcd's own membership was not readable on any control plane (%s); the inventory is checked against %s instead\n",
+					etcdDBErrors(names, facts), source)
+				known.EtcdManifest = node.ManifestsDir + "/etcd.yaml (" + source + ")"
+			} else {
+				known.EtcdSource = source
+			}
+			if err := cinv.CrossCheck(inv, known); err != nil {
 				problems = append(problems, err)
 			}
 		}
@@ -812,4 +825,17 @@ func NodeStates(recs []journal.Record) (order []string, state map[string]string)
 		}
 	}
 	return order, state
+}
+
+func etcdDBErrors(cps []string, facts map[string]*Facts) string {
+	var out []string
+	for _, n := range cps {
+		if f := facts[n]; f != nil && f.EtcdDBError != "" {
+			out = append(out, n+": "+f.EtcdDBError)
+		}
+	}
+	if len(out) == 0 {
+		return "no member data"
+	}
+	return strings.Join(out, "; ")
 }

@@ -21,6 +21,8 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	cinv "github.com/kubecpr/kubecpr/recovery/cluster/inventory"
+	"github.com/kubecpr/kubecpr/recovery/etcddata"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
@@ -39,6 +41,13 @@ type Facts struct {
 	// stacked control-plane node.
 	EtcdName           string `json:"etcdName,omitempty"`
 	EtcdInitialCluster string `json:"etcdInitialCluster,omitempty"`
+	// EtcdMembership is etcd's own membership, read offline from this
+	// member's data (EtcdDB, a node path): --initial-cluster is only what a
+	// member was started with (a kubeadm init node's names itself alone).
+	// EtcdDBError says why it could not be read.
+	EtcdMembership *etcddata.Membership `json:"etcdMembership,omitempty"`
+	EtcdDB         string               `json:"etcdDB,omitempty"`
+	EtcdDBError    string               `json:"etcdDBError,omitempty"`
 	// Where this control plane serves, from its manifests (cluster
 	// verify dials them): etcd's advertised client and peer URLs, the API
 	// server's advertise address and secure port (host:port).
@@ -81,6 +90,20 @@ func ReadFacts(n *node.Node, c *node.Cluster, inv *inventory.Inventory) (*Facts,
 			f.EtcdInitialCluster = m.Flags["initial-cluster"]
 			f.EtcdClientURL = firstURL(m.Flags["advertise-client-urls"])
 			f.EtcdPeerURL = firstURL(m.Flags["initial-advertise-peer-urls"])
+			dataDir := m.Flags["data-dir"]
+			if dataDir == "" {
+				dataDir = "/var/lib/etcd"
+			}
+			f.EtcdDB = path.Join(dataDir, "member/snap/db")
+			if n.Exists(f.EtcdDB) {
+				if ms, err := etcddata.ReadMembership(n.HostPath(f.EtcdDB)); err != nil {
+					f.EtcdDBError = err.Error()
+				} else {
+					f.EtcdMembership = ms
+				}
+			} else {
+				f.EtcdDBError = f.EtcdDB + " does not exist"
+			}
 		}
 		if m, err := n.ReadManifest(path.Join(dir, "kube-apiserver.yaml")); err == nil && m.Flags["advertise-address"] != "" {
 			port := m.Flags["secure-port"]
@@ -132,4 +155,57 @@ func KubeletIdentity(ctx context.Context, n *node.Node) (string, error) {
 		return "", errors.New("the API server answered the SelfSubjectReview without a user")
 	}
 	return r.Status.UserInfo.Username, nil
+}
+
+// EtcdMembership is the membership the inventory is held against: etcd's
+// own, from the control plane whose data is the most recent (highest
+// consistent index), else the union of every control plane's
+// --initial-cluster — a fallback, said so in source. kubeadm join leaves
+// the init node's manifest naming itself alone, so no single manifest is
+// the membership.
+func EtcdMembership(cps []string, facts map[string]*Facts) (members map[string]string, source string, fallback bool, err error) {
+	var best *Facts
+	var bestNode string
+	for _, name := range cps {
+		f := facts[name]
+		if f == nil || f.EtcdMembership == nil {
+			continue
+		}
+		if best == nil || f.EtcdMembership.ConsistentIndex > best.EtcdMembership.ConsistentIndex {
+			best, bestNode = f, name
+		}
+	}
+	if best != nil {
+		members = map[string]string{}
+		for _, m := range best.EtcdMembership.Members {
+			name := m.Name
+			if name == "" {
+				// Added but never started (kubeadm join stopped half-way):
+				// it has no name yet; keyed by its id.
+				name = "(unstarted member " + m.ID + ")"
+			}
+			members[name] = strings.Join(m.PeerURLs, ",")
+		}
+		return members, bestNode + ": " + best.EtcdDB, false, nil
+	}
+	members = map[string]string{}
+	var from []string
+	for _, name := range cps {
+		f := facts[name]
+		if f == nil || f.EtcdInitialCluster == "" {
+			continue
+		}
+		ms, err := cinv.ParseInitialCluster(f.EtcdInitialCluster)
+		if err != nil {
+			return nil, "", true, fmt.Errorf("node %s: %w", name, err)
+		}
+		for k, v := range ms {
+			members[k] = v
+		}
+		from = append(from, name)
+	}
+	if len(members) == 0 {
+		return nil, "", true, nil
+	}
+	return members, "the union of --initial-cluster on " + strings.Join(from, ", "), true, nil
 }

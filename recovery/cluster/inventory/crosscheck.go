@@ -19,6 +19,10 @@ type ClusterFacts struct {
 	// EtcdManifest is the file EtcdMembers was read from, named in errors;
 	// DefaultEtcdManifest when empty.
 	EtcdManifest string
+	// EtcdSource, when set, says that EtcdMembers is etcd's own membership
+	// and where it was read ("cp-1: /var/lib/etcd/member/snap/db"); when
+	// empty, EtcdMembers came from --initial-cluster (EtcdManifest).
+	EtcdSource string
 	// NodeNames are node names seen in certificates; may be empty.
 	NodeNames []string
 }
@@ -48,6 +52,14 @@ func CrossCheck(inv *Inventory, known ClusterFacts) error {
 	return problems.join()
 }
 
+// where says where the membership was read, for messages.
+func where(known ClusterFacts) string {
+	if known.EtcdSource != "" {
+		return "etcd's own membership (" + known.EtcdSource + ")"
+	}
+	return "etcd's --initial-cluster in " + manifest(known)
+}
+
 func manifest(known ClusterFacts) string {
 	if known.EtcdManifest == "" {
 		return DefaultEtcdManifest
@@ -63,17 +75,17 @@ func checkMembers(inv *Inventory, known ClusterFacts) errs {
 		n, ok := inv.Find(name)
 		switch {
 		case !ok:
-			problems.addf("%s: etcd's --initial-cluster in %s has member %q (%s), which the inventory does not list: "+
+			problems.addf("%s: %s has member %q (%s), which the inventory does not list: "+
 				"add node %s with role control-plane, or check that the inventory is for this cluster",
-				inv.source(), manifest(known), name, peer, name)
+				inv.source(), where(known), name, peer, name)
 		case n.Role != ControlPlane:
-			problems.addf("%s: node %q is a %s in the inventory, but etcd's --initial-cluster in %s has it as a member: "+
+			problems.addf("%s: node %q is a %s in the inventory, but %s has it as a member: "+
 				"make it role control-plane (kubecpr supports stacked etcd only)",
-				inv.source(), name, n.Role, manifest(known))
+				inv.source(), name, n.Role, where(known))
 		case !addressMatches(n.Address, peer):
-			problems.addf("%s: node %q has address %s, but etcd's --initial-cluster in %s gives its peer URL as %s: "+
+			problems.addf("%s: node %q has address %s, but %s gives its peer URL as %s: "+
 				"fix the node's address (the IP its certificates and etcd use)",
-				inv.source(), name, n.Address, manifest(known), peer)
+				inv.source(), name, n.Address, where(known), peer)
 		}
 	}
 	return problems
@@ -85,10 +97,10 @@ func checkControlPlanes(inv *Inventory, known ClusterFacts) errs {
 	members := strings.Join(sortedKeys(known.EtcdMembers), ",")
 	for _, n := range inv.ControlPlanes() {
 		if _, ok := known.EtcdMembers[n.Name]; !ok {
-			problems.addf("%s: inventory names control-plane node %q but etcd's --initial-cluster in %s has members %s: "+
+			problems.addf("%s: inventory names control-plane node %q but %s has members %s: "+
 				"fix the inventory (kubecpr supports stacked etcd: one member on each control-plane node, "+
 				"named after it), or read the manifest of a node of this cluster",
-				inv.source(), n.Name, manifest(known), members)
+				inv.source(), n.Name, where(known), members)
 		}
 	}
 	return problems
