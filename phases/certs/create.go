@@ -89,7 +89,8 @@ func leafLifetime(d pipeline.Data) (time.Duration, string) {
 }
 
 // lifetimeNote says how long a leaf will live and why, including when the
-// CA's own expiry cuts it short (kubeadm caps it the same way, silently).
+// CA's own expiry cuts it short (kubeadm v1.33 does not cap: its leaf then
+// outlives the CA that vouches for it).
 func lifetimeNote(d pipeline.Data, ca *pki.CA) (time.Time, string) {
 	validity, src := leafLifetime(d)
 	until := d.Now().Add(validity).UTC()

@@ -421,7 +421,8 @@ func (n *Node) readConfig(file string, c *Cluster) ([]byte, error) {
 		"pass the kubeadm config's path on the node, e.g. /etc/kubernetes/kubeadm.yaml", file, n.Root)
 }
 
-// Encryption algorithms a v1beta4 ClusterConfiguration may name.
+// Encryption algorithms a v1beta4 ClusterConfiguration may name (kubeadm
+// v1.33 knows the first four; ECDSA-P384 is accepted for newer versions).
 var encryptionAlgorithms = []string{"RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"}
 
 // certificateSettings reads the v1beta4 fields that change certificates.
