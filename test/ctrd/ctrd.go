@@ -140,6 +140,16 @@ type Options struct {
 	// never reaches the host, and is gone with the daemon. Made before the
 	// Binds, so a Target under one needs no directory on the host.
 	Overlays []string
+	// Enter runs the daemon in namespaces that already exist (a node of a
+	// test bed made of namespaces): nsenter's namespace flags, e.g.
+	// "--target", PID, "--mount", "--net", "--uts". nsenter does not fork
+	// for these, so MountNamespace still names the daemon's. Binds and
+	// Overlays are for a namespace the daemon makes itself: not with Enter
+	// (make them in the entered one, with BindScript).
+	Enter []string
+	// Socket is the daemon's address (default Dir/c.sock); its directory
+	// is created. It must stay under 108 bytes.
+	Socket string
 }
 
 // Bind mounts Source at Target.
@@ -159,6 +169,14 @@ func Start(t testing.TB) *Daemon {
 // host's unless Options.Binds made a private one.
 func (d *Daemon) MountNamespace() string {
 	return fmt.Sprintf("/proc/%d/ns/mnt", d.Cmd.Process.Pid)
+}
+
+// BindScript is the shell StartWith runs in a new mount namespace (made
+// with `unshare --mount --propagation private`) for Options.Overlays and
+// Options.Binds: each overlay (its layers under dir), then each bind
+// (targets created), then `exec "$@"`. For namespaces made elsewhere.
+func BindScript(dir string, overlays []string, binds []Bind) (string, error) {
+	return bindScript(dir, overlays, binds)
 }
 
 // bindScript is the shell run by unshare: make each target, bind-mount,
@@ -223,6 +241,18 @@ func StartWith(t testing.TB, o Options) *Daemon {
 		State: filepath.Join(dir, "state"), ConfigPath: filepath.Join(dir, "config.toml"),
 		LogPath: filepath.Join(dir, "containerd.log"), done: make(chan struct{})}
 	t.Cleanup(func() { d.stop(t) }) // registered first, so it runs after the clients' Close
+	if o.Socket != "" {
+		if len(o.Socket) >= 100 {
+			t.Fatalf("ctrd: socket path %s is too long for a unix socket", o.Socket)
+		}
+		if err := os.MkdirAll(filepath.Dir(o.Socket), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		d.Socket = o.Socket
+	}
+	if len(o.Enter) > 0 && (len(o.Binds) > 0 || len(o.Overlays) > 0) {
+		t.Fatal("ctrd: Options.Enter with Binds or Overlays: make them in the entered namespace")
+	}
 	d.Snapshotter = chooseSnapshotter(t, dir)
 	var quoted []string
 	for _, p := range disabledPlugins {
@@ -248,6 +278,9 @@ func StartWith(t testing.TB, o Options) *Daemon {
 			t.Fatalf("ctrd: %v", err)
 		}
 		d.Cmd = exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", bin, "--config", d.ConfigPath)
+	}
+	if len(o.Enter) > 0 {
+		d.Cmd = exec.Command("nsenter", append(append(append([]string{}, o.Enter...), "--"), bin, "--config", d.ConfigPath)...)
 	}
 	d.Cmd.Env = append(os.Environ(), "PATH="+path)
 	d.Cmd.Stdout, d.Cmd.Stderr = logf, logf

@@ -57,6 +57,8 @@ import (
 // Kubelet is a supervised real kubelet.
 type Kubelet struct {
 	Node *cluster.Node
+	// Name is the node's name (Node.Name, or Supervise's name).
+	Name string
 	D    *ctrd.Daemon
 	// Port and HealthzPort are the kubelet's ports on 127.0.0.1.
 	Port, HealthzPort int
@@ -88,20 +90,7 @@ func Binds(t testing.TB, n *cluster.Node, dir string) []ctrd.Bind {
 		}
 		out = append(out, ctrd.Bind{Source: n.Path(p), Target: p})
 	}
-	// protectKernelDefaults only checks these; on this machine they differ
-	// from what the kubelet wants, and the host's must not change.
-	for _, s := range []struct{ file, val string }{
-		{"vm/overcommit_memory", "1"}, {"kernel/panic", "10"}, {"kernel/panic_on_oops", "1"},
-	} {
-		src := filepath.Join(dir, "sysctl", strings.ReplaceAll(s.file, "/", "_"))
-		if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(src, []byte(s.val+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, ctrd.Bind{Source: src, Target: "/proc/sys/" + s.file})
-	}
+	out = append(out, SysctlBinds(t, dir)...)
 	ip := NodeIP(t)
 	for _, f := range []struct{ name, body string }{
 		{"resolv.conf", "nameserver 127.0.0.1\n"},
@@ -115,6 +104,28 @@ func Binds(t testing.TB, n *cluster.Node, dir string) []ctrd.Bind {
 			t.Fatal(err)
 		}
 		out = append(out, ctrd.Bind{Source: src, Target: "/etc/" + f.name})
+	}
+	return out
+}
+
+// SysctlBinds are the three kernel settings protectKernelDefaults checks,
+// as files (under dir) bind-mounted over /proc/sys in the namespace: on
+// this machine they differ from what the kubelet wants, and the host's
+// must not change (they are not per network namespace).
+func SysctlBinds(t testing.TB, dir string) []ctrd.Bind {
+	t.Helper()
+	var out []ctrd.Bind
+	for _, s := range []struct{ file, val string }{
+		{"vm/overcommit_memory", "1"}, {"kernel/panic", "10"}, {"kernel/panic_on_oops", "1"},
+	} {
+		src := filepath.Join(dir, "sysctl", strings.ReplaceAll(s.file, "/", "_"))
+		if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(src, []byte(s.val+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ctrd.Bind{Source: src, Target: "/proc/sys/" + s.file})
 	}
 	return out
 }
@@ -233,14 +244,6 @@ func start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int, ext
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("kubelet binary missing in %s: run `make testbin`", n.Bin)
 	}
-	dir := t.TempDir()
-	k := &Kubelet{Node: n, D: d, Port: port, HealthzPort: healthz,
-		LogPath: filepath.Join(dir, "kubelet.log"), PIDFile: filepath.Join(dir, "kubelet.pid"),
-		quit: make(chan struct{}), done: make(chan struct{})}
-	logf, err := os.OpenFile(k.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
 	argv := []string{"--mount=" + d.MountNamespace(), "--", bin,
 		"--config=/var/lib/kubelet/config.yaml",
 		"--kubeconfig=/etc/kubernetes/kubelet.conf",
@@ -249,6 +252,37 @@ func start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int, ext
 		"--v=2",
 	}
 	argv = append(argv, extra...)
+	k := &Kubelet{Node: n, D: d, Port: port, HealthzPort: healthz}
+	k.supervise(t, argv)
+	return k
+}
+
+// Supervise runs `nsenter argv...` (argv: nsenter's namespace flags, "--",
+// and the kubelet's command line) as systemd runs a kubelet unit with
+// Restart=always and RestartSec=1, until the test ends: for nodes whose
+// namespaces and kubelet command line are made elsewhere (a test bed's
+// node, where the command line is kubeadm's drop-in's). Node is nil; Name
+// names it in messages. Port and HealthzPort are unknown (0): the kubelet
+// answers in its node's network namespace.
+func Supervise(t testing.TB, name string, d *ctrd.Daemon, argv []string) *Kubelet {
+	t.Helper()
+	k := &Kubelet{Name: name, D: d}
+	k.supervise(t, argv)
+	return k
+}
+
+func (k *Kubelet) supervise(t testing.TB, argv []string) {
+	t.Helper()
+	if k.Name == "" && k.Node != nil {
+		k.Name = k.Node.Name
+	}
+	dir := t.TempDir()
+	k.LogPath, k.PIDFile = filepath.Join(dir, "kubelet.log"), filepath.Join(dir, "kubelet.pid")
+	k.quit, k.done = make(chan struct{}), make(chan struct{})
+	logf, err := os.OpenFile(k.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		defer close(k.done)
 		defer logf.Close()
@@ -279,7 +313,6 @@ func start(t testing.TB, n *cluster.Node, d *ctrd.Daemon, port, healthz int, ext
 		}
 	}()
 	t.Cleanup(k.stop)
-	return k
 }
 
 // RestartCommand is a shell line that restarts the kubelet the way
