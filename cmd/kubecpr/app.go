@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/kubecpr/kubecpr/recovery/etcddata"
 	"io"
 	"os"
 	"strings"
@@ -120,7 +121,7 @@ func setup(c *cli.Context) (*env, error) {
 	if err := refuseOpenShift(c, d); err != nil {
 		return nil, err
 	}
-	cl, err := e.node.Discover(c.String("config"))
+	cl, err := e.node.DiscoverWith(node.DiscoverOptions{Config: c.String("config"), EtcdKubeadmConfig: etcddata.KubeadmConfig})
 	if err != nil {
 		var ue *node.UnknownError
 		if errors.As(err, &ue) && cl != nil && cl.PKIDir != "" {
