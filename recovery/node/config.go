@@ -365,8 +365,8 @@ func (c *Cluster) parseKubeadmConfig(data []byte, what, from string, set func(st
 
 // kubeadmConfigFromEtcd reads the ClusterConfiguration of the
 // kubeadm-config ConfigMap from this node's etcd member data, offline.
-// A node that is not an etcd member, or no reader, is not an error: the
-// Source then says that kubeadm's defaults apply.
+// A node that is not an etcd member, no reader, or data it cannot read is
+// not an error: the Source then says that kubeadm's defaults apply, and why.
 func (n *Node) kubeadmConfigFromEtcd(c *Cluster, read func(string) ([]byte, error), set func(string, *string, string, string)) error {
 	dataDir := "/var/lib/etcd"
 	if m, err := n.ReadManifest(path.Join(ManifestsDir, "etcd.yaml")); err == nil && m.Flags["data-dir"] != "" {
@@ -383,7 +383,10 @@ func (n *Node) kubeadmConfigFromEtcd(c *Cluster, read func(string) ([]byte, erro
 	}
 	data, err := read(n.Path(db))
 	if err != nil {
-		return fmt.Errorf("the kubeadm-config ConfigMap in etcd's data %s could not be read: %w; pass the kubeadm config with --config FILE", db, err)
+		// Not fatal: the recovery goes on with kubeadm's defaults, and the
+		// Source of each setting says why.
+		c.Source["config"] = fmt.Sprintf("none (the kubeadm-config ConfigMap in %s could not be read: %v; pass --config FILE if the cluster's settings differ from kubeadm's defaults)", db, err)
+		return nil
 	}
 	from := "kubeadm-config ConfigMap in " + db
 	c.Source["config"] = from
