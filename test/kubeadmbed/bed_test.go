@@ -1,10 +1,18 @@
 package kubeadmbed
 
 import (
+	"bytes"
+	"context"
+	"encoding/pem"
 	"os"
-	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func size(t *testing.T, env string, def int) int {
@@ -18,11 +26,183 @@ func size(t *testing.T, env string, def int) int {
 	return def
 }
 
-func TestBedUp(t *testing.T) {
+func load() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// TestKubeadmBed builds 3 control planes and 2 workers with unmodified
+// kubeadm init and join (addons kube-proxy and CoreDNS skipped:
+// --skip-phases=addon/kube-proxy,addon/coredns) and proves what runs:
+//   - etcd's member list (etcdctl, etcd's own client, inside cp-1) has
+//     cp-1, cp-2 and cp-3, none a learner;
+//   - the five Nodes are registered, and each node's Lease is renewed
+//     (its renewTime moves);
+//   - every joined node's kubelet got its client certificate through a
+//     CSR filed with the bootstrap token and approved by the
+//     controller-manager, and kubelet-client-current.pem is a link to the
+//     file holding exactly that certificate; cp-1's (whose first
+//     certificate kubeadm init wrote) is a link to a dated file too;
+//   - no node's resolv.conf names anything but 127.0.0.1.
+//
+// Then every certificate expires (Expire), and the cluster fails as users
+// see it: the API server does not answer with admin.conf, etcd's log
+// names the rejected peer certificates, the workers' kubelets cannot
+// authenticate.
+func TestKubeadmBed(t *testing.T) {
 	b := New(t, Options{ControlPlanes: size(t, "KUBEADMBED_CP", 3), Workers: size(t, "KUBEADMBED_WORKERS", 2)})
-	load, _ := exec.Command("uptime").Output()
-	t.Logf("bed up in %s (%s)", b.Up, load)
+	t.Logf("bed up in %s (load %s)", b.Up.Round(100*time.Millisecond), load())
 	for _, p := range b.Phases {
-		t.Logf("  %s: %s", p.Name, p.Took)
+		t.Logf("  %s: %s", p.Name, p.Took.Round(100*time.Millisecond))
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	for _, n := range b.Nodes {
+		out, err := n.Run(ctx, "cat", "/etc/resolv.conf")
+		if err != nil || strings.TrimSpace(out) != "nameserver 127.0.0.1" {
+			t.Errorf("%s: /etc/resolv.conf is %q (%v), want only 127.0.0.1", n.Name, out, err)
+		}
+	}
+
+	members, err := b.EtcdMembers(ctx, b.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range members {
+		names = append(names, m.Name)
+		if m.IsLearner {
+			t.Errorf("etcd member %s is still a learner", m.Name)
+		}
+	}
+	if len(members) != len(b.ControlPlanes()) {
+		t.Errorf("etcd members %v, want one per control plane", names)
+	}
+	t.Logf("etcd members: %v", names)
+
+	c := b.Client(t)
+	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes.Items) != len(b.Nodes) {
+		t.Errorf("%d Nodes registered, want %d", len(nodes.Items), len(b.Nodes))
+	}
+	// A joined node's Lease appears a few seconds after its Node: the
+	// first renewTime seen is the zero time until then.
+	first := map[string]time.Time{}
+	for _, n := range b.Nodes {
+		if l, err := c.CoordinationV1().Leases("kube-node-lease").Get(ctx, n.Name, metav1.GetOptions{}); err == nil && l.Spec.RenewTime != nil {
+			first[n.Name] = l.Spec.RenewTime.Time
+		}
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for _, n := range b.Nodes {
+		for {
+			l, err := c.CoordinationV1().Leases("kube-node-lease").Get(ctx, n.Name, metav1.GetOptions{})
+			if err == nil && l.Spec.RenewTime != nil && l.Spec.RenewTime.Time.After(first[n.Name]) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the Lease was not renewed after %s (%v)\n%s", n.Name, first[n.Name], err, n.Kubelet.LogTail(20))
+			}
+			time.Sleep(time.Second)
+		}
+	}
+
+	csrs, err := c.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range b.Nodes {
+		link, err := os.Readlink(n.Path(KubeletClientPEM))
+		if err != nil || !strings.HasPrefix(filepath.Base(link), "kubelet-client-2") {
+			t.Errorf("%s: %s is not a link to a dated file: %q %v", n.Name, KubeletClientPEM, link, err)
+			continue
+		}
+		if i == 0 {
+			continue
+		}
+		pemBytes, err := os.ReadFile(n.resolve(KubeletClientPEM))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(pemBytes)
+		found := false
+		for _, r := range csrs.Items {
+			if !strings.HasPrefix(r.Spec.Username, "system:bootstrap:") || len(r.Status.Certificate) == 0 {
+				continue
+			}
+			issued, _ := pem.Decode(r.Status.Certificate)
+			if issued != nil && blk != nil && bytes.Equal(issued.Bytes, blk.Bytes) && approved(&r) {
+				found = true
+				t.Logf("%s: client certificate from CSR %s, filed by %s, approved", n.Name, r.Name, r.Spec.Username)
+			}
+		}
+		if !found {
+			t.Errorf("%s: no approved bootstrap CSR issued the certificate in %s", n.Name, link)
+		}
+	}
+	t.Logf("cluster proven at load %s", load())
+
+	t0 := time.Now()
+	b.Expire(t, 48*time.Hour)
+	if _, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+		// the old connection may still be up: a new client must fail
+		t.Logf("the old client still answered right after the expiry")
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	var apiErr error
+	for {
+		_, apiErr = b.Client(t).CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if apiErr != nil && strings.Contains(apiErr.Error(), "certificate has expired") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API server still answers admin.conf after the expiry: %v", apiErr)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Logf("client-go with admin.conf: %v", apiErr)
+	for deadline = time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
+		if l := etcdLogs(b.Nodes[0]); strings.Contains(l, "bad certificate") || strings.Contains(l, "certificate has expired") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cp-1's etcd never named a rejected certificate:\n%s", tailString(etcdLogs(b.Nodes[0]), 20))
+		}
+	}
+	for _, w := range b.Workers() {
+		for deadline = time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
+			l := w.Kubelet.LastStartLog()
+			if strings.Contains(l, "Unauthorized") || strings.Contains(l, "unable to load bootstrap kubeconfig") || strings.Contains(l, "is expired") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the kubelet did not fail on its expired certificate:\n%s", w.Name, w.Kubelet.LogTail(20))
+			}
+		}
+	}
+	t.Logf("expired and failing as users see it in %s (load %s)", time.Since(t0).Round(100*time.Millisecond), load())
+}
+
+func approved(r *certificatesv1.CertificateSigningRequest) bool {
+	for _, c := range r.Status.Conditions {
+		if c.Type == certificatesv1.CertificateApproved {
+			return true
+		}
+	}
+	return false
+}
+
+// etcdLogs is everything the node's etcd containers wrote.
+func etcdLogs(n *Node) string {
+	var b strings.Builder
+	dirs, _ := filepath.Glob(n.Path("/var/log/pods/kube-system_etcd-" + n.Name + "_*/etcd/*.log"))
+	for _, f := range dirs {
+		data, _ := os.ReadFile(f)
+		b.Write(data)
+	}
+	return b.String()
 }
