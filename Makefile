@@ -93,4 +93,4 @@ man:
 # 3 control planes + 2 workers; not yet in `make test` (not yet proven reliable).
 .PHONY: testbed
 testbed: deps testbin
-	go test ./test/kubeadmbed/ -count=1 -v -timeout 20m
+	KUBECPR_TESTBED=1 go test ./test/kubeadmbed/ -count=1 -v -timeout 20m

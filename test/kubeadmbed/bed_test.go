@@ -50,6 +50,11 @@ func load() string {
 // names the rejected peer certificates, the workers' kubelets cannot
 // authenticate.
 func TestKubeadmBed(t *testing.T) {
+	// Not yet in make test (./test/... would run it): `make testbed` sets
+	// KUBECPR_TESTBED=1 until it has passed reliably.
+	if os.Getenv("KUBECPR_TESTBED") != "1" {
+		t.Skip("the kubeadm test bed runs with `make testbed` (KUBECPR_TESTBED=1)")
+	}
 	b := New(t, Options{ControlPlanes: size(t, "KUBEADMBED_CP", 3), Workers: size(t, "KUBEADMBED_WORKERS", 2)})
 	t.Logf("bed up in %s (load %s)", b.Up.Round(100*time.Millisecond), load())
 	for _, p := range b.Phases {
