@@ -175,7 +175,9 @@ func (c *Cluster) CAValidity() time.Duration {
 // ConfigNote is a line for the output when kubeadm's configuration was read
 // from somewhere the user may not expect (a host path, etcd's data), or "".
 func (c *Cluster) ConfigNote() string {
-	if s := c.Source["config"]; s != "" && !strings.HasSuffix(s, "(node path under the root)") {
+	// Nothing to say when there was simply no config anywhere: kubeadm's
+	// defaults apply, as on most nodes (a read that failed is said).
+	if s := c.Source["config"]; s != "" && !strings.HasSuffix(s, "(node path under the root)") && !strings.HasPrefix(s, "none (no --config") {
 		return "kubeadm config read from " + s
 	}
 	return ""
