@@ -12,8 +12,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -63,6 +65,7 @@ type Server struct {
 	cmd        *exec.Cmd
 	done       chan struct{}
 	rt         *runtime.Containerd // containerd mode
+	id         string              // its container id in containerd mode
 }
 
 // freePort is preferred when it is free (0: 7443), else any free port
@@ -311,7 +314,7 @@ func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
-		if s.rt != nil && !s.rt.Running(ctx, ContainerID) {
+		if s.rt != nil && !s.rt.Running(ctx, s.id) {
 			return errors.New("the container exited")
 		}
 		select {
@@ -349,8 +352,8 @@ func (s *Server) Stop() error {
 	}
 	if s.rt != nil {
 		ctx := context.Background()
-		_ = s.rt.Stop(ctx, ContainerID, 10*time.Second)
-		_ = s.rt.Remove(ctx, ContainerID)
+		_ = s.rt.Stop(ctx, s.id, 10*time.Second)
+		_ = s.rt.Remove(ctx, s.id)
 		_ = s.rt.Close()
 		s.rt = nil
 		close(s.done)
@@ -418,8 +421,8 @@ func Reap(stateDir string) error {
 	fmt.Sscan(string(b), &pid, &port, &expires, &socket)
 	if socket != "" {
 		if rt, err := runtime.NewContainerd(socket, 10*time.Second); err == nil {
-			_ = rt.Stop(context.Background(), ContainerID, time.Second)
-			_ = rt.Remove(context.Background(), ContainerID)
+			_ = rt.Stop(context.Background(), containerID(dir), time.Second)
+			_ = rt.Remove(context.Background(), containerID(dir))
 			rt.Close()
 		}
 	} else if pid > 0 && isRecoveryServer(pid, dir) {
@@ -484,8 +487,21 @@ func Running(stateDir string) (pid, port int, expires string, ok bool) {
 	return pid, port, expires, pid > 0 && alive(pid)
 }
 
-// ContainerID is the recovery server's container in containerd mode.
+// ContainerID is the prefix of the recovery server's container id in
+// containerd mode.
 const ContainerID = "kubecpr-recovery-apiserver"
+
+// containerID names the recovery server of the state whose server
+// directory is dir: one id per state directory, so a leftover of a killed
+// run is found and removed by the next run on the same state, and two
+// trees on one host (rehearsals, tests) never claim the same id. Without
+// runtime options a task's runc state lives under the host's
+// /run/containerd/runc/<namespace> whichever containerd started it, so a
+// shared id collides there ("container with given ID already exists").
+func containerID(dir string) string {
+	sum := sha256.Sum256([]byte(filepath.Clean(dir)))
+	return ContainerID + "-" + hex.EncodeToString(sum[:4])
+}
 
 // startContainer runs the recovery server from the kube-apiserver
 // manifest's image in containerd (namespace k8s.io), host network, the
@@ -497,9 +513,10 @@ func startContainer(ctx context.Context, n *node.Node, o Options, image string, 
 	if err != nil {
 		return nil, err
 	}
-	_ = rt.Stop(ctx, ContainerID, time.Second)
-	_ = rt.Remove(ctx, ContainerID)
-	pid, err := rt.Run(ctx, runtime.RunSpec{ID: ContainerID, Image: image, Args: append([]string{"kube-apiserver"}, args...),
+	id := containerID(dir)
+	_ = rt.Stop(ctx, id, time.Second)
+	_ = rt.Remove(ctx, id)
+	pid, err := rt.Run(ctx, runtime.RunSpec{ID: id, Image: image, Args: append([]string{"kube-apiserver"}, args...),
 		Labels:  map[string]string{"io.kubecpr.role": "recovery-apiserver", "io.kubecpr.expires": o.Now.Add(o.TTL).UTC().Format(time.RFC3339)},
 		Mounts:  []runtime.Mount{{Source: n.Path(node.KubernetesDir), Destination: node.KubernetesDir, ReadOnly: true}, {Source: dir, Destination: dir, ReadOnly: true}},
 		LogPath: filepath.Join(dir, "apiserver.log")})
@@ -507,7 +524,7 @@ func startContainer(ctx context.Context, n *node.Node, o Options, image string, 
 		rt.Close()
 		return nil, err
 	}
-	s := &Server{Dir: dir, Port: port, Kubeconfig: kcPath, PID: pid, Expires: o.Now.Add(o.TTL), done: make(chan struct{}), rt: rt}
+	s := &Server{Dir: dir, Port: port, Kubeconfig: kcPath, PID: pid, Expires: o.Now.Add(o.TTL), done: make(chan struct{}), rt: rt, id: id}
 	info := fmt.Sprintf("%d %d %s %s\n", pid, port, s.Expires.UTC().Format(time.RFC3339), strings.TrimPrefix(o.CRISocket, "unix://"))
 	if err := atomicfile.WriteFile(filepath.Join(dir, "pid"), []byte(info), atomicfile.Options{Mode: 0o600}); err != nil {
 		s.Stop()

@@ -416,9 +416,14 @@ func TestContainerdRecoveryServerAndBrokenComponent(t *testing.T) {
 		}
 		c := cn.d.Client(t)
 		ctx := namespaces.WithNamespace(context.Background(), runtime.Namespace)
-		ctr, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver")
-		if err != nil {
-			t.Fatalf("no recovery container: %v", err)
+		// One per state directory: its id is the prefix and a hash of the path.
+		ctrs, err := c.Containers(ctx, `labels."io.kubecpr.role"==recovery-apiserver`)
+		if err != nil || len(ctrs) != 1 {
+			t.Fatalf("want one recovery container, have %d (%v)", len(ctrs), err)
+		}
+		ctr := ctrs[0]
+		if !strings.HasPrefix(ctr.ID(), "kubecpr-recovery-apiserver-") {
+			t.Errorf("container id %s", ctr.ID())
 		}
 		info, _ := ctr.Info(ctx)
 		if info.Labels["io.kubecpr.role"] != "recovery-apiserver" || info.Labels[runtime.LabelPodNamespace] != "" {
@@ -438,7 +443,7 @@ func TestContainerdRecoveryServerAndBrokenComponent(t *testing.T) {
 		if r := cn.kubecpr(t, nil, "recovery-server", "stop"); r.code != 0 {
 			t.Fatalf("stop: %d %s", r.code, r.stderr)
 		}
-		if _, err := c.LoadContainer(ctx, "kubecpr-recovery-apiserver"); err == nil {
+		if _, err := c.LoadContainer(ctx, ctr.ID()); err == nil {
 			t.Error("the recovery container is still there after stop")
 		}
 		if _, err := os.Stat(kc); !os.IsNotExist(err) {
