@@ -52,6 +52,13 @@ func New(root string) (*Node, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("--root %s: not a directory", root)
 	}
+	// The live node is a filesystem identity, not a spelling: a link to /
+	// or a bind mount of it is the host's root, and every guard of the
+	// live node (--now against the real clock, restarts, the recovery
+	// server) must see it as such.
+	if hostRoot, err := os.Stat("/"); err == nil && os.SameFile(st, hostRoot) {
+		abs = "/"
+	}
 	return &Node{Root: abs}, nil
 }
 
