@@ -11,9 +11,13 @@ package main
 //	KUBECPR_CRASH_AT=NAME                 at the named point (bounce, csr)
 //	KUBECPR_INTERRUPT_AFTER_RECORD=N      SIGINT (Ctrl-C), not SIGKILL, after
 //	                                      the Nth node-journal record
+//	KUBECPR_SHELL_AFTER_RECORD=N          run $KUBECPR_SHELL (sh -c) and wait
+//	                                      for it after the Nth node-journal
+//	                                      record: someone else acting meanwhile
 
 import (
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 	"syscall"
@@ -27,7 +31,8 @@ func init() {
 	after[crashpoint.Record], _ = strconv.Atoi(os.Getenv("KUBECPR_CRASH_AFTER_RECORD"))
 	after[crashpoint.ClusterRecord], _ = strconv.Atoi(os.Getenv("KUBECPR_CLUSTER_CRASH_AFTER_RECORD"))
 	interrupt, _ := strconv.Atoi(os.Getenv("KUBECPR_INTERRUPT_AFTER_RECORD"))
-	if at == "" && after[crashpoint.Record] == 0 && after[crashpoint.ClusterRecord] == 0 && interrupt == 0 {
+	shellAt, _ := strconv.Atoi(os.Getenv("KUBECPR_SHELL_AFTER_RECORD"))
+	if at == "" && after[crashpoint.Record] == 0 && after[crashpoint.ClusterRecord] == 0 && interrupt == 0 && shellAt == 0 {
 		return
 	}
 	var mu sync.Mutex
@@ -37,6 +42,10 @@ func init() {
 		seen[point]++
 		n := seen[point]
 		mu.Unlock()
+		if point == crashpoint.Record && n == shellAt {
+			_ = exec.Command("sh", "-c", os.Getenv("KUBECPR_SHELL")).Run()
+			return
+		}
 		if point == crashpoint.Record && n == interrupt {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGINT) // as Ctrl-C: the run goes on until it notices
 			return

@@ -7,12 +7,14 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/kubecpr/kubecpr/recovery/inventory"
+	"github.com/kubecpr/kubecpr/recovery/journal"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 )
@@ -34,21 +36,37 @@ func rehearseCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			sandbox, cleanup, err := prepareSandbox(c.String("sandbox"), e.node.Root, c.Bool("keep"))
-			if err != nil {
-				return err
-			}
-			defer cleanup()
-			sources := append([]string{node.KubernetesDir, node.KubeletPKIDir, node.KubeletConfig}, e.node.UserKubeconfigs()...)
-			if err := copyNodeFiles(e.node, sandbox, sources); err != nil {
-				return withCode(ExitFailed, err)
-			}
-			sn, err := node.New(sandbox)
+			sandbox, own, err := prepareSandbox(c.String("sandbox"), e.node.Root)
 			if err != nil {
 				return err
 			}
 			se := *e
+			var copied map[string]bool
+			if !c.Bool("keep") {
+				// kubecpr removes only what it created: what it copied, its
+				// state, and what the rehearsal's journal changed.
+				defer func() {
+					var recs []journal.Record
+					if se.state != "" {
+						_, _, recs, _ = pipeline.CurrentRun(se.state)
+					}
+					if kept := cleanSandbox(sandbox, own, copied, se.state, recs); len(kept) > 0 {
+						fmt.Fprintf(c.App.ErrWriter, "kubecpr: the sandbox %s keeps %d file(s) that kubecpr did not create, e.g. %s: remove them yourself when done\n", sandbox, len(kept), kept[0])
+					}
+				}()
+			}
+			sources := append([]string{node.KubernetesDir, node.KubeletPKIDir, node.KubeletConfig}, e.node.UserKubeconfigs()...)
+			if err := copyNodeFiles(e.node, sandbox, sources); err != nil {
+				copied = sandboxFiles(sandbox)
+				return withCode(ExitFailed, err)
+			}
+			copied = sandboxFiles(sandbox)
+			sn, err := node.New(sandbox)
+			if err != nil {
+				return err
+			}
 			se.node = sn
+			se.state = ""
 			// The rehearsal's lock, journal and backups live in the sandbox.
 			if err := se.resolveState(c); err != nil {
 				return err
@@ -86,23 +104,20 @@ func earliestLeafExpiry(inv *inventory.Inventory) time.Time {
 }
 
 // prepareSandbox makes sure the sandbox holds nothing but what the
-// rehearsal will put there, and returns how to clean up: kubecpr removes
-// only what it created. A directory given with --sandbox must be empty (or
-// not exist yet) and must not overlap the node.
-func prepareSandbox(dir, root string, keep bool) (string, func(), error) {
+// rehearsal will put there, and returns it with whether kubecpr made the
+// directory itself. A directory given with --sandbox must be empty (or not
+// exist yet) and must not overlap the node.
+func prepareSandbox(dir, root string) (string, bool, error) {
 	if dir == "" {
 		d, err := os.MkdirTemp("", "kubecpr-rehearsal-")
 		if err != nil {
-			return "", nil, withCode(ExitFailed, fmt.Errorf("creating a sandbox: %w", err))
+			return "", false, withCode(ExitFailed, fmt.Errorf("creating a sandbox: %w", err))
 		}
-		if keep {
-			return d, func() {}, nil
-		}
-		return d, func() { _ = os.RemoveAll(d) }, nil
+		return d, true, nil
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", nil, withCode(ExitFailed, fmt.Errorf("--sandbox %s: %w", dir, err))
+		return "", false, withCode(ExitFailed, fmt.Errorf("--sandbox %s: %w", dir, err))
 	}
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
@@ -112,38 +127,106 @@ func prepareSandbox(dir, root string, keep bool) (string, func(), error) {
 		realRoot = r
 	}
 	if inside(abs, realRoot) && realRoot != "/" || inside(realRoot, abs) {
-		return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s overlaps the node root %s: choose a directory outside it (or leave --sandbox out for a temporary one)", dir, root))
+		return "", false, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s overlaps the node root %s: choose a directory outside it (or leave --sandbox out for a temporary one)", dir, root))
 	}
 	for _, s := range []string{node.KubernetesDir, node.KubeletDir, node.DefaultState} {
 		if realRoot == "/" && inside(abs, s) {
-			return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s is inside the node's %s: choose a directory outside it", dir, s))
+			return "", false, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s is inside the node's %s: choose a directory outside it", dir, s))
 		}
 	}
 	ents, err := os.ReadDir(abs)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if err := os.MkdirAll(abs, 0o700); err != nil {
-			return "", nil, withCode(ExitFailed, fmt.Errorf("--sandbox %s: %w", dir, err))
+			return "", false, withCode(ExitFailed, fmt.Errorf("--sandbox %s: %w", dir, err))
 		}
-		if keep {
-			return abs, func() {}, nil
-		}
-		return abs, func() { _ = os.RemoveAll(abs) }, nil
+		return abs, true, nil
 	case err != nil:
-		return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s: %w", dir, err))
+		return "", false, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s: %w", dir, err))
 	case len(ents) > 0:
-		return "", nil, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s is not empty (%d entries, e.g. %s): kubecpr only rehearses in an empty or new directory, and never deletes what it did not create", dir, len(ents), ents[0].Name()))
+		return "", false, withCode(ExitPrecondition, fmt.Errorf("--sandbox %s is not empty (%d entries, e.g. %s): kubecpr only rehearses in an empty or new directory, and never deletes what it did not create", dir, len(ents), ents[0].Name()))
 	}
-	// An empty directory of the operator's: keep it, remove what was added.
-	if keep {
-		return abs, func() {}, nil
-	}
-	return abs, func() {
-		added, _ := os.ReadDir(abs)
-		for _, a := range added {
-			_ = os.RemoveAll(filepath.Join(abs, a.Name()))
+	return abs, false, nil
+}
+
+// sandboxFiles is every path under the sandbox (not the sandbox itself):
+// taken right after the copy, it is what kubecpr put there.
+func sandboxFiles(dir string) map[string]bool {
+	seen := map[string]bool{}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && p != dir {
+			seen[p] = true
 		}
-	}, nil
+		return nil
+	})
+	return seen
+}
+
+// cleanSandbox removes what kubecpr created in the sandbox and nothing
+// else: what the copy put there (copied), the rehearsal's state directory
+// (lock, journal, backups), and every path the rehearsal's journal says it
+// changed. A file someone else wrote into the sandbox meanwhile stays, with
+// the directories that hold it, and is named. The sandbox directory itself
+// goes only when kubecpr made it and it is empty.
+func cleanSandbox(dir string, own bool, copied map[string]bool, stateDir string, recs []journal.Record) (kept []string) {
+	removable := map[string]bool{}
+	for p := range copied {
+		removable[p] = true
+	}
+	for _, r := range recs {
+		for _, ch := range r.Changes {
+			removable[filepath.Join(dir, filepath.FromSlash(path.Clean("/"+ch.Path)))] = true
+		}
+	}
+	// The directories holding them were made for them (the sandbox was
+	// empty), the state directory's included.
+	for p := range removable {
+		for d := filepath.Dir(p); inside(d, dir) && d != dir; d = filepath.Dir(d) {
+			removable[d] = true
+		}
+	}
+	for d := stateDir; stateDir != "" && inside(d, dir) && d != dir; d = filepath.Dir(d) {
+		removable[d] = true
+	}
+	mine := func(p string) bool { return removable[p] || stateDir != "" && inside(p, stateDir) }
+	var all []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && p != dir {
+			all = append(all, p)
+		}
+		return nil
+	})
+	// Deepest first, so a directory is looked at after what it holds.
+	sort.Slice(all, func(i, j int) bool { return strings.Count(all[i], "/") > strings.Count(all[j], "/") || strings.Count(all[i], "/") == strings.Count(all[j], "/") && all[i] > all[j] })
+	keptDir := map[string]bool{}
+	for _, p := range all {
+		info, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		if info.IsDir() {
+			if keptDir[p] || !mine(p) {
+				keptDir[filepath.Dir(p)] = true
+				continue
+			}
+			if err := os.Remove(p); err != nil {
+				keptDir[filepath.Dir(p)] = true
+			}
+			continue
+		}
+		if mine(p) || strings.Contains(filepath.Base(p), ".kubecpr-") {
+			if err := os.Remove(p); err == nil {
+				continue
+			}
+		}
+		kept = append(kept, p)
+		keptDir[filepath.Dir(p)] = true
+	}
+	if own && len(kept) == 0 {
+		_ = os.Remove(dir)
+	}
+	sort.Strings(kept)
+	return kept
 }
 
 func inside(p, base string) bool {

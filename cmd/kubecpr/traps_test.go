@@ -61,6 +61,56 @@ func TestRehearseSandboxKeepsWhatWasThere(t *testing.T) {
 	}
 }
 
+// A file someone writes into the sandbox while the rehearsal runs is not
+// kubecpr's: it stays, with the directories that hold it, and is named
+// (issue 19 item 4: it was removed 10 times out of 10). Everything kubecpr
+// put there goes.
+func TestRehearseRemovesOnlyWhatItCreated(t *testing.T) {
+	root := expiredNode(t)
+	for _, given := range []bool{true, false} {
+		sb := filepath.Join(t.TempDir(), "sb")
+		theirs := filepath.Join(sb, "etc", "kubernetes", "theirs.txt")
+		args := []string{"rehearse", "--sandbox", sb}
+		if !given {
+			// The default temporary sandbox: found through the output.
+			args = []string{"rehearse"}
+			theirs = ""
+		}
+		shell := `d=$(ls -d ${TMPDIR:-/tmp}/kubecpr-rehearsal-* 2>/dev/null | head -1); echo mine > "$d/etc/kubernetes/theirs.txt"`
+		if given {
+			shell = "echo mine > " + theirs
+		}
+		r := kubecpr(t, []string{"KUBECPR_SHELL_AFTER_RECORD=3", "KUBECPR_SHELL=" + shell, "TMPDIR=" + t.TempDir()}, rootArgs(root, args...)...)
+		if r.code != 0 {
+			t.Fatalf("rehearse: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		if !given {
+			i := strings.Index(r.stdout, "rehearsal in ")
+			if i < 0 {
+				t.Fatalf("no sandbox named:\n%s", r.stdout)
+			}
+			sb = strings.Fields(r.stdout[i+len("rehearsal in "):])[0]
+			theirs = filepath.Join(sb, "etc", "kubernetes", "theirs.txt")
+		}
+		if b, err := os.ReadFile(theirs); err != nil || string(b) != "mine\n" {
+			t.Errorf("sandbox given %v: the file written during the rehearsal is gone or changed: %q %v", given, b, err)
+		}
+		if !strings.Contains(r.stderr, "keeps 1 file(s) that kubecpr did not create, e.g. "+theirs) {
+			t.Errorf("sandbox given %v: the kept file is not named:\n%s", given, r.stderr)
+		}
+		var left []string
+		filepath.WalkDir(sb, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && p != theirs {
+				left = append(left, p)
+			}
+			return nil
+		})
+		if len(left) > 0 {
+			t.Errorf("sandbox given %v: kubecpr's own files left: %v", given, left)
+		}
+	}
+}
+
 func TestFlagsAfterArguments(t *testing.T) {
 	root := expiredNode(t)
 	before := snapshot(t, root)
