@@ -197,7 +197,9 @@ func cleanSandbox(dir string, own bool, copied map[string]bool, stateDir string,
 		return nil
 	})
 	// Deepest first, so a directory is looked at after what it holds.
-	sort.Slice(all, func(i, j int) bool { return strings.Count(all[i], "/") > strings.Count(all[j], "/") || strings.Count(all[i], "/") == strings.Count(all[j], "/") && all[i] > all[j] })
+	sort.Slice(all, func(i, j int) bool {
+		return strings.Count(all[i], "/") > strings.Count(all[j], "/") || strings.Count(all[i], "/") == strings.Count(all[j], "/") && all[i] > all[j]
+	})
 	keptDir := map[string]bool{}
 	for _, p := range all {
 		info, err := os.Lstat(p)
