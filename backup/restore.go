@@ -304,6 +304,10 @@ func restoreEntry(fsy fsys.FS, root, dir string, e Entry) error {
 		if err := af.Chown(host, e.UID, e.GID); err != nil {
 			return err
 		}
+		// chown clears setuid and setgid: the mode goes on after it.
+		if err := fsy.Chmod(host, mode); err != nil {
+			return err
+		}
 		return os.Chtimes(host, e.ModTime, e.ModTime)
 	}
 	return fmt.Errorf("unknown entry type %q", e.Type)
@@ -470,7 +474,7 @@ func Differences(root, dir string) ([]string, error) {
 		case got.Type != e.Type:
 			out = append(out, fmt.Sprintf("%s (%s, was %s)", e.Path, got.Type, e.Type))
 		case got.Mode != e.Mode:
-			out = append(out, fmt.Sprintf("%s (mode %v, was %v)", e.Path, got.Mode, e.Mode))
+			out = append(out, fmt.Sprintf("%s (mode %s, was %s)", e.Path, UnixMode(got.Mode), UnixMode(e.Mode)))
 		case os.Geteuid() == 0 && (got.UID != e.UID || got.GID != e.GID):
 			out = append(out, fmt.Sprintf("%s (owner %d:%d, was %d:%d)", e.Path, got.UID, got.GID, e.UID, e.GID))
 		case e.Type == TypeSymlink:
@@ -484,6 +488,23 @@ func Differences(root, dir string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// UnixMode is a recorded mode as chmod spells it: 0755, 4755 (setuid),
+// 2755 (setgid), 1777 (sticky).
+func UnixMode(m uint32) string {
+	fm := fs.FileMode(m)
+	u := uint32(fm.Perm())
+	if fm&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if fm&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if fm&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return fmt.Sprintf("%04o", u)
 }
 
 // sameLinkContent reports whether a symlink that now points elsewhere still

@@ -120,7 +120,18 @@ func backupCommand() *cli.Command {
 						fmt.Fprintf(e.out, "backup %s: %d paths would be restored (dry run: nothing changed)\n", id, len(changed))
 						return nil
 					}
-					fmt.Fprintf(e.out, "backup %s: %d paths restored\n", id, len(changed))
+					// Proven, not trusted: every backed-up path is compared with
+					// the backup (type, mode with setuid/setgid/sticky, owner,
+					// link target, bytes), and the run stays open if one differs.
+					diffs, err := backup.Differences(e.node.Root, dir)
+					if err != nil {
+						return withCode(ExitStageFailed, fmt.Errorf("checking the restore against backup %s: %w", id, err))
+					}
+					if len(diffs) > 0 {
+						return withCode(ExitStageFailed, fmt.Errorf("backup %s: the restore wrote %d paths, but %d still differ from the backup: %s; "+
+							"nothing else was changed: look at them, then run `kubecpr backup restore %s` again", id, len(changed), len(diffs), strings.Join(diffs, ", "), id))
+					}
+					fmt.Fprintf(e.out, "backup %s: %d paths restored, every backed-up path checked against the backup\n", id, len(changed))
 					closed, err := pipeline.CloseRestored(e.stateDir(c), id)
 					if err != nil {
 						return withCode(ExitJournal, fmt.Errorf("the node is restored, but closing run %s failed: %w", id, err))
