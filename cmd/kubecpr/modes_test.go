@@ -63,3 +63,43 @@ func TestSetuidModeSurvivesRollbackAndRestore(t *testing.T) {
 		t.Errorf("backup restore not byte-identical:\n%s", d)
 	}
 }
+
+// What a kill -9 leaves between creating a temporary and renaming it —
+// ReplaceSymlink's link, the state's `current` and a backup's manifest —
+// is swept by the next command that opens the run, so a rollback ends
+// with nothing of kubecpr's left (issue 19 item 7: the link survived every
+// later rollback, and the state's temporaries were never swept).
+func TestKilledWritesLeaveNoTemporaries(t *testing.T) {
+	root := expiredNode(t)
+	before := snapshot(t, root)
+	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...)
+	if r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	id := regexp.MustCompile(`\b\d{8}T\d{6}Z-[0-9a-f]+\b`).FindString(r.stdout + r.stderr)
+	state := filepath.Join(root, "var/lib/kubecpr")
+	left := []string{
+		filepath.Join(root, "var/lib/kubelet/pki/.kubelet-client-current.pem.kubecpr-link-4242"),
+		filepath.Join(state, ".current.kubecpr-77"),
+		filepath.Join(state, "backups", id, ".manifest.json.kubecpr-5"),
+	}
+	if err := os.Symlink("kubelet-client-2020.pem", left[0]); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range left[1:] {
+		if err := os.WriteFile(f, []byte("torn"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, f := range left {
+		if _, err := os.Lstat(f); !os.IsNotExist(err) {
+			t.Errorf("%s is still there after the rollback (%v)", f, err)
+		}
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}

@@ -354,9 +354,11 @@ func describe(m fs.FileMode) string {
 // other writers that follow its protocol) create beside path.
 func TempPrefix(path string) string { return "." + filepath.Base(path) + ".kubecpr-" }
 
-// SweepTemps removes the regular files a killed write left beside path
-// (TempPrefix(path) followed by anything; never path itself) and returns
-// the ones it removed.
+// SweepTemps removes the temporary files and links a killed write left
+// beside path (TempPrefix(path) followed by anything: WriteFile's
+// ".NAME.kubecpr-N" files and ReplaceSymlink's ".NAME.kubecpr-link-N"
+// links; never path itself, never a directory) and returns the ones it
+// removed.
 func SweepTemps(path string) []string { return onOS.SweepTemps(path) }
 
 // SweepTemps removes the stray temporary files beside path (see the
@@ -366,7 +368,7 @@ func (a Files) SweepTemps(path string) []string {
 	matches, _ := filepath.Glob(pattern)
 	var removed []string
 	for _, m := range matches {
-		if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() && a.FS.Remove(m) == nil {
+		if st, err := os.Lstat(m); err == nil && (st.Mode().IsRegular() || st.Mode()&fs.ModeSymlink != 0) && a.FS.Remove(m) == nil {
 			removed = append(removed, m)
 		}
 	}

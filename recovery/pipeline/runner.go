@@ -592,6 +592,12 @@ func (r *Runner) Apply(ctx context.Context, planned []PlannedStage, sel string) 
 // (".NAME.kubecpr-*", never the target itself): for every path the run's
 // journal names.
 func (r *Runner) sweepTemps() {
+	// kubecpr's own state files are written the same way.
+	for _, p := range []string{r.currentFile(), filepath.Join(r.backupDir(), "manifest.json")} {
+		for _, m := range r.files().SweepTemps(p) {
+			fmt.Fprintf(r.Out, "removed %s, a temporary file left by an interrupted write\n", m)
+		}
+	}
 	seen := map[string]bool{}
 	for _, rec := range r.records {
 		for _, c := range rec.Changes {
