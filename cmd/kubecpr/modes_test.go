@@ -103,3 +103,31 @@ func TestKilledWritesLeaveNoTemporaries(t *testing.T) {
 		t.Errorf("rollback not byte-identical:\n%s", d)
 	}
 }
+
+// A node without /var/lib/kubelet: the run creates /var/lib/kubelet and
+// /var/lib/kubelet/pki; one rollback removes both, children first (issue
+// 19 item 11: the first rollback exited with "directory not empty" and
+// each directory level needed one more rollback).
+func TestRollbackRemovesCreatedDirectoriesInOneGo(t *testing.T) {
+	root := expiredNode(t)
+	if err := os.RemoveAll(filepath.Join(root, "var/lib/kubelet")); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, root)
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/lib/kubelet/pki")); err != nil {
+		t.Fatalf("the run did not create /var/lib/kubelet/pki: %v", err)
+	}
+	r := kubecpr(t, nil, rootArgs(root, "rollback")...)
+	if r.code != 0 || strings.Contains(r.stderr, "not empty") {
+		t.Fatalf("rollback: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "var/lib/kubelet")); !os.IsNotExist(err) {
+		t.Errorf("/var/lib/kubelet is still there after one rollback (%v)", err)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1063,8 +1064,20 @@ func (r *Runner) Rollback(ctx context.Context) error {
 			return err
 		}
 	}
-	// Restarts last, in their original order, so that processes come back
-	// on the restored files.
+	// Directories a stage created (certs.EnsureDirs, ids STAGE/mkdir:DIR)
+	// go after the files in them and in reverse order, children before
+	// parents (collected so already); then restarts last, in their
+	// original order, so that processes come back on the restored files.
+	var dirUndos, restartUndos []deferred
+	for _, d := range restarts {
+		if strings.Contains(d.id, "/mkdir:") {
+			dirUndos = append(dirUndos, d)
+		} else {
+			restartUndos = append(restartUndos, d)
+		}
+	}
+	slices.Reverse(dirUndos)
+	restarts = append(restartUndos, dirUndos...)
 	for i := len(restarts) - 1; i >= 0; i-- {
 		d := restarts[i]
 		if err := r.append(journal.Record{Kind: journal.KindUndoIntent, Stage: d.rec.Stage, Action: d.id}); err != nil {
