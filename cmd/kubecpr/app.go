@@ -90,12 +90,33 @@ func parseNow(s string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, withCode(ExitFailed, fmt.Errorf("--now %q: want RFC 3339, like 2026-12-01T03:00:00Z", s))
 	}
+	// Certificates carry their dates as UTCTime (1950-2049) or
+	// GeneralizedTime; no cluster was made before 2000 or will be renewed
+	// after 2200: a year outside is a typo, not a rehearsal.
+	if t.Year() < 2000 || t.Year() > 2200 {
+		return time.Time{}, withCode(ExitFailed, fmt.Errorf("--now %s: the year %d is not a clock any certificate of a cluster was or will be judged by; give a date between 2000 and 2200 (or leave --now out for the system clock)", s, t.Year()))
+	}
 	return t, nil
+}
+
+// checkGlobals refuses values no run can mean, before anything is read:
+// a negative --warn, an empty --only.
+func checkGlobals(c *cli.Context) error {
+	if w := c.Duration("warn"); w < 0 {
+		return withCode(ExitFailed, fmt.Errorf("--warn %s: must not be negative (the default is 720h, 30 days)", w))
+	}
+	if c.IsSet("only") && len(splitList(c.String("only"))) == 0 {
+		return withCode(ExitFailed, fmt.Errorf("--only %q names no stage: give a comma-separated list (diagnose, backup, certs, kubeconfigs, bounce, csr, verify) or leave --only out to run them all", c.String("only")))
+	}
+	return nil
 }
 
 func setup(c *cli.Context) (*env, error) {
 	format, err := outputFormat(c)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkGlobals(c); err != nil {
 		return nil, err
 	}
 	e := &env{out: c.App.Writer, data: c.App.Writer, warn: c.Duration("warn"), format: format}

@@ -202,3 +202,29 @@ func TestCheckNamesBadFiles(t *testing.T) {
 		t.Fatalf("empty root: exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+// Values no run can mean are refused before anything is read, exit 3,
+// naming the flag (issue 19 item 16: --now 0001-01-01, --warn -1h and
+// --only "" were accepted).
+func TestNonsenseGlobalValuesRefused(t *testing.T) {
+	root := expiredNode(t)
+	before := snapshot(t, root)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--now", "0001-01-01T00:00:00Z", "check"}, "--now 0001-01-01T00:00:00Z: the year 1"},
+		{[]string{"--now", "9999-01-01T00:00:00Z", "run", "--until", "kubeconfigs"}, "the year 9999"},
+		{[]string{"--warn", "-1h", "check"}, "--warn -1h0m0s: must not be negative"},
+		{[]string{"run", "--only", ""}, `--only "" names no stage`},
+		{[]string{"run", "--only", " , "}, `names no stage`},
+	} {
+		r := kubecpr(t, nil, rootArgs(root, tc.args...)...)
+		if r.code != ExitFailed || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%v: exit %d, want %d and %q\n%s", tc.args, r.code, ExitFailed, tc.want, r.stderr)
+		}
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("a refused command changed the node:\n%s", d)
+	}
+}

@@ -66,6 +66,9 @@ func setupLight(c *cli.Context) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkGlobals(c); err != nil {
+		return nil, err
+	}
 	e := &env{out: c.App.Writer, data: c.App.Writer, warn: c.Duration("warn"), format: format}
 	if e.machine() {
 		e.out = c.App.ErrWriter
