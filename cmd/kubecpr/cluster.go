@@ -109,15 +109,18 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 	if err != nil {
 		return err
 	}
-	lockDir := filepath.Join(stateDir, "cluster")
-	if err := os.MkdirAll(lockDir, 0o700); err != nil {
-		return withCode(ExitFailed, err)
+	// `cluster plan` changes nothing, not even a lock: it only reads.
+	if !dryRun {
+		lockDir := filepath.Join(stateDir, "cluster")
+		if err := os.MkdirAll(lockDir, 0o700); err != nil {
+			return withCode(ExitFailed, err)
+		}
+		lock, err := journal.Acquire(lockDir, time.Now())
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
 	}
-	lock, err := journal.Acquire(lockDir, time.Now())
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
 
 	o := cluster.Options{StateDir: stateDir, Now: e.now, Out: e.out, Parallel: c.Int("parallel"), Workers: c.String("workers")}
 	if o.Binary, err = os.Executable(); err != nil {

@@ -181,6 +181,14 @@ func TestClusterRunOnCopies(t *testing.T) {
 			t.Fatalf("cluster plan changed %s:\n%s", name, d)
 		}
 	}
+	// Not even a lock on the driving node (issue 19 item 16).
+	if ents, err := os.ReadDir(driver); err != nil || len(ents) != 0 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("cluster plan wrote into the driver's root: %v %v", names, err)
+	}
 
 	r = kubecpr(t, nil, "cluster", "run", "--inventory", invFile, "--ca-from", "cp-1", "--update-user-kubeconfigs",
 		"--root", driver, "--now", now.Format(time.RFC3339))
