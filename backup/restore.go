@@ -492,20 +492,7 @@ func Differences(root, dir string) ([]string, error) {
 
 // UnixMode is a recorded mode as chmod spells it: 0755, 4755 (setuid),
 // 2755 (setgid), 1777 (sticky).
-func UnixMode(m uint32) string {
-	fm := fs.FileMode(m)
-	u := uint32(fm.Perm())
-	if fm&fs.ModeSetuid != 0 {
-		u |= 0o4000
-	}
-	if fm&fs.ModeSetgid != 0 {
-		u |= 0o2000
-	}
-	if fm&fs.ModeSticky != 0 {
-		u |= 0o1000
-	}
-	return fmt.Sprintf("%04o", u)
-}
+func UnixMode(m uint32) string { return fmt.Sprintf("%04o", fsys.UnixMode(fs.FileMode(m))) }
 
 // sameLinkContent reports whether a symlink that now points elsewhere still
 // leads to the same bytes as in the backup: the kubelet re-writes its

@@ -160,3 +160,20 @@ func Parallel(n int, fn func(i int) error) error {
 	}
 	return nil
 }
+
+// UnixMode is m as chmod's octal digits, setuid (04000), setgid (02000)
+// and sticky (01000) included: what a message or a remote chmod shows,
+// where Go's FileMode bits would print as 8389101.
+func UnixMode(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
+}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/kubecpr/kubecpr/recovery/fsys"
 )
 
 const (
@@ -331,7 +333,7 @@ chmod %04o "$tmp" || exit 1
 sync "$tmp" 2>/dev/null || sync
 mv -f -- "$tmp" "$dst" || exit 1
 sync "$dir" 2>/dev/null || sync
-`, ShellQuote(tmp), ShellQuote(remotePath), ShellQuote(dir), n, n, unixMode(mode))
+`, ShellQuote(tmp), ShellQuote(remotePath), ShellQuote(dir), n, n, fsys.UnixMode(mode))
 	if err := s.run(ctx, []string{"sh", "-c", install}, nil, nil, &stderr); err != nil {
 		return fail("installing", err, &stderr)
 	}
@@ -410,21 +412,6 @@ func (c *countingReader) result() (int64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n, c.err
-}
-
-// unixMode is mode as chmod's octal digits, special bits included.
-func unixMode(m os.FileMode) uint32 {
-	u := uint32(m.Perm())
-	if m&os.ModeSetuid != 0 {
-		u |= 0o4000
-	}
-	if m&os.ModeSetgid != 0 {
-		u |= 0o2000
-	}
-	if m&os.ModeSticky != 0 {
-		u |= 0o1000
-	}
-	return u
 }
 
 // lockedBuffer is a bytes.Buffer safe for a writer and a reader in two
