@@ -177,10 +177,14 @@ func (c *Cluster) CAValidity() time.Duration {
 func (c *Cluster) ConfigNote() string {
 	// Nothing to say when there was simply no config anywhere: kubeadm's
 	// defaults apply, as on most nodes (a read that failed is said).
-	if s := c.Source["config"]; s != "" && !strings.HasSuffix(s, "(node path under the root)") && !strings.HasPrefix(s, "none (no --config") {
-		return "kubeadm config read from " + s
+	s := c.Source["config"]
+	switch {
+	case s == "" || strings.HasSuffix(s, "(node path under the root)") || strings.HasPrefix(s, "none (no --config"):
+		return ""
+	case strings.HasPrefix(s, "none ("):
+		return "kubeadm's defaults apply: " + strings.TrimSuffix(strings.TrimPrefix(s, "none ("), ")")
 	}
-	return ""
+	return "kubeadm config read from " + s
 }
 
 // DiscoverWith is Discover with the sources of kubeadm's configuration

@@ -130,3 +130,23 @@ func TestDiscoverKubeadmConfigFromEtcd(t *testing.T) {
 		t.Errorf("validity %s from %q, want 2160h from the ConfigMap", c.CertificateValidity, c.Source["certificateValidityPeriod"])
 	}
 }
+
+// etcd's data without a kubeadm-config ConfigMap (or unreadable): the note
+// says that kubeadm's defaults apply and why, not "read from none".
+func TestConfigNoteWhenEtcdHasNoKubeadmConfig(t *testing.T) {
+	root := t.TempDir()
+	write(t, root, "/etc/kubernetes/manifests/kube-apiserver.yaml", apiManifest)
+	write(t, root, "/var/lib/etcd/member/snap/db", "bbolt")
+	n, _ := New(root)
+	c, err := n.DiscoverWith(DiscoverOptions{EtcdKubeadmConfig: func(db string) ([]byte, error) {
+		return nil, errors.New("key not found in etcd's data")
+	}})
+	var ue *UnknownError
+	if err != nil && !errors.As(err, &ue) {
+		t.Fatal(err)
+	}
+	note := c.ConfigNote()
+	if !strings.HasPrefix(note, "kubeadm's defaults apply: the kubeadm-config ConfigMap in /var/lib/etcd/member/snap/db could not be read: key not found") || strings.Contains(note, "none (") {
+		t.Errorf("ConfigNote() = %q", note)
+	}
+}
