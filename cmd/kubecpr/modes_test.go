@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubecpr/kubecpr/recovery/pki"
 )
 
 // A certificate with setuid (chmod 4755, as an operator's mistake or a
@@ -126,6 +132,62 @@ func TestRollbackRemovesCreatedDirectoriesInOneGo(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(root, "var/lib/kubelet")); !os.IsNotExist(err) {
 		t.Errorf("/var/lib/kubelet is still there after one rollback (%v)", err)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}
+
+// A kubeconfig whose client-certificate is relative (admin-client.crt
+// beside admin.conf) is read, renewed and rolled back where kubectl reads
+// it: relative to the kubeconfig's directory (issue 19 item 5: it was
+// resolved from /, check said missing and run created N/admin-client.crt
+// while the real file stayed expired).
+func TestRelativeClientCertificateInKubeconfig(t *testing.T) {
+	root := expiredNode(t)
+	conf := filepath.Join(root, "etc/kubernetes/admin.conf")
+	cfg, err := clientcmd.LoadFromFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ai := cfg.AuthInfos[cfg.Contexts[cfg.CurrentContext].AuthInfo]
+	crt, key := filepath.Join(root, "etc/kubernetes/admin-client.crt"), filepath.Join(root, "etc/kubernetes/admin-client.key")
+	if err := os.WriteFile(crt, ai.ClientCertificateData, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, ai.ClientKeyData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ai.ClientCertificateData, ai.ClientKeyData = nil, nil
+	ai.ClientCertificate, ai.ClientKey = "admin-client.crt", "admin-client.key"
+	if err := clientcmd.WriteToFile(*cfg, conf); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(crt)
+	before := snapshot(t, root)
+
+	r := kubecpr(t, nil, rootArgs(root, "check")...)
+	if strings.Contains(r.stdout+r.stderr, "missing") {
+		t.Errorf("check calls the relative client certificate missing:\n%s%s", r.stdout, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "admin-client.crt")); !os.IsNotExist(err) {
+		t.Errorf("the run created admin-client.crt at the root of the node (%v)", err)
+	}
+	renewed, _ := os.ReadFile(crt)
+	c, err := pki.ParseCertificate(renewed)
+	if err != nil || bytes.Equal(old, renewed) || !c.NotAfter.After(time.Now().Add(300*24*time.Hour)) {
+		t.Errorf("etc/kubernetes/admin-client.crt not renewed (err %v, same bytes %v)", err, bytes.Equal(old, renewed))
+	}
+	// check reads the renewed file (the user's ~/.kube/config stays
+	// expired: no --update-user-kubeconfigs).
+	if r := kubecpr(t, nil, rootArgs(root, "check")...); !regexp.MustCompile(`(?m)^admin\.conf .* ok$`).MatchString(r.stdout) {
+		t.Errorf("check after the run does not show admin.conf ok:\n%s", r.stdout)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s", r.code, r.stderr)
 	}
 	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
 		t.Errorf("rollback not byte-identical:\n%s", d)

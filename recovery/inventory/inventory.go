@@ -359,10 +359,7 @@ func referencedCert(ks *KubeconfigStore) string {
 	if err != nil || ai.ClientCertificate == "" {
 		return ""
 	}
-	if path.IsAbs(ai.ClientCertificate) {
-		return path.Clean(ai.ClientCertificate)
-	}
-	return path.Join(path.Dir(ks.Path), ai.ClientCertificate)
+	return ks.ref(ai.ClientCertificate)
 }
 
 // selfSignedServing reports whether the kubelet serves with the

@@ -93,14 +93,24 @@ func (s *KubeconfigStore) Paths() []string {
 	if cfg, err := s.config(); err == nil {
 		if ai, _, err := currentAuth(cfg); err == nil {
 			if ai.ClientCertificate != "" {
-				p = append(p, ai.ClientCertificate)
+				p = append(p, s.ref(ai.ClientCertificate))
 			}
 			if ai.ClientKey != "" && ai.ClientKey != ai.ClientCertificate {
-				p = append(p, ai.ClientKey)
+				p = append(p, s.ref(ai.ClientKey))
 			}
 		}
 	}
 	return p
+}
+
+// ref is the node path of a file the kubeconfig names: a relative one is
+// relative to the kubeconfig's own directory, as kubectl reads it (never
+// to / or to kubecpr's working directory).
+func (s *KubeconfigStore) ref(p string) string {
+	if p == "" || path.IsAbs(p) {
+		return path.Clean(p)
+	}
+	return path.Join(path.Dir(s.Path), p)
 }
 
 func (s *KubeconfigStore) config() (*clientcmdapi.Config, error) {
@@ -147,13 +157,13 @@ func (s *KubeconfigStore) Load() (*x509.Certificate, crypto.Signer, error) {
 	certPEM, keyPEM := ai.ClientCertificateData, ai.ClientKeyData
 	certFrom, keyFrom := s.Path, s.Path
 	if len(certPEM) == 0 && ai.ClientCertificate != "" {
-		certFrom = ai.ClientCertificate
+		certFrom = s.ref(ai.ClientCertificate)
 		if certPEM, err = s.Node.ReadFile(s.Node.Resolve(certFrom, false)); err != nil {
 			return nil, nil, &FileError{Path: certFrom, Err: err, Hint: "referenced by " + s.Path}
 		}
 	}
 	if len(keyPEM) == 0 && ai.ClientKey != "" {
-		keyFrom = ai.ClientKey
+		keyFrom = s.ref(ai.ClientKey)
 		if keyPEM, err = s.Node.ReadFile(s.Node.Resolve(keyFrom, false)); err != nil {
 			return nil, nil, &FileError{Path: keyFrom, Err: err, Hint: "referenced by " + s.Path}
 		}
@@ -192,13 +202,13 @@ func (s *KubeconfigStore) Render(cert *x509.Certificate, key crypto.Signer, _ ti
 	cpem := pki.EncodeCertificate(cert)
 	if len(ai.ClientCertificateData) == 0 && ai.ClientCertificate != "" {
 		// Referenced files: write them, leave the kubeconfig as it is.
-		certPath := s.Node.Resolve(ai.ClientCertificate, false)
+		certPath := s.Node.Resolve(s.ref(ai.ClientCertificate), false)
 		if ai.ClientKey == ai.ClientCertificate {
 			return []node.FileOp{{Path: certPath, Data: append(cpem, kpem...), Mode: 0o600, Secret: true}}, nil
 		}
 		ops := []node.FileOp{}
 		if ai.ClientKey != "" {
-			ops = append(ops, node.FileOp{Path: s.Node.Resolve(ai.ClientKey, false), Data: kpem, Mode: 0o600, Secret: true})
+			ops = append(ops, node.FileOp{Path: s.Node.Resolve(s.ref(ai.ClientKey), false), Data: kpem, Mode: 0o600, Secret: true})
 		}
 		return append(ops, node.FileOp{Path: certPath, Data: cpem, Mode: 0o644}), nil
 	}
