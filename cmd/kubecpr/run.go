@@ -91,9 +91,13 @@ func live(c *cli.Context, e *env) (*pipeline.Live, pipeline.CSROptions, error) {
 		svc = service.Command{Line: c.String("kubelet-restart-command")}
 	case service.Available():
 		svc = service.Systemd{}
+	case !restartsServices(c, e):
+		// run --until kubeconfigs (what the refusal below suggests) and
+		// rollbacks of runs that restarted nothing need no manager.
+		svc = service.Missing{Why: "systemd is not running on this host: pass --kubelet-restart-command CMD"}
 	default:
 		return nil, csrOpts, withCode(ExitPrecondition, errors.New("systemd is not running on this host, so the kubelet cannot be restarted with systemctl: "+
-			"pass --kubelet-restart-command CMD, or run `kubecpr run --until kubeconfigs` and restart the kubelet and static pods yourself"))
+			"pass --kubelet-restart-command CMD, or renew the files only with `kubecpr run --until kubeconfigs` and restart the kubelet and static pods yourself"))
 	}
 	var rt runtime.Runtime
 	var rtErr error
@@ -223,6 +227,38 @@ func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner
 }
 
 func time2(e *env) time.Time { return time.Now() }
+
+// restartsServices reports whether the command may restart the kubelet:
+// run and resume unless the stages chosen end before the bounce; a
+// rollback when the run it undoes bounced (its journal says so).
+func restartsServices(c *cli.Context, e *env) bool {
+	before := map[string]bool{"diagnose": true, "backup": true, "certs": true, "kubeconfigs": true}
+	switch c.Command.Name {
+	case "run", "rehearse":
+		sel := selection(c)
+		if len(sel.Only) > 0 {
+			for _, s := range sel.Only {
+				if !before[s] {
+					return true
+				}
+			}
+			return false
+		}
+		return !before[sel.Until]
+	case "rollback":
+		_, _, recs, err := pipeline.CurrentRun(e.stateDir(c))
+		if err != nil {
+			return true
+		}
+		for _, r := range recs {
+			if r.Stage == "bounce" && r.Action != "" && r.Action != "bounce/skipped" {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
 
 func selection(c *cli.Context) pipeline.Selection {
 	return pipeline.Selection{Only: splitList(c.String("only")), From: c.String("from"), Until: c.String("until")}
@@ -449,6 +485,39 @@ func doResume(c *cli.Context) error {
 	return runPipeline(c, e, options(c), parseSel(sel), false, false)
 }
 
+// adoptLiveOptions gives a rollback the run's own way of reaching the
+// node's processes (--kubelet-restart-command, --cri-socket,
+// --restart-method, --component-timeout, ...) as the run last journaled
+// them, unless given anew: the operator who ran with
+// --kubelet-restart-command need not remember it to undo the run.
+func adoptLiveOptions(c *cli.Context, e *env) error {
+	_, _, recs, err := pipeline.CurrentRun(e.stateDir(c))
+	if err != nil || len(recs) == 0 {
+		return nil // the rollback itself says what is wrong
+	}
+	rec, _, _, err := pipeline.RecordedOptions(recs)
+	if err != nil {
+		return nil
+	}
+	for _, f := range liveFlags() {
+		n := f.Names()[0]
+		v, ok := rec[n]
+		if !ok || c.IsSet(n) || v == "" {
+			continue
+		}
+		vals := []string{v}
+		if strings.Contains(n, "daemonset") {
+			vals = splitList(v)
+		}
+		for _, one := range vals {
+			if err := c.Set(n, one); err != nil {
+				return withCode(ExitJournal, fmt.Errorf("run journal records --%s %q: %v", n, v, err))
+			}
+		}
+	}
+	return nil
+}
+
 func rollbackCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rollback",
@@ -457,6 +526,9 @@ func rollbackCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			e, err := setup(c)
 			if err != nil {
+				return err
+			}
+			if err := adoptLiveOptions(c, e); err != nil {
 				return err
 			}
 			// The lock first: the run's state is read under it.

@@ -271,3 +271,32 @@ func TestSpecialFilesAsCredentials(t *testing.T) {
 		})
 	}
 }
+
+// Issue 19 item 13: without systemd (as here) and without
+// --kubelet-restart-command, a run that would bounce is refused up front;
+// the files-only run the refusal suggests is not refused again, and its
+// rollback, which restarts nothing, needs no restart command either.
+// (--cri-socket makes the copy live, as on the node itself.)
+func TestNoSystemdRefusalSuggestsARunThatWorks(t *testing.T) {
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		t.Skip("systemd is PID 1 here: the refusal this tests cannot happen")
+	}
+	root := expiredNode(t)
+	before := snapshot(t, root)
+	live := []string{"--cri-socket", filepath.Join(t.TempDir(), "none.sock")}
+	r := kubecpr(t, nil, rootArgs(root, append([]string{"run"}, live...)...)...)
+	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "pass --kubelet-restart-command CMD, or renew the files only with `kubecpr run --until kubeconfigs`") {
+		t.Fatalf("run without systemd: exit %d, want %d with the way on\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	r = kubecpr(t, nil, rootArgs(root, append([]string{"run", "--until", "kubeconfigs"}, live...)...)...)
+	if r.code != 0 {
+		t.Fatalf("the suggested `run --until kubeconfigs` was refused: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = kubecpr(t, nil, rootArgs(root, append([]string{"rollback"}, live...)...)...)
+	if r.code != 0 {
+		t.Fatalf("rollback of the files-only run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"strconv"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -63,6 +64,10 @@ func orAuto(m SignMode) SignMode {
 }
 
 // nodeAPI returns a client for the node's own API server when it answers.
+// apiSettle is how long an API server that answers, but not yet "ok",
+// is given before the stage turns to a recovery server.
+var apiSettle = 15 * time.Second
+
 func nodeAPI(ctx context.Context, d pipeline.Data) (*kube.Client, bool) {
 	cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
 	if err != nil {
@@ -73,8 +78,19 @@ func nodeAPI(ctx context.Context, d pipeline.Data) (*kube.Client, bool) {
 	if err != nil {
 		return nil, false
 	}
-	if b, err := cs.Readyz(ctx); err != nil || string(b) != "ok" {
-		return nil, false
+	// On a loaded node a healthy API server can miss one 3 s answer (the
+	// bounce has just proven it): ask again for apiSettle unless nothing
+	// listens at all.
+	deadline := time.Now().Add(apiSettle)
+	for {
+		b, err := cs.Readyz(ctx)
+		if err == nil && string(b) == "ok" {
+			break
+		}
+		if (err != nil && errors.Is(err, syscall.ECONNREFUSED)) || time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, false
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 	cfg.Timeout = 30 * time.Second
 	if cs, err = kube.New(TuneClient(cfg)); err != nil {

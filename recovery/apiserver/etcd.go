@@ -79,6 +79,26 @@ func etcdHealth(ctx context.Context, n *node.Node, pkiDir string, flags map[stri
 	return nil
 }
 
+// etcdSettle is how long the node's own etcd may go without answering
+// before kubecpr calls it down.
+var etcdSettle = 30 * time.Second
+
+// waitEtcdHealth asks until etcd answers or d has passed.
+func waitEtcdHealth(ctx context.Context, n *node.Node, pkiDir string, flags map[string]string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := etcdHealth(ctx, n, pkiDir, flags)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
 // EnsureEtcd returns nil when the node's etcd answers; otherwise, with a
 // binary, it starts etcd from the node's manifest (its flags, its data dir,
 // its renewed certificates) and waits for health. The caller stops it.
@@ -90,7 +110,10 @@ func EnsureEtcd(ctx context.Context, n *node.Node, binary, stateDir, pkiDir stri
 	if err != nil {
 		return nil, nil // external etcd: nothing kubecpr can start
 	}
-	if etcdHealth(ctx, n, pkiDir, m.Flags) == nil {
+	// The kubelet runs etcd: on a loaded node one answer can take longer
+	// than a try, and the kubelet may be restarting it after a failed
+	// probe. It is down only when it has not answered for etcdSettle.
+	if waitEtcdHealth(ctx, n, pkiDir, m.Flags, etcdSettle) == nil {
 		return nil, nil
 	}
 	if binary == "" {

@@ -87,3 +87,17 @@ func (c Command) Restart(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// Missing stands where no manager can restart services (no systemd and no
+// command given) for a run whose stages never restart anything: a
+// `run --until kubeconfigs` on such a host. Restart says what to pass.
+type Missing struct{ Why string }
+
+var _ Manager = Missing{}
+
+func (m Missing) Describe() string                       { return "none: " + m.Why }
+func (Missing) State(context.Context, string) string     { return "unknown" }
+func (Missing) Logs(context.Context, string, int) string { return "" }
+func (m Missing) Restart(_ context.Context, name string) error {
+	return fmt.Errorf("cannot restart %s: %s", name, m.Why)
+}
