@@ -432,3 +432,67 @@ func AlgorithmDescription(algorithm string) string {
 	}
 	return strings.Replace(algorithm, "-", " ", 1)
 }
+
+// CAValidity is kubeadm's default CA lifetime (caCertificateValidityPeriod:
+// 87600h, ten years).
+const CAValidity = 10 * 365 * 24 * time.Hour
+
+// RenewCA re-issues the CA certificate of ca, self-signed with its own
+// key: the same subject (byte for byte, so every certificate it signed
+// still names it as issuer), subject key id, key usages, basic
+// constraints and path length; a new serial; valid from Now-Backdate for
+// Validity (default CAValidity). Every certificate signed by the old one
+// verifies against the new one, and the hash of its public key (kubeadm's
+// --discovery-token-ca-cert-hash) is unchanged.
+func RenewCA(ca *CA, o RenewOptions) (*x509.Certificate, error) {
+	if ca.Key == nil {
+		return nil, fmt.Errorf("the %s CA key is not on this node (external CA): its certificate cannot be renewed here", ca.Name)
+	}
+	old := ca.Cert
+	if !old.IsCA {
+		return nil, fmt.Errorf("the %s CA certificate (%s) is not a CA (basic constraints)", ca.Name, old.Subject.CommonName)
+	}
+	if !KeyMatches(old.PublicKey, ca.Key) {
+		return nil, fmt.Errorf("the %s CA key does not match its certificate (%s)", ca.Name, old.Subject.CommonName)
+	}
+	if o.Validity == 0 {
+		o.Validity = CAValidity
+	}
+	if o.Backdate == 0 {
+		o.Backdate = 5 * time.Minute
+	}
+	serial, err := NewSerial()
+	if err != nil {
+		return nil, err
+	}
+	skid := old.SubjectKeyId
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		RawSubject:            old.RawSubject,
+		NotBefore:             o.Now.Add(-o.Backdate).UTC(),
+		NotAfter:              o.Now.Add(o.Validity).UTC(),
+		KeyUsage:              old.KeyUsage,
+		ExtKeyUsage:           old.ExtKeyUsage,
+		UnknownExtKeyUsage:    old.UnknownExtKeyUsage,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            old.MaxPathLen,
+		MaxPathLenZero:        old.MaxPathLenZero,
+		SubjectKeyId:          skid,
+		DNSNames:              old.DNSNames,
+	}
+	// (An old certificate without a subject key id gets one computed from
+	// the key: leaves without an authority key id verify either way.)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ca.Key.Public(), ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("re-issuing the %s CA certificate: %w", ca.Name, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// PublicKeyPin is kubeadm's --discovery-token-ca-cert-hash of a
+// certificate: "sha256:" and the hex sha256 of its SubjectPublicKeyInfo.
+func PublicKeyPin(cert *x509.Certificate) string {
+	s := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(s[:])
+}

@@ -240,3 +240,62 @@ func TestSelfSignedServingKeepsKeyAndChains(t *testing.T) {
 		t.Errorf("leaf %q until %s", leaf.Subject.CommonName, leaf.NotAfter)
 	}
 }
+
+// Issue 18: a CA expired after ten years, re-issued with its own key.
+// Leaves it signed before (valid ones and expired ones renewed from the
+// old certificate) verify against the new certificate; the subject, key
+// id, usages and kubeadm's discovery hash are the same; the serial is new.
+func TestRenewCAKeepsEverySignatureValid(t *testing.T) {
+	ca := newCA(t, "kubernetes", t0.AddDate(-10, 0, -3), t0.AddDate(0, 0, -3))
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf := newLeaf(t, ca, key, &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "system:node:w-1", Organization: []string{"system:nodes"}},
+		NotBefore: t0.AddDate(0, -6, 0), NotAfter: t0.AddDate(0, 6, 0), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, AuthorityKeyId: ca.Cert.SubjectKeyId})
+	oldPool := x509.NewCertPool()
+	oldPool.AddCert(ca.Cert)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: oldPool, CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Fatal("fixture: the leaf verifies against the expired CA")
+	}
+	renewed, err := RenewCA(ca, RenewOptions{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(renewed)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("a leaf of the old CA certificate does not verify against the renewed one: %v", err)
+	}
+	if string(renewed.RawSubject) != string(ca.Cert.RawSubject) || string(renewed.SubjectKeyId) != string(ca.Cert.SubjectKeyId) {
+		t.Error("subject or subject key id changed")
+	}
+	if renewed.KeyUsage != ca.Cert.KeyUsage || !renewed.IsCA || renewed.MaxPathLen != ca.Cert.MaxPathLen {
+		t.Errorf("usages or constraints changed: %v IsCA=%v pathlen %d", renewed.KeyUsage, renewed.IsCA, renewed.MaxPathLen)
+	}
+	if PublicKeyPin(renewed) != PublicKeyPin(ca.Cert) {
+		t.Error("the discovery hash changed: existing join commands would break")
+	}
+	if renewed.SerialNumber.Cmp(ca.Cert.SerialNumber) == 0 {
+		t.Error("serial not changed")
+	}
+	if !renewed.NotBefore.Equal(t0.Add(-5*time.Minute)) || !renewed.NotAfter.Equal(t0.Add(CAValidity)) {
+		t.Errorf("validity %s – %s, want backdated 5m, ten years", renewed.NotBefore, renewed.NotAfter)
+	}
+	if err := renewed.CheckSignatureFrom(renewed); err != nil {
+		t.Errorf("not self-signed: %v", err)
+	}
+	// A leaf renewed from the renewed CA carries its key id as authority.
+	fresh, err := Renew(leaf, key.Public(), &CA{Name: "ca", Cert: renewed, Key: ca.Key}, RenewOptions{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("a leaf of the renewed CA: %v", err)
+	}
+	other := newCA(t, "kubernetes", t0.AddDate(-1, 0, 0), t0.AddDate(1, 0, 0))
+	if _, err := RenewCA(&CA{Name: "ca", Cert: ca.Cert, Key: other.Key}, RenewOptions{Now: t0}); err == nil {
+		t.Error("a key that is not the CA's was accepted")
+	}
+	if _, err := RenewCA(&CA{Name: "ca", Cert: ca.Cert}, RenewOptions{Now: t0}); err == nil {
+		t.Error("an external CA (no key) was accepted")
+	}
+}
