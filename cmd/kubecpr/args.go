@@ -103,6 +103,13 @@ func findCommand(cmds []*cli.Command, name string) *cli.Command {
 }
 
 func takesValue(f cli.Flag) bool {
+	if g, ok := f.(*cli.GenericFlag); ok {
+		// A value that is a boolean flag when given alone (--renew-ca)
+		// takes its value only as --flag=VALUE.
+		if b, ok := g.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			return false
+		}
+	}
 	if d, ok := f.(cli.DocGenerationFlag); ok {
 		return d.TakesValue()
 	}

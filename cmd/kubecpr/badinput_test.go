@@ -28,7 +28,7 @@ func TestBadInputStopsBeforeAnyChange(t *testing.T) {
 				return []string{"--now", now.AddDate(11, 0, 0).Format("2006-01-02T15:04:05Z")}
 			},
 			wantCode: ExitPrecondition,
-			wantMsg:  []string{"CA", "/etc/kubernetes/pki/ca.crt", "is not valid", "docs/expired-ca.md", "changed nothing"},
+			wantMsg:  []string{"CA", "/etc/kubernetes/pki/ca.crt", "is not valid", "docs/expired-ca.md", "--renew-ca", "nothing was changed"},
 		},
 		{
 			name: "missing CA key",

@@ -47,6 +47,16 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			"restore sa.key and sa.pub from a backup (or another control-plane node, where they are identical) before recovering",
 			strings.Join(inv.SAProblems, "; "))}
 	}
+	caActs, err := planCAs(d, inv)
+	if err != nil {
+		return nil, err
+	}
+	if len(caActs) > 0 {
+		// Judged again against the CA certificates as they will be.
+		if inv, err = d.Inventory(); err != nil {
+			return nil, err
+		}
+	}
 	var items []*inventory.Item
 	for _, it := range inv.Sorted() {
 		if it.Kind == inventory.KindCert {
@@ -57,7 +67,7 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	return EnsureDirs(d, "certs", acts), nil
+	return EnsureDirs(d, "certs", append(caActs, acts...)), nil
 }
 
 // Want reports whether an item is due for renewal under the options.
@@ -180,9 +190,10 @@ func keyOnly(it *inventory.Item) bool {
 
 func expiredCA(ca *inventory.CAItem, now time.Time) error {
 	return fmt.Errorf("the %s CA (%s) is not valid at %s (valid %s to %s): certificates signed by it would not be trusted. "+
-		"Options: (1) if the clock is wrong, fix it (or pass --now); (2) renew the CA itself with its existing key, "+
-		"which keeps every client that trusts it working (see docs/expired-ca.md); (3) rebuild the PKI with a new CA "+
-		"and redistribute it to every node and client. kubecpr changed nothing",
+		"Options: (1) if the clock is wrong, fix it (or pass --now); (2) re-issue the CA certificate with its own key: "+
+		"add --renew-ca (every expired CA) or --renew-ca=%[1]s, which keeps every signature it made valid (docs/expired-ca.md; "+
+		"on a cluster, `kubecpr cluster run --renew-ca` also gives the new certificate to every node); (3) rebuild the PKI with a new CA "+
+		"and redistribute it to every node and client",
 		ca.Name, ca.CertPath, now.UTC().Format(time.RFC3339),
 		ca.CA.Cert.NotBefore.UTC().Format(time.RFC3339), ca.CA.Cert.NotAfter.UTC().Format(time.RFC3339))
 }

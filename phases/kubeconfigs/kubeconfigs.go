@@ -94,5 +94,15 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 	if err != nil {
 		return nil, err
 	}
-	return certs.EnsureDirs(d, "kubeconfigs", append(acts, extra...)), nil
+	acts = append(acts, extra...)
+	// Older copies of a CA certificate (--renew-ca) in every file no
+	// action above rewrites: those replace them as they render.
+	written := map[string]bool{}
+	for _, a := range acts {
+		for _, p := range a.Paths {
+			written[p] = true
+		}
+	}
+	acts = append(acts, certs.TrustActions(d, inv, "kubeconfigs", written)...)
+	return certs.EnsureDirs(d, "kubeconfigs", acts), nil
 }

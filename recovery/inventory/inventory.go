@@ -195,7 +195,7 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		}
 		if ci.Status == pki.StatusExpired {
 			ci.Problems = append(ci.Problems, fmt.Sprintf("the %s CA expired on %s: every certificate it signed is untrusted; "+
-				"kubecpr cannot renew leaves from it (see docs/expired-ca.md)", l.name, cert.NotAfter.UTC().Format(time.RFC3339)))
+				"kubecpr renews leaves from it only after re-issuing it with its own key: --renew-ca (see docs/expired-ca.md)", l.name, cert.NotAfter.UTC().Format(time.RFC3339)))
 		}
 	}
 
@@ -215,7 +215,7 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		}
 		p := path.Join(node.KubernetesDir, name)
 		it := &Item{Name: name, Kind: KindKubeconfig, Path: p, CAName: "ca", Optional: name == "super-admin.conf"}
-		it.Store = &KubeconfigStore{Node: n, Path: p}
+		it.Store = &KubeconfigStore{Node: n, Path: p, Trust: inv.caCerts}
 		if name == "kubelet.conf" {
 			// kubelet.conf usually points at the rotating pem: then the pem
 			// is the credential, listed on its own below — also when it is
@@ -257,7 +257,7 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		}
 	}
 	for _, p := range n.UserKubeconfigs() {
-		ks := &KubeconfigStore{Node: n, Path: p}
+		ks := &KubeconfigStore{Node: n, Path: p, Trust: inv.caCerts}
 		if cas["ca"].CA == nil || !trustsCA(ks, cas["ca"].CA.Cert) {
 			continue
 		}
@@ -398,6 +398,14 @@ func trustsCA(ks *KubeconfigStore, ca *x509.Certificate) bool {
 	for _, cl := range cfg.Clusters {
 		if bytes.Contains(cl.CertificateAuthorityData, bytes.TrimSpace(caPEM)) {
 			return true
+		}
+		// The same CA re-issued (--renew-ca: same subject, same key)
+		// is the same trust.
+		certs, _ := pki.ParseCertificates(cl.CertificateAuthorityData)
+		for _, c := range certs {
+			if bytes.Equal(c.RawSubject, ca.RawSubject) && bytes.Equal(c.RawSubjectPublicKeyInfo, ca.RawSubjectPublicKeyInfo) {
+				return true
+			}
 		}
 	}
 	return false
@@ -577,4 +585,28 @@ func ServerOf(n *node.Node, p string) (string, error) {
 		return "", fmt.Errorf("%s: cluster %q not defined", p, k.Context.Cluster)
 	}
 	return k.Server(), nil
+}
+
+// caCerts are the CA certificates of the inventory, as UseCA leaves them.
+func (inv *Inventory) caCerts() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range inv.CAs {
+		if c.CA != nil && c.CA.Cert != nil {
+			out = append(out, c.CA.Cert)
+		}
+	}
+	return out
+}
+
+// UseCA judges the inventory against ca as the CA named name: the CA
+// certificate a run is about to write in place of the one on disk (same
+// key). The CA's own status is then that of the new certificate.
+func (inv *Inventory) UseCA(name string, ca *pki.CA) {
+	for _, c := range inv.CAs {
+		if c.Name == name {
+			c.CA = ca
+			c.Status = pki.StatusAt(ca.Cert, inv.Now, inv.Warn)
+			c.Problems = nil
+		}
+	}
 }

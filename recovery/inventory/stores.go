@@ -84,6 +84,24 @@ func (s *PairStore) Render(cert *x509.Certificate, key crypto.Signer, _ time.Tim
 type KubeconfigStore struct {
 	Node *node.Node
 	Path string
+	// Trust are the node's CA certificates as the run leaves them: Render
+	// replaces older copies of them in certificate-authority-data
+	// (--renew-ca). Nil: none.
+	Trust func() []*x509.Certificate
+}
+
+// swapTrust replaces older copies of the node's CAs in every cluster of cfg.
+func (s *KubeconfigStore) swapTrust(cfg *clientcmdapi.Config) {
+	if s.Trust == nil {
+		return
+	}
+	for _, ca := range s.Trust() {
+		for _, cl := range cfg.Clusters {
+			if out := replacePEM(cl.CertificateAuthorityData, ca); out != nil {
+				cl.CertificateAuthorityData = out
+			}
+		}
+	}
 }
 
 var _ Store = (*KubeconfigStore)(nil)
@@ -203,15 +221,35 @@ func (s *KubeconfigStore) Render(cert *x509.Certificate, key crypto.Signer, _ ti
 	if len(ai.ClientCertificateData) == 0 && ai.ClientCertificate != "" {
 		// Referenced files: write them, leave the kubeconfig as it is.
 		certPath := s.Node.Resolve(s.ref(ai.ClientCertificate), false)
-		if ai.ClientKey == ai.ClientCertificate {
-			return []node.FileOp{{Path: certPath, Data: append(cpem, kpem...), Mode: 0o600, Secret: true}}, nil
-		}
 		ops := []node.FileOp{}
-		if ai.ClientKey != "" {
-			ops = append(ops, node.FileOp{Path: s.Node.Resolve(s.ref(ai.ClientKey), false), Data: kpem, Mode: 0o600, Secret: true})
+		if ai.ClientKey == ai.ClientCertificate {
+			ops = append(ops, node.FileOp{Path: certPath, Data: append(cpem, kpem...), Mode: 0o600, Secret: true})
+		} else {
+			if ai.ClientKey != "" {
+				ops = append(ops, node.FileOp{Path: s.Node.Resolve(s.ref(ai.ClientKey), false), Data: kpem, Mode: 0o600, Secret: true})
+			}
+			ops = append(ops, node.FileOp{Path: certPath, Data: cpem, Mode: 0o644})
 		}
-		return append(ops, node.FileOp{Path: certPath, Data: cpem, Mode: 0o644}), nil
+		// The kubeconfig itself changes only where it holds an older
+		// copy of a CA certificate (--renew-ca).
+		if s.Trust != nil {
+			raw, err := s.Node.ReadFile(s.Path)
+			if err != nil {
+				return nil, err
+			}
+			changed := false
+			for _, ca := range s.Trust() {
+				if out, _ := ReplaceTrust(raw, ca); out != nil {
+					raw, changed = out, true
+				}
+			}
+			if changed {
+				ops = append(ops, node.FileOp{Path: s.Path, Data: raw, Mode: 0o600, Secret: true})
+			}
+		}
+		return ops, nil
 	}
+	s.swapTrust(cfg)
 	ai.ClientCertificateData = cpem
 	ai.ClientKeyData = kpem
 	out, err := clientcmd.Write(*cfg)

@@ -49,6 +49,9 @@ type Runner struct {
 	Stages   []Stage
 	// LiveNode is nil when processes must not be touched.
 	LiveNode *Live
+	// plannedCAs are the CA certificates this run's plan re-issues
+	// (Data.PlanCA): every later Inventory judges against them.
+	plannedCAs map[string]*pki.CA
 	// Selection and Recorded go into the run-start record of a new run:
 	// the stage selection, and every option of the run (flag name →
 	// value), which resume reuses.
@@ -97,7 +100,20 @@ func (d data) ApplyFiles(ctx context.Context, stage, actionID string, ops []node
 	return d.r.applyFiles(ctx, stage, a, states[actionID])
 }
 func (d data) Inventory() (*inventory.Inventory, error) {
-	return inventory.Build(d.r.Node, d.r.Cluster, d.r.Clock, d.r.Warn)
+	inv, err := inventory.Build(d.r.Node, d.r.Cluster, d.r.Clock, d.r.Warn)
+	if err != nil {
+		return nil, err
+	}
+	for name, ca := range d.r.plannedCAs {
+		inv.UseCA(name, ca)
+	}
+	return inv, nil
+}
+func (d data) PlanCA(name string, ca *pki.CA) {
+	if d.r.plannedCAs == nil {
+		d.r.plannedCAs = map[string]*pki.CA{}
+	}
+	d.r.plannedCAs[name] = ca
 }
 
 // Data returns the stage view of this runner (for plan-only use).

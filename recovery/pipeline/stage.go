@@ -16,6 +16,7 @@ import (
 	"github.com/kubecpr/kubecpr/recovery/fsys"
 	"github.com/kubecpr/kubecpr/recovery/inventory"
 	"github.com/kubecpr/kubecpr/recovery/node"
+	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
 	"github.com/kubecpr/kubecpr/recovery/service"
 )
@@ -46,8 +47,34 @@ type Options struct {
 	// the same way.
 	APIServerCertExtraSANs []string
 	DryRun                 bool
+	// RenewCA re-issues CA certificates with their own keys (--renew-ca).
+	RenewCA CARenewal
 	// CSR are the csr stage's options.
 	CSR CSROptions
+}
+
+// CARenewal selects the CAs the certs stage re-issues: none unless
+// Enabled; with Enabled, Names, or when empty every CA that is expired,
+// not yet valid, or expiring within the run's warning window.
+type CARenewal struct {
+	Enabled bool
+	Names   []string
+}
+
+// Wants reports whether the CA named name, in status st, is to be renewed.
+func (c CARenewal) Wants(name string, due bool) bool {
+	if !c.Enabled {
+		return false
+	}
+	if len(c.Names) == 0 {
+		return due
+	}
+	for _, n := range c.Names {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // CSROptions are the csr stage's options (from the CLI; the stage reads
@@ -78,8 +105,13 @@ type Data interface {
 	Cluster() *node.Cluster
 	Now() time.Time
 	Options() Options
-	// Inventory reads and judges the node's credentials as they are now.
+	// Inventory reads and judges the node's credentials as they are now,
+	// each CA planned for renewal (PlanCA) as it will be.
 	Inventory() (*inventory.Inventory, error)
+	// PlanCA records that this run re-issues the CA named name as ca: the
+	// plans of this and later stages see the node as it will be once the
+	// new CA certificate is written (the same key, a valid certificate).
+	PlanCA(name string, ca *pki.CA)
 	Out() io.Writer
 	RunID() string
 	// BackupDir is the host path of this run's backup.
