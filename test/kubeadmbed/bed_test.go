@@ -173,12 +173,15 @@ func TestKubeadmBed(t *testing.T) {
 		time.Sleep(2 * time.Second)
 	}
 	t.Logf("client-go with admin.conf: %v", apiErr)
+	// etcd's peers reject each other's certificates, and the API server
+	// etcd's client certificate: one of cp-1's control-plane logs says so.
 	for deadline = time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
-		if l := etcdLogs(b.Nodes[0]); strings.Contains(l, "bad certificate") || strings.Contains(l, "certificate has expired") {
+		l := podLogs(b.Nodes[0], "etcd") + podLogs(b.Nodes[0], "kube-apiserver")
+		if strings.Contains(l, "bad certificate") || strings.Contains(l, "certificate has expired") || strings.Contains(l, "expired certificate") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cp-1's etcd never named a rejected certificate:\n%s", tailString(etcdLogs(b.Nodes[0]), 20))
+			t.Fatalf("cp-1's etcd and kube-apiserver never named a rejected certificate:\n%s", tailString(l, 20))
 		}
 	}
 	for _, w := range b.Workers() {
@@ -193,6 +196,39 @@ func TestKubeadmBed(t *testing.T) {
 		}
 	}
 	t.Logf("expired and failing as users see it in %s (load %s)", time.Since(t0).Round(100*time.Millisecond), load())
+
+	// The recovery, as the operator does it: logged in on cp-1, one
+	// command for the whole cluster, every node (cp-1 too) over SSH.
+	inv := b.StartSSH(t)
+	expired := map[string]map[string]string{}
+	for _, n := range b.Nodes {
+		expired[n.Name] = credentials(t, n)
+	}
+	recoverCluster := func(what string) {
+		t.Helper()
+		t0 := time.Now()
+		out, err := driver(t, b, "cluster", "run", "--inventory", inv)
+		if err != nil {
+			t.Fatalf("%s: cluster run: %v\n%s", what, err, out)
+		}
+		t.Logf("%s: cluster run in %s (load %s)", what, time.Since(t0).Round(100*time.Millisecond), load())
+		assertRecovered(ctx, t, b, t0)
+		t.Logf("%s: proven recovered %s after the run began", what, time.Since(t0).Round(100*time.Millisecond))
+	}
+	recoverCluster("first run")
+
+	t0 = time.Now()
+	out, err := driver(t, b, "cluster", "rollback")
+	if err != nil {
+		t.Fatalf("cluster rollback: %v\n%s", err, out)
+	}
+	t.Logf("cluster rollback in %s", time.Since(t0).Round(100*time.Millisecond))
+	for _, n := range b.Nodes {
+		if d := credentialDiff(expired[n.Name], credentials(t, n)); d != "" {
+			t.Errorf("%s: not byte-identical after the rollback:\n%s", n.Name, d)
+		}
+	}
+	recoverCluster("after the rollback")
 }
 
 func approved(r *certificatesv1.CertificateSigningRequest) bool {
@@ -204,10 +240,11 @@ func approved(r *certificatesv1.CertificateSigningRequest) bool {
 	return false
 }
 
-// etcdLogs is everything the node's etcd containers wrote.
-func etcdLogs(n *Node) string {
+// podLogs is everything the node's static pod containers of component
+// wrote.
+func podLogs(n *Node, component string) string {
 	var b strings.Builder
-	dirs, _ := filepath.Glob(n.Path("/var/log/pods/kube-system_etcd-" + n.Name + "_*/etcd/*.log"))
+	dirs, _ := filepath.Glob(n.Path("/var/log/pods/kube-system_" + component + "-" + n.Name + "_*/" + component + "/*.log"))
 	for _, f := range dirs {
 		data, _ := os.ReadFile(f)
 		b.Write(data)

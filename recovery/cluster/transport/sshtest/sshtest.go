@@ -11,6 +11,7 @@ package sshtest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -60,11 +61,30 @@ type Server struct {
 
 	cmd  *exec.Cmd
 	logs string // sshd's log file
+	opts Options
+}
+
+// Options place sshd somewhere else than this namespace's loopback: inside
+// a test node's namespaces, on the node's own address.
+type Options struct {
+	// Enter is nsenter's flags for the namespaces sshd runs in (it must
+	// include the mount namespace when sshd's privilege separation
+	// directory is to be made there).
+	Enter []string
+	// Host and Port sshd listens on (default 127.0.0.1 and a free port).
+	Host string
+	Port int
+	// Dial reaches Host:Port for the readiness check (default: a dial
+	// from this process's namespace).
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Start starts sshd on a free loopback port and waits until it answers. It
 // skips the test when not root or when sshd is not installed.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { t.Helper(); return StartWith(t, Options{}) }
+
+// StartWith starts sshd as o says and waits until it answers.
+func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("sshtest: a real sshd needs root (privilege separation, root login); not root")
@@ -72,12 +92,19 @@ func Start(t testing.TB) *Server {
 	if _, err := os.Stat(SSHD); err != nil {
 		t.Skipf("sshtest: %s not installed (openssh-server; hack/install-deps.sh installs it)", SSHD)
 	}
-	if err := os.MkdirAll(privsepDir, 0o755); err != nil {
+	if len(o.Enter) > 0 {
+		if out, err := exec.Command("nsenter", append(append(append([]string{}, o.Enter...), "--"), "mkdir", "-p", privsepDir)...).CombinedOutput(); err != nil {
+			t.Fatalf("sshtest: creating sshd's privilege separation directory in %v: %v\n%s", o.Enter, err, out)
+		}
+	} else if err := os.MkdirAll(privsepDir, 0o755); err != nil {
 		t.Fatalf("sshtest: creating sshd's privilege separation directory: %v", err)
 	}
 
 	dir := t.TempDir()
-	s := &Server{Host: "127.0.0.1", User: "root", Dir: dir}
+	s := &Server{Host: "127.0.0.1", User: "root", Dir: dir, opts: o}
+	if o.Host != "" {
+		s.Host = o.Host
+	}
 
 	hostPub, hostKeyFile := writeKey(t, dir, "ssh_host_ed25519_key")
 	hostKey, err := ssh.NewPublicKey(hostPub)
@@ -98,13 +125,16 @@ func Start(t testing.TB) *Server {
 	// A free port can be taken by someone else between finding it and
 	// sshd binding it: try a few.
 	for attempt := 1; ; attempt++ {
-		s.Port = freePort(t)
+		s.Port = o.Port
+		if s.Port == 0 {
+			s.Port = freePort(t)
+		}
 		s.Addr = net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
 		err := s.start(t, hostKeyFile)
 		if err == nil {
 			break
 		}
-		if attempt == 5 || !strings.Contains(s.Logs(), "Bind to port") {
+		if attempt == 5 || o.Port != 0 || !strings.Contains(s.Logs(), "Bind to port") {
 			t.Fatalf("sshtest: starting sshd: %v\nsshd output:\n%s", err, s.Logs())
 		}
 	}
@@ -156,6 +186,11 @@ func (s *Server) start(t testing.TB, hostKeyFile string) error {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(SSHD, "-D", "-e", "-f", config)
+	if len(s.opts.Enter) > 0 {
+		// nsenter enters the namespaces and execs sshd (no fork without
+		// --pid): the process is sshd itself.
+		cmd = exec.Command("nsenter", append(append(append([]string{}, s.opts.Enter...), "--", SSHD), "-D", "-e", "-f", config)...)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -189,7 +224,7 @@ func (s *Server) start(t testing.TB, hostKeyFile string) error {
 			return fmt.Errorf("sshd exited: %v", err)
 		default:
 		}
-		if banner(s.Addr) {
+		if banner(s.opts.Dial, s.Addr) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -242,8 +277,14 @@ func children(pid int) []int {
 }
 
 // banner reports whether an SSH server answers on addr.
-func banner(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func banner(dial func(context.Context, string, string) (net.Conn, error), addr string) bool {
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return false
 	}

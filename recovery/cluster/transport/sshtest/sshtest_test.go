@@ -12,7 +12,7 @@ import (
 
 func TestStart(t *testing.T) {
 	s := Start(t)
-	if !banner(s.Addr) {
+	if !banner(nil, s.Addr) {
 		t.Fatalf("no SSH banner on %s", s.Addr)
 	}
 	if want := "127.0.0.1:" + strconv.Itoa(s.Port); s.Addr != want || s.Host != "127.0.0.1" {
