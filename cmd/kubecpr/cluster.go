@@ -180,6 +180,19 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		return withCode(ExitPrecondition, err)
 	}
 	o.Control = controlTree(e, o.Inventory, o.CAFrom)
+	if !dryRun {
+		recorded := o.RunArgs
+		if o.RunArgs, o.CACerts, err = clusterCAs(e, stateDir, o.Control, o.RunArgs, id != "" && cluster.Status(recs) == "open"); err != nil {
+			return err
+		}
+		if b := o.CACerts["ca"]; b != nil && o.CA != nil {
+			// Workers' kubelet certificates are signed as the new one.
+			if crt, err := pki.ParseCertificate(b); err == nil {
+				o.CA = &pki.CA{Name: "ca", Cert: crt, Key: o.CA.Key}
+			}
+		}
+		o.RecordedRunArgs = recorded
+	}
 	d, continued, err := cluster.New(o)
 	if err != nil {
 		return err

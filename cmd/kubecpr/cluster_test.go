@@ -24,7 +24,7 @@ func expiredCluster(t testing.TB, dir string) (inv string, roots map[string]stri
 
 // expiredClusterOf is expiredCluster with cps control planes (cp-1..) and
 // workers workers (w-1..).
-func expiredClusterOf(t testing.TB, dir string, cps, workers int) (inv string, roots map[string]string) {
+func expiredClusterOf(t testing.TB, dir string, cps, workers int, opts ...func(*fixture.Options)) (inv string, roots map[string]string) {
 	t.Helper()
 	roots = map[string]string{}
 	var first *fixture.Node
@@ -34,6 +34,9 @@ func expiredClusterOf(t testing.TB, dir string, cps, workers int) (inv string, r
 			CA:            fixture.Window{NotBefore: now.AddDate(-2, 0, 0), NotAfter: now.AddDate(8, 0, 0)},
 			Leaf:          fixture.Window{NotBefore: now.AddDate(-1, 0, -3), NotAfter: now.AddDate(0, 0, -3)},
 			KubeletClient: fixture.Window{NotBefore: now.AddDate(-1, 0, -3), NotAfter: now.AddDate(0, 0, -3)},
+		}
+		for _, f := range opts {
+			f(&o)
 		}
 		n, err := fixture.Generate(root, o)
 		if err != nil {

@@ -117,3 +117,79 @@ func TestRenewCAOnAnExpiredNode(t *testing.T) {
 		t.Errorf("rollback not byte-identical:\n%s", d)
 	}
 }
+
+// Issue 18 across a cluster (two control planes, one worker, trees on this
+// machine): `cluster run --renew-ca` re-issues each expired CA once, on the
+// driving node, and every node installs that same certificate: the control
+// planes' CA files, the worker's pki/ca.crt and kubelet.conf; every node is
+// then clean by `check` and chains to it; `cluster rollback` puts every
+// node back byte for byte.
+func TestClusterRenewCA(t *testing.T) {
+	dir := t.TempDir()
+	inv, roots := expiredClusterOf(t, dir, 2, 1, func(o *fixture.Options) {
+		o.CA = fixture.Window{NotBefore: now.AddDate(-10, 0, -3), NotAfter: now.AddDate(0, 0, -3)}
+	})
+	before := map[string]map[string]string{}
+	for name, root := range roots {
+		before[name] = snapshot(t, root)
+	}
+	clock := []string{"--now", now.Format("2006-01-02T15:04:05Z")}
+	r := kubecpr(t, nil, append([]string{"cluster", "run", "--inventory", inv, "--root", roots["cp-1"]}, clock...)...)
+	if r.code != ExitStageFailed && r.code != ExitPrecondition || !strings.Contains(r.stderr+r.stdout, "--renew-ca") {
+		t.Fatalf("cluster run without --renew-ca on expired CAs: exit %d, want a refusal naming --renew-ca\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for name, root := range roots {
+		if d := diffSnapshots(before[name], snapshot(t, root)); d != "" {
+			t.Fatalf("%s changed by a refused run:\n%s", name, d)
+		}
+	}
+	r = kubecpr(t, nil, append([]string{"cluster", "rollback", "--root", roots["cp-1"]}, clock...)...)
+	if r.code != 0 {
+		t.Fatalf("closing the refused cluster run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = kubecpr(t, nil, append([]string{"cluster", "run", "--renew-ca", "--update-user-kubeconfigs", "--inventory", inv, "--root", roots["cp-1"]}, clock...)...)
+	if r.code != 0 {
+		t.Fatalf("cluster run --renew-ca: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	want := mustRead(t, filepath.Join(roots["cp-1"], "var/lib/kubecpr/cluster/ca/ca.crt"))
+	newCA, err := pki.ParseCertificate(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, root := range roots {
+		if got := mustRead(t, filepath.Join(root, "etc/kubernetes/pki/ca.crt")); !bytes.Equal(got, want) {
+			t.Errorf("%s: pki/ca.crt is not the cluster's re-issued CA certificate", name)
+		}
+		cfg, err := clientcmd.LoadFromFile(filepath.Join(root, "etc/kubernetes/kubelet.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for cn, cl := range cfg.Clusters {
+			if !bytes.Equal(cl.CertificateAuthorityData, want) {
+				t.Errorf("%s: kubelet.conf cluster %s does not trust the re-issued CA certificate", name, cn)
+			}
+		}
+		if !strings.HasPrefix(name, "w-") {
+			for _, ca := range []string{"front-proxy-ca", "etcd/ca"} {
+				a := mustRead(t, filepath.Join(root, "etc/kubernetes/pki", ca+".crt"))
+				b := mustRead(t, filepath.Join(roots["cp-1"], "etc/kubernetes/pki", ca+".crt"))
+				if !bytes.Equal(a, b) {
+					t.Errorf("%s: %s.crt differs from cp-1's: each CA must be re-issued once for the cluster", name, ca)
+				}
+			}
+		}
+	}
+	if !now.Before(newCA.NotAfter) {
+		t.Errorf("the re-issued CA ends %s", newCA.NotAfter)
+	}
+	checkClusterRecovered(t, roots)
+	r = kubecpr(t, nil, append([]string{"cluster", "rollback", "--root", roots["cp-1"]}, clock...)...)
+	if r.code != 0 {
+		t.Fatalf("cluster rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for name, root := range roots {
+		if d := diffSnapshots(before[name], snapshot(t, root)); d != "" {
+			t.Errorf("%s: not byte-identical after the rollback:\n%s", name, d)
+		}
+	}
+}

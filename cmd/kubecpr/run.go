@@ -31,6 +31,7 @@ func renewFlags() []cli.Flag {
 		&cli.StringFlag{Name: "apiserver-cert-extra-sans", Usage: "comma-separated IP addresses and DNS names the API server certificate must carry (as kubeadm's flag): it is re-issued with them added, or created with them when missing; the --config certSANs are added too"},
 		&cli.StringFlag{Name: "kubelet-client-bundle", Usage: "worker: install this kubelet client certificate+key (PEM, signed on a control-plane node; `kubecpr cluster` makes it) instead of signing one"},
 		renewCAFlag(),
+		&cli.StringSliceFlag{Name: "ca-certificate", Usage: "install this re-issued CA certificate (same subject and key as one of the node's CAs; `kubecpr cluster run --renew-ca` makes it) over the node's and its older copies; repeatable"},
 		&cli.StringFlag{Name: "kubelet-bootstrap-token-file", Usage: "worker: file holding a bootstrap token (id.secret; `kubecpr cluster --workers bootstrap` makes it): write bootstrap-kubelet.conf with it instead of renewing the kubelet's client certificate, so the restarted kubelet requests one"},
 	}
 }
@@ -141,6 +142,7 @@ func options(c *cli.Context) pipeline.Options {
 		KubeletClientBundle: c.String("kubelet-client-bundle"), KubeletBootstrapTokenFile: c.String("kubelet-bootstrap-token-file"),
 		APIServerCertExtraSANs: splitList(c.String("apiserver-cert-extra-sans")),
 		RenewCA:                renewCAOption(c),
+		CACertificates:         c.StringSlice("ca-certificate"),
 	}
 	// Only an explicit --validity wins over the kubeadm config's
 	// certificateValidityPeriod; zero lets the certs stage choose.

@@ -1,8 +1,10 @@
 package certs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"io/fs"
 	"path/filepath"
 	"slices"
@@ -36,8 +38,9 @@ func caLifetime(d pipeline.Data) (time.Duration, string) {
 // Leaves it signed stay valid; they are renewed as usual when due.
 func planCAs(d pipeline.Data, inv *inventory.Inventory) ([]pipeline.Action, error) {
 	o := d.Options().RenewCA
-	if !o.Enabled {
-		return nil, nil
+	installed, err := installCAs(d, inv)
+	if err != nil || !o.Enabled {
+		return installed, err
 	}
 	for _, n := range o.Names {
 		if inv.CA(n) == nil || inv.CA(n).CA == nil {
@@ -45,9 +48,9 @@ func planCAs(d pipeline.Data, inv *inventory.Inventory) ([]pipeline.Action, erro
 		}
 	}
 	validity, src := caLifetime(d)
-	var acts []pipeline.Action
+	acts := installed
 	for _, c := range inv.CAs {
-		if c.CA == nil || !o.Wants(c.Name, caDue(c)) {
+		if c.CA == nil || !o.Wants(c.Name, caDue(c)) || planned(installed, c.Name) {
 			continue
 		}
 		if c.External() {
@@ -73,6 +76,65 @@ func planCAs(d pipeline.Data, inv *inventory.Inventory) ([]pipeline.Action, erro
 			},
 		})
 		d.PlanCA(c.Name, &pki.CA{Name: c.CA.Name, Cert: renewed, Key: c.CA.Key})
+	}
+	return acts, nil
+}
+
+func planned(acts []pipeline.Action, name string) bool {
+	for _, a := range acts {
+		if a.ID == "certs/ca:"+name {
+			return true
+		}
+	}
+	return false
+}
+
+// installCAs plans --ca-certificate: each file is a CA certificate
+// re-issued elsewhere for this cluster; it must have the subject and key
+// of one of the node's CAs, and be valid, and it replaces that CA's file
+// (the node's key, where it has one, stays). A node that already holds
+// exactly it needs nothing.
+func installCAs(d pipeline.Data, inv *inventory.Inventory) ([]pipeline.Action, error) {
+	var acts []pipeline.Action
+	for _, f := range d.Options().CACertificates {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, &pipeline.PreconditionError{Stage: "certs", Err: fmt.Errorf("--ca-certificate %s: %w", f, err)}
+		}
+		cert, err := pki.ParseCertificate(b)
+		if err != nil {
+			return nil, &pipeline.PreconditionError{Stage: "certs", Err: fmt.Errorf("--ca-certificate %s: %w", f, err)}
+		}
+		var match *inventory.CAItem
+		for _, c := range inv.CAs {
+			if c.CA != nil && bytes.Equal(c.CA.Cert.RawSubject, cert.RawSubject) && bytes.Equal(c.CA.Cert.RawSubjectPublicKeyInfo, cert.RawSubjectPublicKeyInfo) {
+				match = c
+			}
+		}
+		if match == nil {
+			return nil, &pipeline.PreconditionError{Stage: "certs", Err: fmt.Errorf("--ca-certificate %s (%s) is not a certificate of any CA of this node (none has its subject and key): "+
+				"it belongs to another cluster, or this node's CA was replaced", f, cert.Subject.CommonName)}
+		}
+		if !cert.IsCA || cert.CheckSignatureFrom(cert) != nil {
+			return nil, &pipeline.PreconditionError{Stage: "certs", Err: fmt.Errorf("--ca-certificate %s is not a self-signed CA certificate", f)}
+		}
+		if st := pki.StatusAt(cert, d.Now(), 0); st != pki.StatusOK {
+			return nil, &pipeline.PreconditionError{Stage: "certs", Err: fmt.Errorf("--ca-certificate %s is %s at %s", f, st, d.Now().UTC().Format(time.RFC3339))}
+		}
+		if bytes.Equal(match.CA.Cert.Raw, cert.Raw) {
+			continue // already installed (a resumed run, a node done before)
+		}
+		path, data := match.CertPath, pki.EncodeCertificate(cert)
+		acts = append(acts, pipeline.Action{
+			ID: "certs/ca:" + match.Name,
+			Summary: fmt.Sprintf("install the %s CA certificate re-issued for the cluster (%s) over %s: %s %s → until %s, same subject and key",
+				match.Name, f, path, match.Status, match.CA.Cert.NotAfter.UTC().Format("2006-01-02"), cert.NotAfter.UTC().Format("2006-01-02")),
+			Paths: []string{path},
+			Files: func(context.Context) ([]node.FileOp, error) {
+				return []node.FileOp{{Path: path, Data: data, Mode: 0o644}}, nil
+			},
+		})
+		d.PlanCA(match.Name, &pki.CA{Name: match.CA.Name, Cert: cert, Key: match.CA.Key})
 	}
 	return acts, nil
 }

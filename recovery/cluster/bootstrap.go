@@ -230,7 +230,11 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 	if err := t.Upload(ctx, strings.NewReader(b.tok.Value()+"\n"), dst, 0o600); err != nil {
 		return fmt.Errorf("copying the bootstrap token to %s: %w", dst, err)
 	}
-	_, runErr := d.kubecpr(ctx, n, false, d.runArgs(n, "--until", "bounce", "--kubelet-bootstrap-token-file", dst)...)
+	ca, err := d.caArgs(ctx, n, true)
+	if err != nil {
+		return err
+	}
+	_, runErr := d.kubecpr(ctx, n, false, d.runArgs(n, append([]string{"--until", "bounce", "--kubelet-bootstrap-token-file", dst}, ca...)...)...)
 	// The token is a secret: it does not outlive the run (the node keeps it
 	// only inside bootstrap-kubelet.conf, 0600, until it expires).
 	if err := t.Run(ctx, []string{"rm", "-f", dst}, io.Discard, io.Discard); err != nil && runErr == nil {

@@ -55,9 +55,13 @@ type Options struct {
 	StateDir   string // host path of the driving node's state dir
 	GlobalArgs []string
 	RunArgs    []string
-	LiveArgs   []string
-	Workers    string // bundle (default) or bootstrap
-	Parallel   int
+	// RecordedRunArgs, when set, are journaled instead of RunArgs: the
+	// run's flags as given (--renew-ca, which the driver acts on itself
+	// and does not pass to the nodes).
+	RecordedRunArgs []string
+	LiveArgs        []string
+	Workers         string // bundle (default) or bootstrap
+	Parallel        int
 	// CA signs the workers' kubelet bundles (the cluster CA with its key,
 	// from a control-plane node's tree).
 	CA       *pki.CA
@@ -74,6 +78,12 @@ type Options struct {
 	// BootstrapWait how long each worker's kubelet may take to
 	// authenticate again (defaults DefaultBootstrapTTL, DefaultBootstrapWait).
 	BootstrapTTL, BootstrapWait time.Duration
+
+	// CACerts are CA certificates (PEM) re-issued once for the whole run
+	// (--renew-ca), by CA name: every control plane gets all of them,
+	// every worker the cluster CA's, with --ca-certificate, so that the
+	// same new certificate is trusted everywhere.
+	CACerts map[string][]byte
 
 	// Dial connects to a node; nil uses Connect.
 	Dial func(ctx context.Context, n cinv.Node) (transport.Transport, error)
@@ -235,8 +245,12 @@ func (d *Driver) open(continued bool) error {
 	if err != nil {
 		return err
 	}
+	recorded := d.o.RunArgs
+	if d.o.RecordedRunArgs != nil {
+		recorded = d.o.RecordedRunArgs
+	}
 	start := &Record{Inventory: d.o.Inventory.Source, InventorySHA256: sum, GlobalArgs: d.o.GlobalArgs,
-		RunArgs: d.o.RunArgs, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers, CAFrom: d.o.CAFrom, Parallel: d.o.Parallel}
+		RunArgs: recorded, LiveArgs: d.o.LiveArgs, Workers: d.o.Workers, CAFrom: d.o.CAFrom, Parallel: d.o.Parallel}
 	if err := d.append(journal.Record{Kind: journal.KindRunStart, Cluster: start}); err != nil {
 		return err
 	}
@@ -589,6 +603,42 @@ func (d *Driver) runArgs(n cinv.Node, extra ...string) []string {
 	return append(args, n.Args...)
 }
 
+// CANodePath is where a node gets a CA certificate re-issued for the
+// cluster (--renew-ca): "ca-NAME.crt" in this directory.
+const CANodePath = "/var/lib/kubecpr/incoming"
+
+// caArgs copies the run's re-issued CA certificates to node n (a worker
+// gets the cluster CA's only) and returns the --ca-certificate flags that
+// install them.
+func (d *Driver) caArgs(ctx context.Context, n cinv.Node, worker bool) ([]string, error) {
+	if len(d.o.CACerts) == 0 {
+		return nil, nil
+	}
+	names := make([]string, 0, len(d.o.CACerts))
+	for name := range d.o.CACerts {
+		if !worker || name == "ca" {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	t, err := d.conn(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	var args []string
+	for _, name := range names {
+		dst := hostPath(n, CANodePath+"/ca-"+name+".crt")
+		if err := d.incomingDir(ctx, t, n, dst); err != nil {
+			return nil, err
+		}
+		if err := t.Upload(ctx, bytes.NewReader(d.o.CACerts[name]), dst, 0o644); err != nil {
+			return nil, fmt.Errorf("copying the re-issued %s CA certificate to %s: %w", name, dst, err)
+		}
+		args = append(args, "--ca-certificate="+dst)
+	}
+	return args, nil
+}
+
 // Run drives the whole cluster run (or continues it).
 func (d *Driver) Run(ctx context.Context, continued bool) error {
 	if err := d.Prepare(ctx); err != nil {
@@ -602,7 +652,11 @@ func (d *Driver) Run(ctx context.Context, continued bool) error {
 
 	// Phase 1: every control plane offline, before any process is touched.
 	if err := d.step(ctx, PhaseOffline, cps, d.o.Parallel, func(ctx context.Context, n cinv.Node) error {
-		_, err := d.kubecpr(ctx, n, false, d.runArgs(n, "--until", "kubeconfigs")...)
+		ca, err := d.caArgs(ctx, n, false)
+		if err != nil {
+			return err
+		}
+		_, err = d.kubecpr(ctx, n, false, d.runArgs(n, append([]string{"--until", "kubeconfigs"}, ca...)...)...)
 		return err
 	}); err != nil {
 		return err
@@ -648,7 +702,11 @@ func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
 	if err := t.Upload(ctx, bytes.NewReader(bundle), dst, 0o600); err != nil {
 		return fmt.Errorf("copying the kubelet bundle to %s: %w", dst, err)
 	}
-	_, runErr := d.kubecpr(ctx, n, false, d.runArgs(n, "--until", "bounce", "--kubelet-client-bundle", dst)...)
+	ca, err := d.caArgs(ctx, n, true)
+	if err != nil {
+		return err
+	}
+	_, runErr := d.kubecpr(ctx, n, false, d.runArgs(n, append([]string{"--until", "bounce", "--kubelet-client-bundle", dst}, ca...)...)...)
 	// The bundle holds a private key: it does not outlive the run.
 	if err := t.Run(ctx, []string{"rm", "-f", dst}, io.Discard, io.Discard); err != nil && runErr == nil {
 		return fmt.Errorf("removing %s: %w", dst, err)

@@ -49,6 +49,11 @@ type Options struct {
 	DryRun                 bool
 	// RenewCA re-issues CA certificates with their own keys (--renew-ca).
 	RenewCA CARenewal
+	// CACertificates are host paths of CA certificates re-issued elsewhere
+	// (`kubecpr cluster run --renew-ca`, once for the whole cluster): each
+	// replaces the node's certificate of the same CA (same subject and
+	// key) and every older copy of it (--ca-certificate).
+	CACertificates []string
 	// CSR are the csr stage's options.
 	CSR CSROptions
 }
