@@ -58,6 +58,16 @@ func bootstrapAction(d pipeline.Data, inv *inventory.Inventory, it *inventory.It
 			return pipeline.Action{}, err
 		}
 	}
+	// The CA as this run leaves it (--renew-ca, --ca-certificate), not an
+	// older copy kubelet.conf still holds.
+	for _, c := range inv.CAs {
+		if c.CA == nil {
+			continue
+		}
+		if swapped, _ := inventory.ReplaceTrust(caPEM, c.CA.Cert); swapped != nil {
+			caPEM = swapped
+		}
+	}
 	out, err := bootstraptoken.Kubeconfig(server, caPEM, tok)
 	if err != nil {
 		return pipeline.Action{}, err
