@@ -180,9 +180,9 @@ func clusterRun(c *cli.Context, dryRun bool) error {
 		return withCode(ExitPrecondition, err)
 	}
 	o.Control = controlTree(e, o.Inventory, o.CAFrom)
-	if !dryRun {
+	{
 		recorded := o.RunArgs
-		if o.RunArgs, o.CACerts, err = clusterCAs(e, stateDir, o.Control, o.RunArgs, id != "" && cluster.Status(recs) == "open"); err != nil {
+		if o.RunArgs, o.CACerts, err = clusterCAs(e, stateDir, o.Control, o.RunArgs, id != "" && cluster.Status(recs) == "open", dryRun); err != nil {
 			return err
 		}
 		if b := o.CACerts["ca"]; b != nil && o.CA != nil {

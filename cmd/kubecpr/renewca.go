@@ -90,7 +90,7 @@ func renewCAOption(c *cli.Context) pipeline.CARenewal {
 // in STATE/cluster/ca/NAME.crt (a continued run installs the same bytes),
 // and shipped to every node with --ca-certificate. It returns the node
 // runs' flags without --renew-ca and the certificates by CA name.
-func clusterCAs(e *env, stateDir string, control *node.Node, runArgs []string, continuing bool) ([]string, map[string][]byte, error) {
+func clusterCAs(e *env, stateDir string, control *node.Node, runArgs []string, continuing, dryRun bool) ([]string, map[string][]byte, error) {
 	var rest []string
 	choice := &caChoice{}
 	for _, a := range runArgs {
@@ -135,8 +135,10 @@ func clusterCAs(e *env, stateDir string, control *node.Node, runArgs []string, c
 	if e.cluster != nil {
 		validity = e.cluster.CAValidity()
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, withCode(ExitFailed, err)
+	if !dryRun {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, withCode(ExitFailed, err)
+		}
 	}
 	for _, c := range inv.CAs {
 		due := c.Status == pki.StatusExpired || c.Status == pki.StatusNotYetValid || c.Status == pki.StatusExpiring
@@ -148,6 +150,12 @@ func clusterCAs(e *env, stateDir string, control *node.Node, runArgs []string, c
 			return nil, nil, withCode(ExitPrecondition, fmt.Errorf("--renew-ca: %s: %w", control.Path(c.CertPath), err))
 		}
 		b := pki.EncodeCertificate(renewed)
+		if dryRun {
+			out[c.Name] = b
+			fmt.Fprintf(e.out, "would re-issue the %s CA certificate (%s, %s until %s) with its own key, once, and install it on every node\n",
+				c.Name, control.Path(c.CertPath), c.Status, c.CA.Cert.NotAfter.UTC().Format("2006-01-02"))
+			continue
+		}
 		if err := atomicfile.WriteFile(filepath.Join(dir, c.Name+".crt"), b, atomicfile.Options{Mode: 0o644}); err != nil {
 			return nil, nil, withCode(ExitFailed, err)
 		}

@@ -147,6 +147,13 @@ func TestClusterRenewCA(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("closing the refused cluster run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	r = kubecpr(t, nil, append([]string{"cluster", "plan", "--renew-ca", "--inventory", inv, "--root", roots["cp-1"]}, clock...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "would re-issue the etcd-ca CA certificate") {
+		t.Fatalf("cluster plan --renew-ca: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(roots["cp-1"], "var/lib/kubecpr/cluster/ca")); err == nil {
+		t.Error("cluster plan wrote the re-issued CAs")
+	}
 	r = kubecpr(t, nil, append([]string{"cluster", "run", "--renew-ca", "--update-user-kubeconfigs", "--inventory", inv, "--root", roots["cp-1"]}, clock...)...)
 	if r.code != 0 {
 		t.Fatalf("cluster run --renew-ca: exit %d\n%s%s", r.code, r.stdout, r.stderr)

@@ -461,10 +461,14 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		if string(n.Role) != f.Role {
 			problems = append(problems, fmt.Errorf("%s: node %s is a %s in the inventory but its files are a %s's", inv.Source, n.Name, n.Role, f.Role))
 		}
+		sum := f.CASHA256
+		if f.CAIdentity != "" {
+			sum = f.CAIdentity // a re-issued CA certificate is the same CA
+		}
 		if caSum == "" {
-			caNode, caSum = n.Name, f.CASHA256
-		} else if f.CASHA256 != caSum {
-			problems = append(problems, fmt.Errorf("node %s has another cluster CA than node %s (sha256 %.12s… vs %.12s…): it belongs to another cluster; remove it from the inventory %s", n.Name, caNode, f.CASHA256, caSum, inv.Source))
+			caNode, caSum = n.Name, sum
+		} else if sum != caSum {
+			problems = append(problems, fmt.Errorf("node %s has another cluster CA than node %s (sha256 %.12s… vs %.12s…): it belongs to another cluster; remove it from the inventory %s", n.Name, caNode, sum, caSum, inv.Source))
 		}
 	}
 	if len(cps) > 0 {

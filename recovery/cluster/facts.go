@@ -37,6 +37,10 @@ type Facts struct {
 	// CASHA256 is the sha256 of the cluster CA certificate (DER): every
 	// node of one cluster has the same.
 	CASHA256 string `json:"caSHA256"`
+	// CAIdentity is the sha256 of the cluster CA's subject and public key:
+	// the same on every node of one cluster, also while a re-issued CA
+	// certificate (--renew-ca) is on some nodes and not yet on others.
+	CAIdentity string `json:"caIdentity,omitempty"`
 	// EtcdName and EtcdInitialCluster come from the etcd manifest of a
 	// stacked control-plane node.
 	EtcdName           string `json:"etcdName,omitempty"`
@@ -80,6 +84,8 @@ func ReadFacts(n *node.Node, c *node.Cluster, inv *inventory.Inventory) (*Facts,
 	}
 	sum := sha256.Sum256(ca.CA.Cert.Raw)
 	f.CASHA256 = hex.EncodeToString(sum[:])
+	id := sha256.Sum256(append(append([]byte{}, ca.CA.Cert.RawSubject...), ca.CA.Cert.RawSubjectPublicKeyInfo...))
+	f.CAIdentity = hex.EncodeToString(id[:])
 	if !inv.Worker {
 		dir := node.ManifestsDir
 		if c != nil && c.StaticPodPath != "" {
