@@ -20,6 +20,7 @@ func TestBadInputStopsBeforeAnyChange(t *testing.T) {
 		setup    func(t *testing.T, root string) []string // returns extra args
 		wantCode int
 		wantMsg  []string
+		notMsg   []string
 	}{
 		{
 			name: "expired CA",
@@ -38,6 +39,35 @@ func TestBadInputStopsBeforeAnyChange(t *testing.T) {
 			},
 			wantCode: ExitPrecondition,
 			wantMsg:  []string{"external CA", "--csr-dir"},
+		},
+		{
+			// Issue 19 item 14: a key that is there but cannot be read is
+			// not an external CA (that has no key file at all).
+			name: "CA key is a directory",
+			setup: func(t *testing.T, root string) []string {
+				rm(t, root, "etc/kubernetes/pki/ca.key")
+				if err := os.Mkdir(filepath.Join(root, "etc/kubernetes/pki/ca.key"), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				return nil
+			},
+			wantCode: ExitPrecondition,
+			wantMsg:  []string{"/etc/kubernetes/pki/ca.key", "a directory", "its ca CA cannot sign", "restore it from a backup"},
+			notMsg:   []string{"--csr-dir", "external CA"},
+		},
+		{
+			name: "CA key of another certificate",
+			setup: func(t *testing.T, root string) []string {
+				other, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/pki/front-proxy-ca.key"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				os.WriteFile(filepath.Join(root, "etc/kubernetes/pki/ca.key"), other, 0o600)
+				return nil
+			},
+			wantCode: ExitPrecondition,
+			wantMsg:  []string{"ca.key does not match", "its ca CA cannot sign"},
+			notMsg:   []string{"--csr-dir"},
 		},
 		{
 			name: "corrupt PEM",
@@ -113,6 +143,11 @@ func TestBadInputStopsBeforeAnyChange(t *testing.T) {
 			r := kubecpr(t, nil, append(args, "run", "--update-user-kubeconfigs")...)
 			if r.code != tc.wantCode {
 				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, tc.wantCode, r.stdout, r.stderr)
+			}
+			for _, m := range tc.notMsg {
+				if strings.Contains(r.stderr, m) {
+					t.Errorf("message sends the operator the wrong way (%q):\n%s", m, r.stderr)
+				}
 			}
 			for _, m := range tc.wantMsg {
 				if !strings.Contains(r.stderr, m) {

@@ -150,6 +150,12 @@ func PlanItems(d pipeline.Data, inv *inventory.Inventory, items []*inventory.Ite
 		if ca.Status == pki.StatusExpired || ca.Status == pki.StatusNotYetValid {
 			return nil, &pipeline.PreconditionError{Stage: stage, Err: expiredCA(ca, d.Now())}
 		}
+		if ca.Status == pki.StatusInvalid {
+			// An unreadable key, a key of another certificate: nothing
+			// signed with it would verify.
+			bad = append(bad, fmt.Sprintf("%s: its %s CA cannot sign: %s", it.Path, it.CAName, strings.Join(ca.Problems, "; ")))
+			continue
+		}
 		if ca.External() {
 			external = append(external, it)
 			continue

@@ -181,10 +181,17 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 			ci.Problems = append(ci.Problems, err.Error())
 			continue
 		case err != nil:
-			ci.Problems = append(ci.Problems, err.Error())
+			// The key is there but cannot be used: not "external CA mode"
+			// (no key file at all), which would send the operator to
+			// --csr-dir for a CA whose key is on the node.
+			ci.Problems = append(ci.Problems, err.Error()+"; the CA key is needed to sign: fix its type or permissions, or restore it from a backup "+
+				"(a CA managed outside the cluster has no key file on the node at all)")
 		}
 		ci.CA = &pki.CA{Name: l.name, Cert: cert, Key: key}
 		ci.Status = pki.StatusAt(cert, now, warn)
+		if err != nil {
+			ci.Status = pki.StatusInvalid
+		}
 		if !cert.IsCA {
 			ci.Status = pki.StatusInvalid
 			ci.Problems = append(ci.Problems, ci.CertPath+" is not a CA certificate (basicConstraints CA:FALSE)")
