@@ -300,3 +300,25 @@ func TestNoSystemdRefusalSuggestsARunThatWorks(t *testing.T) {
 		t.Errorf("rollback not byte-identical:\n%s", d)
 	}
 }
+
+// Issue 19 item 8: kubelet-client-current.pem as a directory. The run
+// used to exit 0 without a word about the kubelet's credential (and check
+// still exited 2 afterwards); now it refuses before any change, naming it.
+func TestKubeletCredentialAsDirectoryRefused(t *testing.T) {
+	root := expiredNode(t)
+	pem := filepath.Join(root, "var/lib/kubelet/pki/kubelet-client-current.pem")
+	if err := os.Remove(pem); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(pem, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, root)
+	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...)
+	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "/var/lib/kubelet/pki/kubelet-client-current.pem") || !strings.Contains(r.stderr, "directory") {
+		t.Fatalf("run with the kubelet's credential a directory: exit %d, want %d naming it\n%s%s", r.code, ExitPrecondition, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("the refused run changed the node:\n%s", d)
+	}
+}

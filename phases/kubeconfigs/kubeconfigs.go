@@ -63,7 +63,10 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			// The kubelet rotates this itself while it can reach the API;
 			// renew it when it is no longer valid (or within --renew-within),
 			// and issue a new one when it is gone (a deleted pki dir).
-			if it.Status == pki.StatusMissing || it.Cert != nil && (it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o))) {
+			// A credential that is there but unreadable (a directory, a
+			// broken file) goes to PlanItems too, which refuses it naming
+			// the problem: silence would leave the kubelet without one.
+			if it.Status == pki.StatusMissing || it.Cert == nil || it.Status != pki.StatusOK || (o.RenewWithin > 0 && certs.Want(it, d.Now(), o)) {
 				items = append(items, it)
 			}
 		case inventory.KindKubeletServing:
