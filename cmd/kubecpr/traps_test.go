@@ -322,3 +322,46 @@ func TestKubeletCredentialAsDirectoryRefused(t *testing.T) {
 		t.Errorf("the refused run changed the node:\n%s", d)
 	}
 }
+
+// Issue 19 item 12: certificates that are symlinks (apiserver.crt ->
+// apiserver-2025.crt; a kubeconfig linked to a dated copy) are renewed at
+// their targets: the links stay links, the run succeeds, check is clean,
+// and rollback is byte-identical.
+func TestSymlinkedCertificatesRenewedAtTheirTargets(t *testing.T) {
+	root := expiredNode(t)
+	pkiDir := filepath.Join(root, "etc/kubernetes/pki")
+	for _, f := range []string{"apiserver.crt", "apiserver.key"} {
+		dated := strings.Replace(f, "apiserver", "apiserver-2025", 1)
+		if err := os.Rename(filepath.Join(pkiDir, f), filepath.Join(pkiDir, dated)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(dated, filepath.Join(pkiDir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kdir := filepath.Join(root, "etc/kubernetes")
+	if err := os.Rename(filepath.Join(kdir, "admin.conf"), filepath.Join(kdir, "admin-2025.conf")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/kubernetes/admin-2025.conf", filepath.Join(kdir, "admin.conf")); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, root)
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, l := range []string{"etc/kubernetes/pki/apiserver.crt", "etc/kubernetes/pki/apiserver.key", "etc/kubernetes/admin.conf"} {
+		if st, err := os.Lstat(filepath.Join(root, l)); err != nil || st.Mode()&os.ModeSymlink == 0 {
+			t.Errorf("%s is no longer a symlink (%v)", l, err)
+		}
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+		t.Errorf("check after the run: exit %d\n%s", r.code, r.stdout)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}

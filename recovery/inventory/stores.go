@@ -40,7 +40,12 @@ type PairStore struct {
 
 var _ Store = (*PairStore)(nil)
 
-func (s *PairStore) Paths() []string { return []string{s.CertPath, s.KeyPath} }
+// Paths are the files themselves: a certificate or key that is a symlink
+// (apiserver.crt -> apiserver-2025.crt) is changed at its target, inside
+// the root, as docs/journal.md says, never replaced by a regular file.
+func (s *PairStore) Paths() []string {
+	return []string{s.Node.Resolve(s.CertPath, false), s.Node.Resolve(s.KeyPath, false)}
+}
 
 func (s *PairStore) Load() (*x509.Certificate, crypto.Signer, error) {
 	data, err := s.Node.ReadFile(s.CertPath)
@@ -72,9 +77,9 @@ func (s *PairStore) Render(cert *x509.Certificate, key crypto.Signer, _ time.Tim
 		if err != nil {
 			return nil, err
 		}
-		ops = append(ops, node.FileOp{Path: s.KeyPath, Data: kpem, Mode: 0o600, Secret: true})
+		ops = append(ops, node.FileOp{Path: s.Node.Resolve(s.KeyPath, false), Data: kpem, Mode: 0o600, Secret: true})
 	}
-	ops = append(ops, node.FileOp{Path: s.CertPath, Data: pki.EncodeCertificate(cert), Mode: 0o644})
+	ops = append(ops, node.FileOp{Path: s.Node.Resolve(s.CertPath, false), Data: pki.EncodeCertificate(cert), Mode: 0o644})
 	return ops, nil
 }
 
@@ -107,7 +112,7 @@ func (s *KubeconfigStore) swapTrust(cfg *clientcmdapi.Config) {
 var _ Store = (*KubeconfigStore)(nil)
 
 func (s *KubeconfigStore) Paths() []string {
-	p := []string{s.Path}
+	p := []string{s.Node.Resolve(s.Path, false)}
 	if cfg, err := s.config(); err == nil {
 		if ai, _, err := currentAuth(cfg); err == nil {
 			if ai.ClientCertificate != "" {
@@ -244,7 +249,7 @@ func (s *KubeconfigStore) Render(cert *x509.Certificate, key crypto.Signer, _ ti
 				}
 			}
 			if changed {
-				ops = append(ops, node.FileOp{Path: s.Path, Data: raw, Mode: 0o600, Secret: true})
+				ops = append(ops, node.FileOp{Path: s.Node.Resolve(s.Path, false), Data: raw, Mode: 0o600, Secret: true})
 			}
 		}
 		return ops, nil
@@ -256,7 +261,7 @@ func (s *KubeconfigStore) Render(cert *x509.Certificate, key crypto.Signer, _ ti
 	if err != nil {
 		return nil, fmt.Errorf("%s: serialising kubeconfig: %w", s.Path, err)
 	}
-	return []node.FileOp{{Path: s.Path, Data: out, Mode: 0o600, Secret: true}}, nil
+	return []node.FileOp{{Path: s.Node.Resolve(s.Path, false), Data: out, Mode: 0o600, Secret: true}}, nil
 }
 
 // KubeletPEMStore is the kubelet's rotating client certificate:
