@@ -55,8 +55,9 @@ func flagsOf(d pipeline.Data, comp string) map[string]string {
 	return m.Flags
 }
 
-// loopbackAddr picks the loopback host:port from a comma-separated URL list.
-func loopbackAddr(urls, fallbackPort string) string {
+// localAddr is where the node reaches a listener of its own, from its
+// comma-separated URL list: a loopback URL, else the first URL's address.
+func localAddr(urls, fallbackPort string) string {
 	for _, u := range strings.Split(urls, ",") {
 		pu, err := url.Parse(strings.TrimSpace(u))
 		if err != nil {
@@ -66,10 +67,19 @@ func loopbackAddr(urls, fallbackPort string) string {
 			return pu.Host
 		}
 	}
+	// No loopback URL (kubeadm's etcd listens for peers on the node's
+	// own address only: --listen-peer-urls=https://ADDRESS:2380): the
+	// node's own address it is, reached from the node itself. A wildcard
+	// listener answers on loopback.
 	for _, u := range strings.Split(urls, ",") {
-		if pu, err := url.Parse(strings.TrimSpace(u)); err == nil && pu.Port() != "" {
-			return net.JoinHostPort("127.0.0.1", pu.Port())
+		pu, err := url.Parse(strings.TrimSpace(u))
+		if err != nil || pu.Port() == "" {
+			continue
 		}
+		if ip := net.ParseIP(pu.Hostname()); ip != nil && !ip.IsUnspecified() {
+			return pu.Host
+		}
+		return net.JoinHostPort("127.0.0.1", pu.Port())
 	}
 	return net.JoinHostPort("127.0.0.1", fallbackPort)
 }
@@ -82,14 +92,14 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 	}
 	switch comp {
 	case "etcd":
-		e := endpoint{addr: loopbackAddr(f["listen-client-urls"], "2379"), healthz: "/health",
+		e := endpoint{addr: localAddr(f["listen-client-urls"], "2379"), healthz: "/health",
 			caFile: f["trusted-ca-file"], certFile: path.Join(pkiDir, "etcd/healthcheck-client.crt"),
 			keyFile: path.Join(pkiDir, "etcd/healthcheck-client.key"), served: f["cert-file"]}
 		if e.caFile == "" {
 			e.caFile = path.Join(pkiDir, "etcd/ca.crt")
 		}
 		if p := f["listen-peer-urls"]; p != "" && f["peer-cert-file"] != "" {
-			e.extra = append(e.extra, servedCheck{addr: loopbackAddr(p, "2380"), cert: f["peer-cert-file"],
+			e.extra = append(e.extra, servedCheck{addr: localAddr(p, "2380"), cert: f["peer-cert-file"],
 				clientCert: f["peer-cert-file"], clientKey: f["peer-key-file"], ca: f["peer-trusted-ca-file"]})
 		}
 		return e, nil
