@@ -108,7 +108,7 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 		if port == "" {
 			port = "6443"
 		}
-		e := endpoint{addr: net.JoinHostPort(bindHost(f["bind-address"]), port), healthz: "/readyz", caFile: f["client-ca-file"], served: f["tls-cert-file"]}
+		e := endpoint{addr: net.JoinHostPort(apiserverHost(f), port), healthz: "/readyz", caFile: f["client-ca-file"], served: f["tls-cert-file"]}
 		k, err := d.Node().Kubeconfig(node.KubernetesDir + "/admin.conf")
 		if err != nil {
 			return e, err
@@ -125,15 +125,18 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 	return endpoint{}, fmt.Errorf("unknown component %s", comp)
 }
 
-// bindHost is where to reach a server bound to --bind-address: the
-// address itself when it is a specific one (a control plane bound to its
-// node address), else loopback (unset, 0.0.0.0 or ::).
-func bindHost(bind string) string {
-	ip := net.ParseIP(bind)
-	if ip == nil || ip.IsUnspecified() {
-		return "127.0.0.1"
+// apiserverHost is where to reach kube-apiserver from its node as kubeadm's
+// own probes do: its --bind-address when specific, else its
+// --advertise-address (kubeadm's serving certificate names that address,
+// and 127.0.0.1 only when it is the advertise address), else loopback.
+func apiserverHost(f map[string]string) string {
+	if ip := net.ParseIP(f["bind-address"]); ip != nil && !ip.IsUnspecified() {
+		return ip.String()
 	}
-	return ip.String()
+	if ip := net.ParseIP(f["advertise-address"]); ip != nil && !ip.IsUnspecified() {
+		return ip.String()
+	}
+	return "127.0.0.1"
 }
 
 func orDefault(v, d string) string {

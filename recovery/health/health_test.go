@@ -20,3 +20,25 @@ func TestLocalAddrIsWhereTheListenerIs(t *testing.T) {
 		}
 	}
 }
+
+// kubeadm's serving certificate for kube-apiserver names 127.0.0.1 only
+// when that is the advertise address; the health check goes where
+// kubeadm's own probes go (found on a kubeadm-built cluster: "certificate
+// is valid for 10.96.0.1, 10.250.0.11, not 127.0.0.1").
+func TestAPIServerHostAsKubeadmProbes(t *testing.T) {
+	for _, tc := range []struct {
+		flags map[string]string
+		want  string
+	}{
+		{map[string]string{"advertise-address": "10.250.0.11"}, "10.250.0.11"},
+		{map[string]string{"advertise-address": "10.250.0.11", "bind-address": "0.0.0.0"}, "10.250.0.11"},
+		{map[string]string{"advertise-address": "10.250.0.11", "bind-address": "10.250.0.11"}, "10.250.0.11"},
+		{map[string]string{"advertise-address": "127.0.0.1"}, "127.0.0.1"},
+		{map[string]string{"bind-address": "127.0.0.2"}, "127.0.0.2"},
+		{map[string]string{}, "127.0.0.1"},
+	} {
+		if got := apiserverHost(tc.flags); got != tc.want {
+			t.Errorf("apiserverHost(%v) = %s, want %s", tc.flags, got, tc.want)
+		}
+	}
+}
