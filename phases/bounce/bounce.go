@@ -148,7 +148,21 @@ func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[strin
 	case "skipped", "mounts-unknown":
 		return nil
 	case "kubelet":
-		return live.Services.Restart(ctx, "kubelet")
+		if err := live.Services.Restart(ctx, "kubelet"); err != nil {
+			return err
+		}
+		if why := kubeletDown(ctx, d.Node(), kubeletSettle); why != "" {
+			live.KubeletDown = why
+			fmt.Fprintf(d.Out(), "      the kubelet does not run on the restored files (%s): the static pods keep their containers until it does\n", why)
+		}
+		return nil
+	}
+	if live.KubeletDown != "" {
+		// Nothing would recreate the container: stopping it would only
+		// take the component down. The files are the old ones; the
+		// component loads them when the kubelet runs again.
+		fmt.Fprintf(d.Out(), "      %s not restarted: the kubelet does not run (%s)\n", name, live.KubeletDown)
+		return nil
 	}
 	// The restored files may be the expired ones: restart, wait for the new
 	// container, but do not require health.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/crashpoint"
+	"github.com/kubecpr/kubecpr/recovery/health"
 	"github.com/kubecpr/kubecpr/recovery/kube"
 	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
@@ -69,9 +70,31 @@ func orAuto(m SignMode) SignMode {
 var apiSettle = 15 * time.Second
 
 func nodeAPI(ctx context.Context, d pipeline.Data) (*kube.Client, bool) {
+	cs, ok := nodeAPIAt(ctx, d, "")
+	if ok {
+		return cs, ok
+	}
+	// admin.conf names the control-plane endpoint: on an HA cluster
+	// another node's API server, which may still be restarting. This
+	// node's own serves the same cluster.
+	if local, has := health.LocalAPIServer(d); has {
+		return nodeAPIAt(ctx, d, local)
+	}
+	return nil, false
+}
+
+// nodeAPIAt is a client with admin.conf's credentials, at its server or at
+// host when given, once the server answers /readyz ok.
+func nodeAPIAt(ctx context.Context, d pipeline.Data, host string) (*kube.Client, bool) {
 	cfg, err := d.Node().RESTConfig(node.KubernetesDir + "/admin.conf")
 	if err != nil {
 		return nil, false
+	}
+	if host != "" {
+		if cfg.Host == host {
+			return nil, false // tried already
+		}
+		cfg.Host = host
 	}
 	cfg.Timeout = 3 * time.Second
 	cs, err := kube.New(cfg)

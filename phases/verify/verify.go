@@ -159,10 +159,27 @@ func live(ctx context.Context, d pipeline.Data) (map[string]string, error) {
 			cfg.Timeout = 10 * time.Second
 			var cs *kube.Client
 			if cs, err = kube.New(cfg); err == nil {
-				var v fmt.Stringer
-				if v, err = cs.ServerVersion(ctx); err == nil {
-					fmt.Fprintf(d.Out(), "      the API at %s answers admin.conf (%s)\n", cfg.Host, v)
-					facts["api"] = cfg.Host
+				// admin.conf names the control-plane endpoint: on an HA
+				// cluster another node's API server (or a load balancer in
+				// front of them) that may still be restarting while this
+				// node is done. It is given the live timeout to answer.
+				deadline := time.Now().Add(liveTimeout(d))
+				waited := false
+				for {
+					var v fmt.Stringer
+					if v, err = cs.ServerVersion(ctx); err == nil {
+						fmt.Fprintf(d.Out(), "      the API at %s answers admin.conf (%s)\n", cfg.Host, v)
+						facts["api"] = cfg.Host
+						break
+					}
+					if time.Now().After(deadline) || ctx.Err() != nil {
+						break
+					}
+					if !waited {
+						fmt.Fprintf(d.Out(), "      waiting for the API at %s (admin.conf's server: %v)\n", cfg.Host, err)
+						waited = true
+					}
+					time.Sleep(time.Second)
 				}
 			}
 		}

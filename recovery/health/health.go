@@ -125,6 +125,17 @@ func endpointOf(d pipeline.Data, comp string) (endpoint, error) {
 	return endpoint{}, fmt.Errorf("unknown component %s", comp)
 }
 
+// LocalAPIServer is the URL of this node's own kube-apiserver, from its
+// manifest, reached as kubeadm's probes reach it; ok is false on a node
+// without one (a worker).
+func LocalAPIServer(d pipeline.Data) (string, bool) {
+	f := flagsOf(d, "kube-apiserver")
+	if len(f) == 0 {
+		return "", false
+	}
+	return "https://" + net.JoinHostPort(apiserverHost(f), orDefault(f["secure-port"], "6443")), true
+}
+
 // apiserverHost is where to reach kube-apiserver from its node as kubeadm's
 // own probes do: its --bind-address when specific, else its
 // --advertise-address (kubeadm's serving certificate names that address,

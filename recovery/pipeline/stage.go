@@ -165,6 +165,12 @@ type Live struct {
 	// Close releases the runtime connection if one was made (it never
 	// dials: a run that did not need the runtime exits at once).
 	Close func()
+	// KubeletDown is set by a rollback's kubelet restart when the kubelet
+	// does not answer its /healthz afterwards (a kubeadm kubelet whose
+	// restored client certificate is expired exits at start): the static
+	// pods' restarts that follow would wait for a container it never
+	// creates.
+	KubeletDown string
 }
 
 // Action is one concrete step of a stage's plan.

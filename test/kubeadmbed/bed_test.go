@@ -46,9 +46,10 @@ func load() string {
 //   - no node's resolv.conf names anything but 127.0.0.1.
 //
 // Then every certificate expires (Expire), and the cluster fails as users
-// see it: the API server does not answer with admin.conf, etcd's log
-// names the rejected peer certificates, the workers' kubelets cannot
-// authenticate.
+// see it: the API server does not answer with admin.conf, the workers'
+// kubelets cannot authenticate. Then the operator's recovery from cp-1:
+// kubecpr cluster run over SSH to every node, proven from outside
+// (assertRecovered); cluster rollback, byte for byte; cluster run again.
 func TestKubeadmBed(t *testing.T) {
 	// Not yet in make test (./test/... would run it): `make testbed` sets
 	// KUBECPR_TESTBED=1 until it has passed reliably.
@@ -173,17 +174,6 @@ func TestKubeadmBed(t *testing.T) {
 		time.Sleep(2 * time.Second)
 	}
 	t.Logf("client-go with admin.conf: %v", apiErr)
-	// etcd's peers reject each other's certificates, and the API server
-	// etcd's client certificate: one of cp-1's control-plane logs says so.
-	for deadline = time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
-		l := podLogs(b.Nodes[0], "etcd") + podLogs(b.Nodes[0], "kube-apiserver")
-		if strings.Contains(l, "bad certificate") || strings.Contains(l, "certificate has expired") || strings.Contains(l, "expired certificate") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cp-1's etcd and kube-apiserver never named a rejected certificate:\n%s", tailString(l, 20))
-		}
-	}
 	for _, w := range b.Workers() {
 		for deadline = time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
 			l := w.Kubelet.LastStartLog()
@@ -238,16 +228,4 @@ func approved(r *certificatesv1.CertificateSigningRequest) bool {
 		}
 	}
 	return false
-}
-
-// podLogs is everything the node's static pod containers of component
-// wrote.
-func podLogs(n *Node, component string) string {
-	var b strings.Builder
-	dirs, _ := filepath.Glob(n.Path("/var/log/pods/kube-system_" + component + "-" + n.Name + "_*/" + component + "/*.log"))
-	for _, f := range dirs {
-		data, _ := os.ReadFile(f)
-		b.Write(data)
-	}
-	return b.String()
 }

@@ -11,6 +11,8 @@ package staticpods
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -82,14 +84,47 @@ func Start(t testing.TB, root, nodeName, socket string) *Runner {
 	}
 	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), runtime.Namespace))
 	r := &Runner{Root: root, NodeName: nodeName, client: c, cancel: cancel, done: make(chan struct{}), Created: map[string][]string{}}
+	stopHealthz := r.serveHealthz(t)
 	go r.loop(ctx)
 	t.Cleanup(func() {
 		cancel()
 		<-r.done
 		r.stopAll()
+		stopHealthz()
 		c.Close()
 	})
 	return r
+}
+
+// serveHealthz answers the kubelet's /healthz, as the real kubelet does,
+// on a free loopback port written into the node's kubelet config
+// (healthzBindAddress, healthzPort): kubecpr asks it whether the kubelet
+// runs before waiting for it to recreate a container.
+func (r *Runner) serveHealthz(t testing.TB) func() {
+	t.Helper()
+	cfg := filepath.Join(r.Root, "var/lib/kubelet/config.yaml")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		return func() {}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	var lines []string
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if !strings.HasPrefix(line, "healthzPort:") && !strings.HasPrefix(line, "healthzBindAddress:") {
+			lines = append(lines, line)
+		}
+	}
+	lines = append(lines, "healthzBindAddress: 127.0.0.1", fmt.Sprintf("healthzPort: %d", port))
+	if err := os.WriteFile(cfg, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })}
+	go srv.Serve(l)
+	return func() { srv.Close() }
 }
 
 func (r *Runner) loop(ctx context.Context) {
