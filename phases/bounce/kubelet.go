@@ -19,6 +19,11 @@ import (
 // /healthz before a rollback calls it down.
 var kubeletSettle = 20 * time.Second
 
+// kubeletGone is how long a kubelet told to restart is given to exit
+// before its healthz is asked: it stops within a fraction of a second of
+// SIGTERM, and until then it may still answer ok for itself.
+var kubeletGone = 2 * time.Second
+
 // kubeletHealthz is the kubelet's healthz address from its config
 // (healthzBindAddress, healthzPort; kubelet defaults 127.0.0.1:10248), ""
 // when the config turns it off (healthzPort: 0).
@@ -50,6 +55,13 @@ func kubeletDown(ctx context.Context, n *node.Node, d time.Duration) string {
 	addr := kubeletHealthz(n)
 	if addr == "" {
 		return ""
+	}
+	// The kubelet just told to restart may answer a last time before it
+	// exits; its successor is asked.
+	select {
+	case <-ctx.Done():
+		return ""
+	case <-time.After(kubeletGone):
 	}
 	cl := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(d)

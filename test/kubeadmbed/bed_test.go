@@ -3,7 +3,9 @@ package kubeadmbed
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -219,6 +221,60 @@ func TestKubeadmBed(t *testing.T) {
 		}
 	}
 	recoverCluster("after the rollback")
+
+	// Ten years on: the CAs themselves expire, with every leaf. Without
+	// --renew-ca the run is refused before any change and says to add
+	// it; with it, each CA is re-issued once with its own key on cp-1 and
+	// every node gets that certificate.
+	oldCA, err := fixtureCert(b.Nodes[0].Path("/etc/kubernetes/pki/ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.ExpireCAs(t, 48*time.Hour)
+	b.Expire(t, 48*time.Hour)
+	out, err = driver(t, b, "cluster", "run", "--inventory", inv)
+	if err == nil || !strings.Contains(out, "--renew-ca") {
+		t.Fatalf("cluster run on expired CAs without --renew-ca: %v, want a refusal naming --renew-ca\n%s", err, out)
+	}
+	if out, err := driver(t, b, "cluster", "rollback"); err != nil {
+		t.Fatalf("closing the refused cluster run: %v\n%s", err, out)
+	}
+	t0 = time.Now()
+	out, err = driver(t, b, "cluster", "run", "--renew-ca", "--inventory", inv)
+	if err != nil {
+		t.Fatalf("cluster run --renew-ca: %v\n%s", err, out)
+	}
+	t.Logf("expired CAs: cluster run --renew-ca in %s (load %s)", time.Since(t0).Round(100*time.Millisecond), load())
+	assertRecovered(ctx, t, b, t0)
+	newCA, err := fixtureCert(b.Nodes[0].Path("/etc/kubernetes/pki/ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(newCA.RawSubjectPublicKeyInfo, oldCA.RawSubjectPublicKeyInfo) || !time.Now().Before(newCA.NotAfter) {
+		t.Errorf("the re-issued CA: key kept %v, until %s", bytes.Equal(newCA.RawSubjectPublicKeyInfo, oldCA.RawSubjectPublicKeyInfo), newCA.NotAfter)
+	}
+	for _, n := range b.Nodes {
+		got, err := os.ReadFile(n.Path("/etc/kubernetes/pki/ca.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: newCA.Raw})) {
+			t.Errorf("%s: pki/ca.crt is not the cluster's re-issued CA certificate", n.Name)
+		}
+	}
+	t.Logf("proven recovered with the re-issued CAs %s after the run began", time.Since(t0).Round(100*time.Millisecond))
+}
+
+func fixtureCert(p string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: no PEM", p)
+	}
+	return x509.ParseCertificate(blk.Bytes)
 }
 
 func approved(r *certificatesv1.CertificateSigningRequest) bool {

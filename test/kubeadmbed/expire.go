@@ -1,8 +1,10 @@
 package kubeadmbed
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -143,4 +145,62 @@ func killContainers(socket string) error {
 		}
 	}
 	return nil
+}
+
+// ExpireCAs re-signs the cluster's three CA certificates with their own
+// keys into a ten-year window that ended ago before now, as a cluster made
+// ten years ago has them, and puts the same expired certificates wherever
+// the old ones were: every control plane's pki (kubeadm copies the CAs to
+// each), every worker's pki/ca.crt, and the certificate-authority-data of
+// every kubeconfig under /etc/kubernetes. Leaves are not touched (their
+// signatures stay valid under a certificate of the same key and subject);
+// Expire then expires them and restarts what runs.
+func (b *Bed) ExpireCAs(t testing.TB, ago time.Duration) {
+	t.Helper()
+	now := time.Now()
+	cp1 := b.Nodes[0]
+	swap := map[string][]byte{} // old PEM -> expired PEM
+	for _, name := range []string{"ca", "front-proxy-ca", "etcd/ca"} {
+		crtPath := cp1.Path("/etc/kubernetes/pki/" + name + ".crt")
+		old, err := fixture.ReadCert(crtPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := fixture.ReadKey(cp1.Path("/etc/kubernetes/pki/" + name + ".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := *old
+		tmpl.SerialNumber, _ = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+		tmpl.NotBefore, tmpl.NotAfter = now.Add(-ago).AddDate(-10, 0, 0).UTC(), now.Add(-ago).UTC()
+		tmpl.Raw, tmpl.RawTBSCertificate, tmpl.Signature = nil, nil, nil
+		der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, old.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		swap[string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: old.Raw}))] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	}
+	for _, n := range b.Nodes {
+		filepath.WalkDir(n.Path("/etc/kubernetes"), func(p string, e os.DirEntry, err error) error {
+			if err != nil || !e.Type().IsRegular() {
+				return nil
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := data
+			for oldPEM, newPEM := range swap {
+				out = bytes.ReplaceAll(out, []byte(oldPEM), newPEM)
+				out = bytes.ReplaceAll(out, []byte(base64.StdEncoding.EncodeToString([]byte(oldPEM))), []byte(base64.StdEncoding.EncodeToString(newPEM)))
+			}
+			if !bytes.Equal(out, data) {
+				st, _ := os.Stat(p)
+				if err := os.WriteFile(p, out, st.Mode().Perm()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return nil
+		})
+	}
 }
