@@ -234,7 +234,10 @@ func TestClusterBadInventory(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := filepath.Join(t.TempDir(), "other")
-	if _, err := fixture.Generate(other, fixture.Options{NodeName: "cp-3", AdvertiseIP: "127.0.0.3", Now: now, Keys: keys}); err != nil {
+	// Its own keys (not the test process's key pool): another cluster's
+	// CA has another key, which is how the driver tells clusters apart
+	// (a re-issued CA certificate of the same key is the same cluster).
+	if _, err := fixture.Generate(other, fixture.Options{NodeName: "cp-3", AdvertiseIP: "127.0.0.3", Now: now}); err != nil {
 		t.Fatal(err)
 	}
 	before := map[string]map[string]string{}

@@ -143,9 +143,18 @@ func TestClusterRenewCA(t *testing.T) {
 			t.Fatalf("%s changed by a refused run:\n%s", name, d)
 		}
 	}
+	if r.code != ExitPrecondition || !strings.Contains(r.stderr, "the cluster run is closed") {
+		t.Errorf("a cluster run every node refused: exit %d, want %d saying the run is closed\n%s", r.code, ExitPrecondition, r.stderr)
+	}
+	// Closed: a cluster rollback has nothing to undo and changes nothing.
 	r = kubecpr(t, nil, append([]string{"cluster", "rollback", "--root", roots["cp-1"]}, clock...)...)
 	if r.code != 0 {
-		t.Fatalf("closing the refused cluster run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		t.Fatalf("cluster rollback after a refused run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for name, root := range roots {
+		if d := diffSnapshots(before[name], snapshot(t, root)); d != "" {
+			t.Fatalf("%s changed by the rollback of a refused run:\n%s", name, d)
+		}
 	}
 	r = kubecpr(t, nil, append([]string{"cluster", "plan", "--renew-ca", "--inventory", inv, "--root", roots["cp-1"]}, clock...)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "would re-issue the etcd-ca CA certificate") {

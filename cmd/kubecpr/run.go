@@ -142,7 +142,7 @@ func options(c *cli.Context) pipeline.Options {
 		KubeletClientBundle: c.String("kubelet-client-bundle"), KubeletBootstrapTokenFile: c.String("kubelet-bootstrap-token-file"),
 		APIServerCertExtraSANs: splitList(c.String("apiserver-cert-extra-sans")),
 		RenewCA:                renewCAOption(c),
-		CACertificates:         c.StringSlice("ca-certificate"),
+		CACertificates:         nonEmpty(c.StringSlice("ca-certificate")),
 	}
 	// Only an explicit --validity wins over the kubeadm config's
 	// certificateValidityPeriod; zero lets the certs stage choose.
@@ -262,6 +262,18 @@ func restartsServices(c *cli.Context, e *env) bool {
 		return false
 	}
 	return true
+}
+
+// nonEmpty drops empty values: a repeatable flag recorded as not given
+// ("") and replayed on resume.
+func nonEmpty(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func selection(c *cli.Context) pipeline.Selection {
@@ -526,7 +538,8 @@ func rollbackCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rollback",
 		Usage: "undo every change of the last run, restoring files byte for byte from its backup",
-		Flags: liveFlags(),
+		Flags: append(liveFlags(), &cli.StringFlag{Name: "cluster-run", Hidden: true,
+			Usage: "set by kubecpr cluster rollback: roll back only a run of this cluster run (a node that refused it keeps its last run)"}),
 		Action: func(c *cli.Context) error {
 			e, err := setup(c)
 			if err != nil {
@@ -548,6 +561,13 @@ func rollbackCommand() *cli.Command {
 			if st := pipeline.RunStatus(recs); id == "" || st == "rolled-back" || st == "restored" {
 				fmt.Fprintln(e.out, "nothing to roll back: the last run was already rolled back or restored (`kubecpr backup restore RUN-ID` restores any backup)")
 				return nil
+			}
+			if want := c.String("cluster-run"); want != "" {
+				rec, _, _, _ := pipeline.RecordedOptions(recs)
+				if rec["cluster-run"] != want {
+					fmt.Fprintf(e.out, "nothing to roll back for cluster run %s: this node's last run %s is not one of its runs (it refused that cluster run, or never got to it); `kubecpr rollback` without --cluster-run undoes it\n", want, id)
+					return nil
+				}
 			}
 			if err := r.OpenRun(id); err != nil {
 				return err

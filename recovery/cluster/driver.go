@@ -643,6 +643,21 @@ func (d *Driver) caArgs(ctx context.Context, n cinv.Node, worker bool) ([]string
 	return args, nil
 }
 
+// preconditionExit is kubecpr's exit code for a run refused before any
+// change.
+const preconditionExit = 7
+
+// offline is phase 1 on one control plane: its files, every process left
+// alone.
+func (d *Driver) offline(ctx context.Context, n cinv.Node) error {
+	ca, err := d.caArgs(ctx, n, false)
+	if err != nil {
+		return err
+	}
+	_, err = d.kubecpr(ctx, n, false, d.runArgs(n, append([]string{"--until", "kubeconfigs"}, ca...)...)...)
+	return err
+}
+
 // Run drives the whole cluster run (or continues it).
 func (d *Driver) Run(ctx context.Context, continued bool) error {
 	if err := d.Prepare(ctx); err != nil {
@@ -655,14 +670,27 @@ func (d *Driver) Run(ctx context.Context, continued bool) error {
 	cps, workers := inv.ControlPlanes(), inv.Workers()
 
 	// Phase 1: every control plane offline, before any process is touched.
+	var refusedMu sync.Mutex
+	refused := 0
 	if err := d.step(ctx, PhaseOffline, cps, d.o.Parallel, func(ctx context.Context, n cinv.Node) error {
-		ca, err := d.caArgs(ctx, n, false)
-		if err != nil {
-			return err
+		err := d.offline(ctx, n)
+		var ee *transport.ExitError
+		if errors.As(err, &ee) && ee.Code == preconditionExit {
+			refusedMu.Lock()
+			refused++
+			refusedMu.Unlock()
 		}
-		_, err = d.kubecpr(ctx, n, false, d.runArgs(n, append([]string{"--until", "kubeconfigs"}, ca...)...)...)
 		return err
 	}); err != nil {
+		if refused == len(cps) && !continued {
+			// Every node refused before any change: nothing to resume or
+			// roll back. The run is closed, so that the next one starts
+			// afresh with what the refusals asked for.
+			if aerr := d.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "refused"}}); aerr != nil {
+				return aerr
+			}
+			return fmt.Errorf("%w: every control plane refused the run before any change (their messages are above); nothing was changed, and the cluster run is closed: run it again with what they ask for", ErrRefused)
+		}
 		return err
 	}
 	// Phase 2: all control planes at once, so that a majority of etcd
@@ -825,7 +853,9 @@ func (d *Driver) Rollback(ctx context.Context) error {
 			}
 		}
 		err := d.step(ctx, group.phase, touched, group.p, func(ctx context.Context, n cinv.Node) error {
-			args := append(append([]string{"rollback"}, d.o.LiveArgs...), n.Args...)
+			// Only the node's run of this cluster run: a node that refused
+			// it kept its last run, which is not this one's to undo.
+			args := append(append([]string{"rollback", "--cluster-run=" + d.runID}, d.o.LiveArgs...), n.Args...)
 			_, err := d.kubecpr(ctx, n, false, args...)
 			return err
 		})
