@@ -209,3 +209,21 @@ func TestClusterRenewCA(t *testing.T) {
 		}
 	}
 }
+
+// A second cluster run after a completed one (next year's renewal; here
+// the --renew-ca run after a recovery, found on test/kubeadmbed): every
+// worker's node run of the first stayed open (it ran --until bounce), and
+// the second was refused on each worker as "open and started with other
+// options". Now the worker's run ends with its verify stage, complete.
+func TestSecondClusterRunAfterACompletedOne(t *testing.T) {
+	dir := t.TempDir()
+	inv, roots := expiredClusterOf(t, dir, 1, 1)
+	clock := []string{"--now", now.Format("2006-01-02T15:04:05Z")}
+	for i, extra := range [][]string{nil, {"--renew-ca=ca"}} {
+		r := kubecpr(t, nil, append(append([]string{"cluster", "run", "--update-user-kubeconfigs", "--inventory", inv, "--root", roots["cp-1"]}, clock...), extra...)...)
+		if r.code != 0 {
+			t.Fatalf("cluster run %d: exit %d\n%s%s", i+1, r.code, r.stdout, r.stderr)
+		}
+	}
+	checkClusterRecovered(t, roots)
+}

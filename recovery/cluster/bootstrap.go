@@ -243,6 +243,9 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 	if runErr != nil {
 		return runErr
 	}
+	if err := d.closeWorkerRun(ctx, n); err != nil {
+		return err
+	}
 	wait := d.o.BootstrapWait
 	if wait <= 0 {
 		wait = DefaultBootstrapWait

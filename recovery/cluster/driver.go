@@ -743,7 +743,19 @@ func (d *Driver) worker(ctx context.Context, n cinv.Node) error {
 	if err := t.Run(ctx, []string{"rm", "-f", dst}, io.Discard, io.Discard); err != nil && runErr == nil {
 		return fmt.Errorf("removing %s: %w", dst, err)
 	}
-	return runErr
+	if runErr != nil {
+		return runErr
+	}
+	return d.closeWorkerRun(ctx, n)
+}
+
+// closeWorkerRun ends a worker's node run with its verify stage (a worker
+// has no API server of its own for the csr stage: the driver signed its
+// certificate): the run is complete, so that the next cluster run, a year
+// on, starts a new one there instead of finding this one open.
+func (d *Driver) closeWorkerRun(ctx context.Context, n cinv.Node) error {
+	_, err := d.kubecpr(ctx, n, false, d.runArgs(n, "--from", "verify")...)
+	return err
 }
 
 // verify proves each node: no credential expired (`kubecpr check`), and

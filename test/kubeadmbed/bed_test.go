@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -207,10 +209,27 @@ func TestKubeadmBed(t *testing.T) {
 		assertRecovered(ctx, t, b, t0)
 		t.Logf("%s: proven recovered %s after the run began", what, time.Since(t0).Round(100*time.Millisecond))
 	}
+	// The production failure first: `kubecpr run` on cp-1 alone renews
+	// it, but its etcd cannot get a quorum while its peers present expired
+	// certificates. It stops at the bounce naming etcd (exit 6), and the
+	// rollback puts cp-1 back byte for byte.
+	cp1 := b.Nodes[0]
+	out, err := driver(t, b, "run", "--kubelet-restart-command", cp1.KubeletRestartCommand(), "--component-timeout", "40s")
+	if code := exitCode(err); code != 6 || !strings.Contains(out, "etcd did not come back") {
+		t.Fatalf("kubecpr run on cp-1 alone: exit %d, want 6 naming etcd\n%s", code, tailString(out, 40))
+	}
+	t.Logf("cp-1 alone: %s", firstLine(out, "etcd did not come back"))
+	if out, err := driver(t, b, "rollback"); err != nil {
+		t.Fatalf("rollback on cp-1: %v\n%s", err, out)
+	}
+	if d := credentialDiff(expired[cp1.Name], credentials(t, cp1)); d != "" {
+		t.Fatalf("cp-1 not byte-identical after its rollback:\n%s", d)
+	}
+
 	recoverCluster("first run")
 
 	t0 = time.Now()
-	out, err := driver(t, b, "cluster", "rollback")
+	out, err = driver(t, b, "cluster", "rollback")
 	if err != nil {
 		t.Fatalf("cluster rollback: %v\n%s", err, out)
 	}
@@ -263,6 +282,26 @@ func TestKubeadmBed(t *testing.T) {
 		}
 	}
 	t.Logf("proven recovered with the re-issued CAs %s after the run began", time.Since(t0).Round(100*time.Millisecond))
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func firstLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
 }
 
 func fixtureCert(p string) (*x509.Certificate, error) {
