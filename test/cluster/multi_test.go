@@ -107,7 +107,7 @@ func waitPodLog(t *testing.T, rn *RunningNode, comp, want string) {
 //	(b) every leaf expired and every node restarted: no quorum (peers
 //	    reject each other's expired certificates), etcd says RAFT NO
 //	    LEADER, no apiserver gets ready — the production failure;
-//	(c) [in test/e2e TestClusterRecoversQuorum, with kubecpr] the production trap: node 1 alone renewed (fixture re-sign, valid
+//	(c) [in test/kubeadmbed TestKubeadmBed, with kubecpr, on a kubeadm-built cluster] the production trap: node 1 alone renewed (fixture re-sign, valid
 //	    window) and restarted: its etcd, on valid certificates, still has
 //	    no quorum (its peers' certificates are expired), and its apiserver
 //	    never gets ready.
@@ -258,7 +258,7 @@ func TestThreeControlPlanesQuorum(t *testing.T) {
 	}
 
 	// (c), node 1 alone renewed and restarted, is proven with kubecpr
-	// itself in test/e2e TestClusterRecoversQuorum (exit 6, no quorum).
+	// itself in test/kubeadmbed TestKubeadmBed (exit 6, no quorum).
 	if t.Failed() {
 		t.Logf("%s", r.Diagnostics())
 	}

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kubecpr/kubecpr/recovery/pki"
 	"github.com/kubecpr/kubecpr/test/cluster"
 	"github.com/kubecpr/kubecpr/test/kubecprbin"
 	realkubelet "github.com/kubecpr/kubecpr/test/kubelet"
@@ -95,166 +93,10 @@ func restartAndWaitCrashLoop(t *testing.T, ks []*realkubelet.Kubelet) {
 	}
 }
 
-// TestClusterRecoversQuorum: three control planes (stacked etcd on
-// 127.0.0.1-3, real kubeadm layouts with their own names, real etcd and
-// kube-apiserver in three real containerd daemons) and two workers, every
-// certificate expired.
-//
-//  1. The production failure: nothing is healthy, and `kubecpr run` on node
-//     1 alone renews it but cannot bring etcd back (its peers still present
-//     expired certificates: no quorum) — exit 6 naming etcd. Rolled back.
-//  2. `kubecpr cluster run` recovers it: every member healthy, every API
-//     server ready on its new serving certificate (new serial on the wire),
-//     every worker's kubelet authenticating with its new certificate.
-//  3. `kubecpr cluster rollback` puts every node's credentials back byte for
-//     byte.
-func TestClusterRecoversQuorum(t *testing.T) {
-	t.Parallel() // its own containerd daemons, ports and trees; mostly waiting
-	start := time.Now()
-	lap := func(what string) { t.Logf("%s at %s", what, time.Since(start).Round(100*time.Millisecond)) }
-	nodes := cluster.ControlPlanes(t, 3, cluster.Options{})
-	workers := []*cluster.Node{
-		cluster.Worker(t, nodes[0], "worker-1", "127.0.0.1"),
-		cluster.Worker(t, nodes[1], "worker-2", "127.0.0.2"),
-	}
-	run := cluster.StartControlPlanes(t, nodes, cluster.RunOptions{})
-	lap("cluster up")
-	kubelets := startWorkerKubelets(t, nodes[0], workers)
-	lap("workers' real kubelets registered")
-	cluster.ExpireAll(t, append(append([]*cluster.Node{}, nodes...), workers...), 48*time.Hour)
-	run.RestartAll(t)
-	restartAndWaitCrashLoop(t, kubelets)
-	before := map[string]map[string]string{}
-	for _, n := range append(append([]*cluster.Node{}, nodes...), workers...) {
-		before[n.Name] = credentials(t, n)
-	}
-	lap("expired and restarted")
-
-	nodeArgs := func(n *cluster.Node) []string {
-		rn := run.Node(n)
-		return []string{"--cri-socket", rn.Socket, "--kubelet-restart-command", rn.KubeletRestartCommand}
-	}
-	// 1. One node alone: renewed, but no quorum.
-	r := kubecpr(t, nodes[0], append([]string{"run", "--component-timeout", "15s"}, nodeArgs(nodes[0])...)...)
-	if r.code != 6 || !strings.Contains(r.stderr, "etcd did not come back") {
-		t.Fatalf("kubecpr run on node 1 alone: exit %d, want 6 and etcd not coming back\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	if err := cluster.EtcdHealthy(t, nodes[0]); err == nil {
-		t.Fatal("etcd on node 1 is healthy after renewing node 1 alone: the trap did not reproduce")
-	}
-	// The run's 15 s (long enough to show etcd cannot form a quorum) is too
-	// short for the kubelet to start a container on a loaded machine: the
-	// rollback gets the default again (a live option, given anew).
-	if r := kubecpr(t, nodes[0], append([]string{"rollback", "--component-timeout", "5m"}, nodeArgs(nodes[0])...)...); r.code != 0 {
-		t.Fatalf("rollback of node 1: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	if d := treesnap.Diff(before[nodes[0].Name], credentials(t, nodes[0])); d != "" {
-		t.Fatalf("node 1 rollback not byte-identical:\n%s", d)
-	}
-	lap("single-node trap reproduced and rolled back")
-
-	// 2. The whole cluster.
-	dir := t.TempDir()
-	var inv strings.Builder
-	inv.WriteString("apiVersion: kubecpr.io/v1alpha1\nkind: Inventory\nnodes:\n")
-	for _, n := range nodes {
-		fmt.Fprintf(&inv, "  - name: %s\n    role: control-plane\n    address: %s\n    root: %s\n    args: [%s]\n",
-			n.Name, n.Address, n.Root, quoteArgs(nodeArgs(n)))
-	}
-	for i, w := range workers {
-		fmt.Fprintf(&inv, "  - name: %s\n    role: worker\n    root: %s\n    args: [%s]\n", w.Name, w.Root,
-			quoteArgs([]string{"--kubelet-restart-command", kubelets[i].RestartCommand(), "--cri-socket", kubelets[i].D.Socket}))
-	}
-	invFile := filepath.Join(dir, "inventory.yaml")
-	if err := os.WriteFile(invFile, []byte(inv.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	driver := filepath.Join(dir, "driver")
-	if err := os.MkdirAll(driver, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	res := kubecprbin.Run(t, nil, "--root", driver, "cluster", "run", "--inventory", invFile, "--ca-from", "cp-1", "--component-timeout", "5m")
-	if res.Code != 0 {
-		t.Fatalf("kubecpr cluster run: exit %d\n%s%s\n%s", res.Code, res.Stdout, res.Stderr, run.Diagnostics())
-	}
-	runEnd := time.Now()
-	lap("cluster run")
-	if i := strings.Index(res.Stdout, "NODE "); i >= 0 {
-		t.Logf("kubecpr cluster run summary:\n%s", res.Stdout[i:])
-	}
-	for _, want := range []string{"== restart: cp-1, cp-2, cp-3", "NODE", "worker-2", "kubelet authenticates as system:node:worker-1"} {
-		if !strings.Contains(res.Stdout, want) {
-			t.Errorf("cluster run output lacks %q", want)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	members, err := cluster.MemberList(t, nodes[0])
-	if err != nil || len(members) != 3 {
-		t.Errorf("etcd member list: %v %v", members, err)
-	}
-	var wg sync.WaitGroup
-	for _, n := range nodes {
-		wg.Add(1)
-		go func(n *cluster.Node) {
-			defer wg.Done()
-			if err := cluster.EtcdHealthy(t, n); err != nil {
-				t.Errorf("%s: etcd not healthy after the cluster run: %v", n.Name, err)
-			}
-			if err := n.WaitAPIServer(ctx, cluster.AdminConf); err != nil {
-				t.Errorf("%s: the API server does not answer its renewed admin.conf: %v", n.Name, err)
-				return
-			}
-			chain, err := cluster.ServedChainAt(n.Address, n.APIServerPort)
-			if err != nil {
-				t.Errorf("%s: %v", n.Name, err)
-				return
-			}
-			disk, err := os.ReadFile(n.Path("/etc/kubernetes/pki/apiserver.crt"))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			want, err := pki.ParseCertificate(disk)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if chain[0].SerialNumber.Cmp(want.SerialNumber) != 0 || !chain[0].NotAfter.After(time.Now().Add(300*24*time.Hour)) {
-				t.Errorf("%s: the API server serves serial %s until %s, disk has %s", n.Name, chain[0].SerialNumber, chain[0].NotAfter, want.SerialNumber)
-			}
-		}(n)
-	}
-	wg.Wait()
-	for i, w := range workers {
-		user, err := w.WhoAmI(ctx, "/etc/kubernetes/kubelet.conf")
-		if err != nil || user != "system:node:"+w.Name {
-			t.Errorf("%s: the kubelet authenticates as %q (%v), want system:node:%s", w.Name, user, err, w.Name)
-		}
-		// The real kubelet itself is back: it renews its Lease after the
-		// run (its old certificate expired, so only the new one can).
-		if err := nodes[0].WaitNodeLeaseRenewed(ctx, superAdminConf, w.Name, runEnd); err != nil {
-			t.Errorf("%s: %v\n%s", w.Name, err, kubelets[i].LogTail(30))
-		}
-		if !kubelets[i].Healthy() {
-			t.Errorf("%s: the kubelet's /healthz does not answer ok after the run", w.Name)
-		}
-	}
-	lap("cluster proven")
-
-	// 3. Rollback: every node back byte for byte, processes restarted on
-	// the old files.
-	res = kubecprbin.Run(t, nil, "--root", driver, "cluster", "rollback")
-	if res.Code != 0 {
-		t.Fatalf("kubecpr cluster rollback: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
-	}
-	for _, n := range append(append([]*cluster.Node{}, nodes...), workers...) {
-		if d := treesnap.Diff(before[n.Name], credentials(t, n)); d != "" {
-			t.Errorf("%s: cluster rollback not byte-identical:\n%s", n.Name, d)
-		}
-	}
-	lap("cluster rolled back")
-}
+// The whole-cluster recovery of three control planes with stacked etcd
+// and two workers (the production failure on one node, the cluster run,
+// its rollback byte for byte) is test/kubeadmbed TestKubeadmBed, on a
+// cluster made by real kubeadm init and join.
 
 func quoteArgs(args []string) string {
 	q := make([]string, len(args))

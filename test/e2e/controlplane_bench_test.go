@@ -15,7 +15,7 @@ import (
 
 // BenchmarkControlPlaneRecovery: a kubeadm control plane of 1 and of 3
 // nodes (stacked etcd on 127.0.0.1-3, etcd and kube-apiserver of each node
-// in its own real containerd, as TestClusterRecoversQuorum runs them),
+// in its own real containerd, as the harness lays them out),
 // every certificate expired and every component restarted on the expired
 // files, then recovered by `kubecpr cluster run`: the time from the
 // expired cluster to every API server ready on its new certificate (the
