@@ -9,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // The data-loss traps of issue 11: each reproduced the way an operator
@@ -363,5 +366,60 @@ func TestSymlinkedCertificatesRenewedAtTheirTargets(t *testing.T) {
 	}
 	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
 		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}
+
+// Issue 19 item 15: a user's kubeconfig whose current context is another
+// cluster, with a context for this one. check judged the other cluster's
+// user ("not signed by ca"), --update-user-kubeconfigs was refused, and
+// the note said to copy admin.conf over the file (wiping the other
+// clusters). Now this cluster's entry is checked and renewed, and the
+// other cluster's entries stay as they were.
+func TestUserKubeconfigWithAnotherCurrentCluster(t *testing.T) {
+	root := expiredNode(t)
+	kc := filepath.Join(root, "root/.kube/config")
+	cfg, err := clientcmd.LoadFromFile(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var here string
+	for name := range cfg.Contexts {
+		here = name
+	}
+	other := "elsewhere"
+	otherCA := mustRead(t, filepath.Join(root, "etc/kubernetes/pki/front-proxy-ca.crt"))
+	cfg.Clusters[other] = &clientcmdapi.Cluster{Server: "https://127.0.0.9:6443", CertificateAuthorityData: otherCA}
+	cfg.AuthInfos[other] = &clientcmdapi.AuthInfo{ClientCertificateData: mustRead(t, filepath.Join(root, "etc/kubernetes/pki/front-proxy-client.crt")),
+		ClientKeyData: mustRead(t, filepath.Join(root, "etc/kubernetes/pki/front-proxy-client.key"))}
+	cfg.Contexts[other] = &clientcmdapi.Context{Cluster: other, AuthInfo: other}
+	cfg.CurrentContext = other
+	if err := clientcmd.WriteToFile(*cfg, kc); err != nil {
+		t.Fatal(err)
+	}
+	r := kubecpr(t, nil, rootArgs(root, "check")...)
+	if strings.Contains(r.stdout, "not signed") || !strings.Contains(r.stdout, "/root/.kube/config") {
+		t.Errorf("check judges the other cluster's user:\n%s%s", r.stdout, r.stderr)
+	}
+	r = kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...)
+	if r.code != 0 || !strings.Contains(r.stdout, "context \""+here+"\"") || strings.Contains(r.stdout, "/root/.kube/config trusts this cluster and is expired; pass --update-user-kubeconfigs to refresh it, or copy") {
+		t.Fatalf("run: exit %d, want a note naming context %q without the copy advice\n%s%s", r.code, here, r.stdout, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--update-user-kubeconfigs")...)
+	if r.code != 0 {
+		t.Fatalf("run --update-user-kubeconfigs: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	after, err := clientcmd.LoadFromFile(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CurrentContext != other || string(after.Clusters[other].CertificateAuthorityData) != string(otherCA) ||
+		string(after.AuthInfos[other].ClientCertificateData) != string(cfg.AuthInfos[other].ClientCertificateData) {
+		t.Errorf("the other cluster's entries changed")
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+		t.Errorf("check after renewing this cluster's entry: exit %d\n%s", r.code, r.stdout)
 	}
 }

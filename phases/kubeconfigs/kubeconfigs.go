@@ -89,7 +89,12 @@ func Plan(ctx context.Context, d pipeline.Data) ([]pipeline.Action, error) {
 			if o.UpdateUserKubeconfigs {
 				items = append(items, it)
 			} else if it.Status != pki.StatusOK {
-				fmt.Fprintf(d.Out(), "      note: %s trusts this cluster and is %s; pass --update-user-kubeconfigs to refresh it, or copy /etc/kubernetes/admin.conf over it after the run\n", it.Path, it.Status)
+				if ks, ok := it.Store.(*inventory.KubeconfigStore); ok && ks.Context != "" {
+					// Copying admin.conf over it would wipe its other clusters.
+					fmt.Fprintf(d.Out(), "      note: %s has this cluster as context %q, whose user is %s; pass --update-user-kubeconfigs to renew that user (its other clusters are left as they are)\n", it.Path, ks.Context, it.Status)
+				} else {
+					fmt.Fprintf(d.Out(), "      note: %s trusts this cluster and is %s; pass --update-user-kubeconfigs to refresh it, or copy /etc/kubernetes/admin.conf over it after the run\n", it.Path, it.Status)
+				}
 			}
 		}
 	}

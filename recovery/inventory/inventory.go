@@ -268,6 +268,13 @@ func Build(n *node.Node, c *node.Cluster, now time.Time, warn time.Duration) (*I
 		if cas["ca"].CA == nil || !trustsCA(ks, cas["ca"].CA.Cert) {
 			continue
 		}
+		// The context of this cluster: the current one when it is, else
+		// the first (by name) whose cluster trusts this CA. Only its user
+		// is renewed; the other clusters' entries are left as they are.
+		if ctxName, current := contextOf(ks, cas["ca"].CA.Cert); !current && ctxName != "" {
+			ks.Context = ctxName
+			inv.Notes = append(inv.Notes, fmt.Sprintf("%s: its current context is another cluster; context %q is this cluster's, and only its user is checked and renewed", p, ctxName))
+		}
 		if how := nonCertAuth(ks); how != "" {
 			inv.Notes = append(inv.Notes, fmt.Sprintf("%s authenticates with %s, not a client certificate: kubecpr leaves it alone", p, how))
 			continue
@@ -337,7 +344,7 @@ func nonCertAuth(ks *KubeconfigStore) string {
 	if err != nil {
 		return ""
 	}
-	ai, _, err := currentAuth(cfg)
+	ai, _, err := ks.auth(cfg)
 	if err != nil || len(ai.ClientCertificateData) > 0 || ai.ClientCertificate != "" {
 		return ""
 	}
@@ -362,7 +369,7 @@ func referencedCert(ks *KubeconfigStore) string {
 	if err != nil {
 		return ""
 	}
-	ai, _, err := currentAuth(cfg)
+	ai, _, err := ks.auth(cfg)
 	if err != nil || ai.ClientCertificate == "" {
 		return ""
 	}
@@ -392,8 +399,57 @@ func refersToFile(ks *KubeconfigStore) bool {
 	if err != nil {
 		return false
 	}
-	ai, _, err := currentAuth(cfg)
+	ai, _, err := ks.auth(cfg)
 	return err == nil && len(ai.ClientCertificateData) == 0 && ai.ClientCertificate != ""
+}
+
+// contextOf is the kubeconfig's context whose cluster trusts ca: the
+// current one (current true) when it does, else the first by name.
+func contextOf(ks *KubeconfigStore, ca *x509.Certificate) (string, bool) {
+	cfg, err := ks.Config()
+	if err != nil {
+		return "", false
+	}
+	trusts := func(ctxName string) bool {
+		c, ok := cfg.Contexts[ctxName]
+		if !ok {
+			return false
+		}
+		cl, ok := cfg.Clusters[c.Cluster]
+		return ok && clusterTrusts(cl.CertificateAuthorityData, ca)
+	}
+	if trusts(cfg.CurrentContext) {
+		return cfg.CurrentContext, true
+	}
+	if _, ok := cfg.Contexts[cfg.CurrentContext]; !ok && len(cfg.AuthInfos) == 1 {
+		return "", true // currentAuth's single-user fallback
+	}
+	names := make([]string, 0, len(cfg.Contexts))
+	for name := range cfg.Contexts {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if trusts(name) {
+			return name, false
+		}
+	}
+	return "", false
+}
+
+// clusterTrusts reports whether CA data holds ca or a certificate of the
+// same CA (same subject and key: --renew-ca).
+func clusterTrusts(data []byte, ca *x509.Certificate) bool {
+	if bytes.Contains(data, bytes.TrimSpace(pki.EncodeCertificate(ca))) {
+		return true
+	}
+	certs, _ := pki.ParseCertificates(data)
+	for _, c := range certs {
+		if bytes.Equal(c.RawSubject, ca.RawSubject) && bytes.Equal(c.RawSubjectPublicKeyInfo, ca.RawSubjectPublicKeyInfo) {
+			return true
+		}
+	}
+	return false
 }
 
 func trustsCA(ks *KubeconfigStore, ca *x509.Certificate) bool {

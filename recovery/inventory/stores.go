@@ -93,6 +93,26 @@ type KubeconfigStore struct {
 	// replaces older copies of them in certificate-authority-data
 	// (--renew-ca). Nil: none.
 	Trust func() []*x509.Certificate
+	// Context is the kubeconfig context whose user is this store's
+	// certificate; "" is the current context. A user's kubeconfig whose
+	// current context is another cluster has this cluster's elsewhere.
+	Context string
+}
+
+// auth is the user of the store's context.
+func (s *KubeconfigStore) auth(cfg *clientcmdapi.Config) (*clientcmdapi.AuthInfo, string, error) {
+	if s.Context == "" {
+		return currentAuth(cfg)
+	}
+	ctx, ok := cfg.Contexts[s.Context]
+	if !ok {
+		return nil, "", fmt.Errorf("context %q is not defined", s.Context)
+	}
+	ai, ok := cfg.AuthInfos[ctx.AuthInfo]
+	if !ok {
+		return nil, "", fmt.Errorf("user %q of context %q is not defined", ctx.AuthInfo, s.Context)
+	}
+	return ai, ctx.AuthInfo, nil
 }
 
 // swapTrust replaces older copies of the node's CAs in every cluster of cfg.
@@ -114,7 +134,7 @@ var _ Store = (*KubeconfigStore)(nil)
 func (s *KubeconfigStore) Paths() []string {
 	p := []string{s.Node.Resolve(s.Path, false)}
 	if cfg, err := s.config(); err == nil {
-		if ai, _, err := currentAuth(cfg); err == nil {
+		if ai, _, err := s.auth(cfg); err == nil {
 			if ai.ClientCertificate != "" {
 				p = append(p, s.ref(ai.ClientCertificate))
 			}
@@ -173,7 +193,7 @@ func (s *KubeconfigStore) Load() (*x509.Certificate, crypto.Signer, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	ai, _, err := currentAuth(cfg)
+	ai, _, err := s.auth(cfg)
 	if err != nil {
 		return nil, nil, &FileError{Path: s.Path, Err: err}
 	}
@@ -214,7 +234,7 @@ func (s *KubeconfigStore) Render(cert *x509.Certificate, key crypto.Signer, _ ti
 	if err != nil {
 		return nil, err
 	}
-	ai, _, err := currentAuth(cfg)
+	ai, _, err := s.auth(cfg)
 	if err != nil {
 		return nil, &FileError{Path: s.Path, Err: err}
 	}
