@@ -243,9 +243,6 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 	if runErr != nil {
 		return runErr
 	}
-	if err := d.closeWorkerRun(ctx, n); err != nil {
-		return err
-	}
 	wait := d.o.BootstrapWait
 	if wait <= 0 {
 		wait = DefaultBootstrapWait
@@ -265,7 +262,9 @@ func (b *bootstrapper) worker(ctx context.Context, n cinv.Node) error {
 			} else {
 				fmt.Fprintf(d.o.Out, "[%s] kubelet authenticates as %s\n", n.Name, user)
 			}
-			return nil
+			// Now that the kubelet holds its new certificate, the node's
+			// run verifies it and is complete.
+			return d.closeWorkerRun(ctx, n)
 		}
 		switch {
 		case err != nil:

@@ -78,6 +78,14 @@ func startContainerNode(t *testing.T) *containerNode {
 	d := ctrd.Start(t)
 	importImages(t, d, controlPlaneImages(t, n)...)
 	sp := staticpods.Start(t, n.Root, n.Name, d.Socket)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, c := range components {
+				t.Logf("stand-in kubelet: %s containers created: %v", c, sp.Containers(c))
+			}
+			t.Logf("stand-in kubelet errors: %s", sp.Errs())
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := n.WaitReady(ctx, t, "/etc/kubernetes/admin.conf", nil); err != nil {

@@ -130,10 +130,14 @@ func (r *Runner) serveHealthz(t testing.TB) func() {
 func (r *Runner) loop(ctx context.Context) {
 	defer close(r.done)
 	for {
-		err := r.sync(ctx)
-		if perr := r.syncPods(ctx); err == nil {
+		// One pass may not hang the stand-in: a containerd call that does
+		// not return (a loaded machine) is given up and retried.
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := r.sync(sctx)
+		if perr := r.syncPods(sctx); err == nil {
 			err = perr
 		}
+		cancel()
 		if err != nil && ctx.Err() == nil {
 			r.mu.Lock()
 			if len(r.Errors) < 50 {
@@ -247,13 +251,21 @@ func (r *Runner) startTask(ctx context.Context, ctr containerd.Container, logPat
 
 func (r *Runner) stop(ctx context.Context, c containerd.Container) {
 	if task, err := c.Task(ctx, nil); err == nil {
-		exit, _ := task.Wait(ctx)
+		exit, err := task.Wait(ctx)
+		if err != nil {
+			exit = nil // waited below with a timeout only: a nil channel never delivers
+		}
 		task.Kill(ctx, syscall.SIGTERM)
 		select {
 		case <-exit:
+		case <-ctx.Done():
 		case <-time.After(10 * time.Second):
 			task.Kill(ctx, syscall.SIGKILL)
-			<-exit
+			select {
+			case <-exit:
+			case <-ctx.Done():
+			case <-time.After(10 * time.Second):
+			}
 		}
 	}
 	r.remove(ctx, c)
