@@ -216,6 +216,9 @@ func locked(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
 			return err
 		}
 		defer lock.Release()
+		if err := lock.AlsoTree(e.node.Path(node.KubernetesDir)); err != nil {
+			return err
+		}
 		return fn(c, e)
 	}
 }

@@ -56,6 +56,7 @@ func exitCode(err error) int {
 	var ce *codedError
 	var se *silentExit
 	var held *journal.HeldError
+	var treeHeld *journal.TreeHeldError
 	var space *backup.SpaceError
 	var pre *pipeline.PreconditionError
 	var ext *pipeline.ExternalCAError
@@ -66,7 +67,7 @@ func exitCode(err error) int {
 		return se.code
 	case errors.As(err, &ce):
 		return ce.code
-	case errors.As(err, &held):
+	case errors.As(err, &held), errors.As(err, &treeHeld):
 		return ExitLocked
 	case errors.Is(err, journal.ErrCorrupt):
 		return ExitJournal

@@ -14,6 +14,7 @@ import (
 	"github.com/kubecpr/kubecpr/phases/openshift"
 	"github.com/kubecpr/kubecpr/recovery/apiserver"
 	"github.com/kubecpr/kubecpr/recovery/journal"
+	"github.com/kubecpr/kubecpr/recovery/node"
 	"github.com/kubecpr/kubecpr/recovery/pipeline"
 	"github.com/kubecpr/kubecpr/recovery/runtime"
 	"github.com/kubecpr/kubecpr/recovery/service"
@@ -211,6 +212,10 @@ func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner
 	r.LiveNode, r.Opts.CSR = lv, csrOpts
 	lock, err := journal.AcquireOn(runFS, r.StateDir, time2(e))
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := lock.AlsoTree(e.node.Path(node.KubernetesDir)); err != nil {
+		_ = lock.Release()
 		return nil, nil, err
 	}
 	// A recovery API server left by a kubecpr that died is torn down first.

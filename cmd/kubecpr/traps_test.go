@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -421,5 +422,29 @@ func TestUserKubeconfigWithAnotherCurrentCluster(t *testing.T) {
 	}
 	if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
 		t.Errorf("check after renewing this cluster's entry: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// Issue 19 item 16: the lock was per state dir, so two runs on one node
+// with different --state-dir both proceeded. The second is refused now
+// (exit 4) while the first holds the node: its tree is locked too.
+func TestTwoStateDirsOneNode(t *testing.T) {
+	root := expiredNode(t)
+	codeFile := filepath.Join(t.TempDir(), "code")
+	second := fmt.Sprintf("%s --root %s --now %s --state-dir /var/lib/other run --until certs >/dev/null 2>&1; echo $? > %s",
+		kubecprBin(t), root, now.Format(time.RFC3339), codeFile)
+	r := kubecpr(t, []string{"KUBECPR_SHELL_AFTER_RECORD=3", "KUBECPR_SHELL=" + second}, rootArgs(root, "run", "--until", "kubeconfigs")...)
+	if r.code != 0 {
+		t.Fatalf("the first run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	b, err := os.ReadFile(codeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != fmt.Sprint(ExitLocked) {
+		t.Errorf("a second run with another --state-dir while the first ran: exit %s, want %d", got, ExitLocked)
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/lib/other/runs")); err == nil {
+		t.Error("the second run started a run of its own")
 	}
 }

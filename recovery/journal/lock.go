@@ -19,6 +19,35 @@ import (
 type Lock struct {
 	f    fsys.File
 	path string
+	tree *os.File // the node's tree, held too (AlsoTree)
+}
+
+// TreeHeldError is a node tree that another kubecpr run holds: one started
+// with another --state-dir (each state dir has a lock of its own).
+type TreeHeldError struct{ Dir string }
+
+func (e *TreeHeldError) Error() string {
+	return fmt.Sprintf("another kubecpr run holds this node's %s (it was started with another --state-dir, whose lock says who): "+
+		"wait for it to end; two runs on one node would write the same files", e.Dir)
+}
+
+// AlsoTree holds the node's tree as well (an flock on the directory dir,
+// its /etc/kubernetes, which writes nothing): a second run with another
+// --state-dir, which has a lock file of its own, is refused too.
+func (l *Lock) AlsoTree(dir string) error {
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil // no tree to hold (an unknown layout is said elsewhere)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return &TreeHeldError{Dir: dir}
+		}
+		return fmt.Errorf("lock %s: %w", dir, err)
+	}
+	l.tree = f
+	return nil
 }
 
 // HeldError says who holds the lock.
@@ -118,6 +147,11 @@ func readHolder(p string) error {
 func (l *Lock) Release() error {
 	if l == nil || l.f == nil {
 		return nil
+	}
+	if l.tree != nil {
+		_ = unix.Flock(int(l.tree.Fd()), unix.LOCK_UN)
+		_ = l.tree.Close()
+		l.tree = nil
 	}
 	_ = unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
 	err := l.f.Close()
