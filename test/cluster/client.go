@@ -208,10 +208,24 @@ func (n *Node) GrantClusterAdmins(ctx context.Context, t testing.TB) error {
 		Subjects:   []rbacv1.Subject{{Kind: "Group", Name: "kubeadm:cluster-admins", APIGroup: "rbac.authorization.k8s.io"}},
 	}
 	_, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
 	}
-	return err
+	// The API server authorizes from its informer's cache: the binding
+	// takes effect a moment after it is created (seen under load: the
+	// next request as kubernetes-admin was forbidden). Wait until it has.
+	admin := n.Client(t, "/etc/kubernetes/admin.conf")
+	for {
+		_, err := admin.CoreV1().Namespaces().List(ctx, metav1.ListOptions{Limit: 1})
+		if err == nil || !apierrors.IsForbidden(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kubeadm:cluster-admins bound, but admin.conf is still forbidden: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // KubeletBootstrapped converts kubeadm's kubelet.conf (client certificate
