@@ -13,6 +13,8 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kubecpr/kubecpr/recovery/journal"
 )
 
 // The data-loss traps of issue 11: each reproduced the way an operator
@@ -447,4 +449,38 @@ func TestTwoStateDirsOneNode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "var/lib/other/runs")); err == nil {
 		t.Error("the second run started a run of its own")
 	}
+}
+
+// Issue 19 item 16: a journal record carrying another run's id, with a
+// valid checksum, was accepted: another run's run-end appended to this
+// run's journal made rollback say "nothing to roll back" (exit 0). It is
+// a damaged journal now (exit 5), and the node is left alone.
+func TestForeignJournalRecordRefused(t *testing.T) {
+	root := expiredNode(t)
+	if r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs")...); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	during := snapshot(t, root)
+	// Another run's run-end, in sequence and with a valid checksum.
+	j, err := journal.Open(journalOf(t, root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(journal.Record{RunID: "20261101T000000Z-0ther0", Kind: journal.KindRunEnd, Data: map[string]string{"status": "rolled-back"}}); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	r := kubecpr(t, nil, rootArgs(root, "rollback")...)
+	if r.code != ExitJournal || !strings.Contains(r.stderr, "belongs to run 20261101T000000Z-0ther0") {
+		t.Fatalf("rollback with another run's record appended: exit %d, want %d naming the foreign record\n%s%s", r.code, ExitJournal, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(during, snapshot(t, root)); d != "" {
+		t.Errorf("the refused rollback changed the node:\n%s", d)
+	}
+}
+
+func journalOf(t *testing.T, root string) string {
+	t.Helper()
+	id := strings.TrimSpace(string(mustRead(t, filepath.Join(root, "var/lib/kubecpr/current"))))
+	return filepath.Join(root, "var/lib/kubecpr/runs", id, "journal.log")
 }

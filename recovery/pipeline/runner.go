@@ -154,6 +154,17 @@ func CurrentRun(stateDir string) (id string, open bool, recs []journal.Record, e
 	if err != nil {
 		return id, false, nil, err
 	}
+	// Every record is this run's: one carrying another run's id (copied
+	// in, or a journal of another run under this name) would be trusted
+	// for this run — a foreign run-end made rollback say "nothing to roll
+	// back". Its checksum is valid; its id is not.
+	for i, rec := range recs {
+		if rec.RunID != "" && rec.RunID != id {
+			return id, false, nil, fmt.Errorf("%w: %s: record %d belongs to run %s, not to run %s: the journal holds another run's records; "+
+				"compare the node with the run's backup (`kubecpr backup restore %s --dry-run`) and restore it (`kubecpr backup restore %s --prune`), which closes the run",
+				journal.ErrCorrupt, jp, i+1, rec.RunID, id, id, id)
+		}
+	}
 	open = RunStatus(recs) == "open"
 	return id, open, recs, nil
 }
