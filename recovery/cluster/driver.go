@@ -708,6 +708,9 @@ func (d *Driver) Run(ctx context.Context, continued bool) error {
 	if err := d.step(ctx, PhaseVerify, inv.Nodes, d.o.Parallel, d.verify); err != nil {
 		return err
 	}
+	if err := d.refreshClusterInfo(ctx); err != nil {
+		return err
+	}
 	if err := d.append(journal.Record{Kind: journal.KindRunEnd, Data: map[string]string{"status": "complete"}}); err != nil {
 		return err
 	}
@@ -853,6 +856,10 @@ func (d *Driver) Rollback(ctx context.Context) error {
 	}
 	inv := d.o.Inventory
 	var errs []error
+	// While the API still answers on the run's certificates.
+	if err := d.restoreClusterInfo(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for _, group := range []struct {
 		phase string
 		nodes []cinv.Node

@@ -175,6 +175,23 @@ func (k *Client) DeleteSecret(ctx context.Context, namespace, name string) error
 		Body(&metav1.DeleteOptions{}).Do(ctx).Error()
 }
 
+// GetConfigMap reads a ConfigMap.
+func (k *Client) GetConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
+	out := &corev1.ConfigMap{}
+	err := k.core.Get().UseProtobufAsDefault().Namespace(namespace).Resource("configmaps").Name(name).
+		VersionedParams(&metav1.GetOptions{}, parameterCodec).Do(ctx).Into(out)
+	return out, err
+}
+
+// UpdateConfigMap replaces a ConfigMap (optimistically: c carries the
+// resourceVersion it was read at).
+func (k *Client) UpdateConfigMap(ctx context.Context, namespace string, c *corev1.ConfigMap, opts metav1.UpdateOptions) (*corev1.ConfigMap, error) {
+	out := &corev1.ConfigMap{}
+	err := k.core.Put().UseProtobufAsDefault().Namespace(namespace).Resource("configmaps").Name(c.Name).
+		VersionedParams(&opts, parameterCodec).Body(c).Do(ctx).Into(out)
+	return out, err
+}
+
 // GetNamespace reads a Namespace.
 func (k *Client) GetNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
 	out := &corev1.Namespace{}

@@ -17,6 +17,7 @@ import (
 
 	certificatesv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 func size(t *testing.T, env string, def int) int {
@@ -258,6 +259,10 @@ func TestKubeadmBed(t *testing.T) {
 	if out, err := driver(t, b, "cluster", "rollback"); err != nil {
 		t.Fatalf("closing the refused cluster run: %v\n%s", err, out)
 	}
+	expiredCAs := map[string]map[string]string{}
+	for _, n := range b.Nodes {
+		expiredCAs[n.Name] = credentials(t, n)
+	}
 	t0 = time.Now()
 	out, err = driver(t, b, "cluster", "run", "--renew-ca", "--inventory", inv)
 	if err != nil {
@@ -282,6 +287,33 @@ func TestKubeadmBed(t *testing.T) {
 		}
 	}
 	t.Logf("proven recovered with the re-issued CAs %s after the run began", time.Since(t0).Round(100*time.Millisecond))
+	// kubeadm join's discovery document holds the re-issued CA too, with
+	// the same key (the join command's --discovery-token-ca-cert-hash).
+	ci, err := b.Client(t).CoreV1().ConfigMaps("kube-public").Get(ctx, "cluster-info", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.Load([]byte(ci.Data["kubeconfig"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, cl := range cfg.Clusters {
+		if !bytes.Equal(cl.CertificateAuthorityData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: newCA.Raw})) {
+			t.Errorf("kube-public/cluster-info cluster %q does not hold the re-issued CA certificate: a new kubeadm join would fail", name)
+		}
+	}
+
+	// And back: the old cluster-info first (while the API answers), then
+	// every node byte for byte, the expired CAs included.
+	out, err = driver(t, b, "cluster", "rollback")
+	if err != nil || !strings.Contains(out, "kube-public/cluster-info restored") {
+		t.Fatalf("cluster rollback of the --renew-ca run: %v, want cluster-info restored\n%s", err, out)
+	}
+	for _, n := range b.Nodes {
+		if d := credentialDiff(expiredCAs[n.Name], credentials(t, n)); d != "" {
+			t.Errorf("%s: not byte-identical after rolling back --renew-ca:\n%s", n.Name, d)
+		}
+	}
 }
 
 func exitCode(err error) int {
