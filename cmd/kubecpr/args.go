@@ -39,6 +39,13 @@ func normalizeArgs(app *cli.App, args []string) []string {
 			tail = append([]string{"--"}, rest[i+1:]...)
 			break
 		}
+		if len(tok) > 2 && tok[0] == '-' && tok[1] != '-' && !strings.Contains(tok, "=") {
+			// -ojson, as kubectl takes it: a one-letter flag with its
+			// value attached, when no flag has the whole name.
+			if split := splitShort(levels[len(levels)-1].flags, levels[0].flags, tok); split != nil {
+				tok = split[0] + "=" + split[1]
+			}
+		}
 		if len(tok) > 1 && tok[0] == '-' {
 			name, hasValue := flagName(tok)
 			target, f := levels[len(levels)-1], cli.Flag(nil)
@@ -72,6 +79,22 @@ func normalizeArgs(app *cli.App, args []string) []string {
 	}
 	out = append(out, positionals...)
 	return append(out, tail...)
+}
+
+// splitShort splits "-ojson" into "-o" and "json" when -o is a flag that
+// takes a value (of the command, or the app) and "ojson" names no flag.
+func splitShort(cmd, app []cli.Flag, tok string) []string {
+	name := tok[1:]
+	if findFlag(cmd, name) != nil || findFlag(app, name) != nil {
+		return nil
+	}
+	short := name[:1]
+	for _, flags := range [][]cli.Flag{cmd, app} {
+		if f := findFlag(flags, short); f != nil && takesValue(f) {
+			return []string{"-" + short, name[1:]}
+		}
+	}
+	return nil
 }
 
 func flagName(tok string) (name string, hasValue bool) {

@@ -24,6 +24,11 @@ func TestNormalizeArgs(t *testing.T) {
 		{"run --dry-run=true --root /n", "--root /n run --dry-run=true"},
 		{"help run", "help run"},
 		{"check --help", "check --help"},
+		// -ojson as kubectl takes it (issue 21): -o with its value attached.
+		{"check -ojson", "-o=json check"},
+		{"-oyaml check --root /n", "-o=yaml --root /n check"},
+		{"run --renew-ca --until certs", "run --renew-ca --until certs"},
+		{"run --renew-ca=ca,etcd-ca", "run --renew-ca=ca,etcd-ca"},
 	} {
 		got := normalizeArgs(app, append([]string{"kubecpr"}, strings.Fields(tc.in)...))
 		if d := cmp.Diff("kubecpr "+tc.want, strings.Join(got, " ")); d != "" {
