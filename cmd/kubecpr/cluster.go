@@ -444,8 +444,8 @@ func clusterRollback(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if id == "" || cluster.Status(recs) == "rolled-back" {
-		fmt.Fprintln(e.out, "nothing to roll back: no cluster run, or it was rolled back already")
+	if st := cluster.Status(recs); id == "" || st == "rolled-back" || st == "refused" {
+		fmt.Fprintln(e.out, "nothing to roll back: no cluster run, it was rolled back already, or every node refused it before any change")
 		return nil
 	}
 	rec, err := cluster.Recorded(recs)
@@ -462,6 +462,9 @@ func clusterRollback(c *cli.Context) error {
 	}
 	o := cluster.Options{Inventory: inv, StateDir: stateDir, GlobalArgs: rec.GlobalArgs, RunArgs: rec.RunArgs, LiveArgs: live,
 		Workers: rec.Workers, Parallel: rec.Parallel, Now: e.now, Out: e.out}
+	// The API, for what the run changed there (cluster-info after
+	// --renew-ca), is reached with this machine's control-plane tree.
+	o.Control = controlTree(e, inv, rec.CAFrom)
 	if o.Binary, err = os.Executable(); err != nil {
 		return err
 	}

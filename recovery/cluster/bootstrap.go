@@ -80,12 +80,12 @@ type bootstrapper struct {
 // the control-plane tree on this machine (the driving node, or --ca-from).
 func (d *Driver) adminClient() (*kube.Client, string, error) {
 	if d.o.Control == nil {
-		return nil, "", errors.New("--workers bootstrap creates a bootstrap token through the API with admin.conf: run kubecpr cluster on a control-plane node, or pass --ca-from NODE (a root: control-plane node of the inventory)")
+		return nil, "", errors.New("the recovered API is reached with admin.conf of a control-plane tree on this machine (for --workers bootstrap's token, and cluster-info after --renew-ca): run kubecpr cluster on a control-plane node, or pass --ca-from NODE (a root: control-plane node of the inventory)")
 	}
 	const admin = node.KubernetesDir + "/admin.conf"
 	cfg, err := d.o.Control.RESTConfig(admin)
 	if err != nil {
-		return nil, "", fmt.Errorf("--workers bootstrap needs %s: %w", d.o.Control.Path(admin), err)
+		return nil, "", fmt.Errorf("the recovered API is reached with %s: %w", d.o.Control.Path(admin), err)
 	}
 	cfg.Timeout = 30 * time.Second
 	cs, err := kube.New(csr.TuneClient(cfg))
