@@ -8,10 +8,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/kubecpr/kubecpr/cmd/kubecpr/internal/earlysig"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if earlysig.Stop() {
+		fmt.Fprintln(os.Stderr, "kubecpr: interrupted while starting: nothing was done")
+		os.Exit(ExitInterrupted)
+	}
 	app := newApp()
 	err := app.RunContext(ctx, completionArgs(app, os.Args))
 	stop()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -483,4 +484,34 @@ func journalOf(t *testing.T, root string) string {
 	t.Helper()
 	id := strings.TrimSpace(string(mustRead(t, filepath.Join(root, "var/lib/kubecpr/current"))))
 	return filepath.Join(root, "var/lib/kubecpr/runs", id, "journal.log")
+}
+
+// Issue 19 item 16: SIGINT or SIGTERM during start-up (package
+// initialisation, before main installed its handler) killed kubecpr by
+// signal instead of the documented exit 130. The signal is sent as soon
+// as the early catch is in place, during the rest of the start-up.
+func TestSignalDuringStartUpExits130(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		ready := filepath.Join(t.TempDir(), "ready")
+		cmd := exec.Command(kubecprBin(t), "--root", t.TempDir(), "check")
+		cmd.Env = append(os.Environ(), "KUBECPR_EARLYSIG_READY="+ready)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if _, err := os.Stat(ready); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		cmd.Process.Signal(sig)
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("%s during start-up: %v, want exit 130", sig, err)
+		}
+		if ws := ee.Sys().(syscall.WaitStatus); ws.Signaled() || ee.ExitCode() != ExitInterrupted {
+			t.Errorf("%s during start-up: %v (signaled %v), want exit %d", sig, err, ws.Signaled(), ExitInterrupted)
+		}
+	}
 }
