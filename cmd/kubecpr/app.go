@@ -216,7 +216,7 @@ func locked(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
 			return err
 		}
 		defer lock.Release()
-		if err := lock.AlsoTree(e.node.Path(node.KubernetesDir)); err != nil {
+		if err := lock.AlsoTree(e.node.HostPath(node.KubernetesDir)); err != nil {
 			return err
 		}
 		return fn(c, e)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -60,4 +62,17 @@ func diffSnapshots(want, got map[string]string) string { return treesnap.Diff(wa
 
 func rootArgs(root string, args ...string) []string {
 	return append([]string{"--root", root, "--now", now.Format(time.RFC3339)}, args...)
+}
+
+// linkKubernetesDir moves the node's /etc/kubernetes to /srv-kubernetes and
+// leaves an absolute symlink in its place, as an operator who moved it to
+// another disk has it (resolved inside the root).
+func linkKubernetesDir(t testing.TB, root string) {
+	t.Helper()
+	if err := os.Rename(filepath.Join(root, "etc/kubernetes"), filepath.Join(root, "srv-kubernetes")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/srv-kubernetes", filepath.Join(root, "etc/kubernetes")); err != nil {
+		t.Fatal(err)
+	}
 }

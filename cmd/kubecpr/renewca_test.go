@@ -227,3 +227,31 @@ func TestSecondClusterRunAfterACompletedOne(t *testing.T) {
 	}
 	checkClusterRecovered(t, roots)
 }
+
+// --renew-ca on a node whose /etc/kubernetes is a symlink (to a directory
+// on another disk, as operators move it): the trust copies under it are
+// found and replaced at the target, the run holds the node's tree, and
+// rollback is byte-identical.
+func TestRenewCAWithSymlinkedKubernetesDir(t *testing.T) {
+	root := expiredNode(t, func(o *fixture.Options) {
+		o.CA = fixture.Window{NotBefore: now.AddDate(-10, 0, -3), NotAfter: now.AddDate(0, 0, -3)}
+	})
+	linkKubernetesDir(t, root)
+	before := snapshot(t, root)
+	r := kubecpr(t, nil, rootArgs(root, "run", "--until", "kubeconfigs", "--renew-ca", "--update-user-kubeconfigs")...)
+	if r.code != 0 || !strings.Contains(r.stdout, "put the current ca CA certificate in /srv-kubernetes/kubelet.conf") {
+		t.Fatalf("run --renew-ca with /etc/kubernetes a symlink: exit %d, want kubelet.conf's CA replaced\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "check")...); r.code != 0 {
+		t.Errorf("check: exit %d\n%s", r.code, r.stdout)
+	}
+	if st, err := os.Lstat(filepath.Join(root, "etc/kubernetes")); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("/etc/kubernetes is no longer the symlink: %v", err)
+	}
+	if r := kubecpr(t, nil, rootArgs(root, "rollback")...); r.code != 0 {
+		t.Fatalf("rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if d := diffSnapshots(before, snapshot(t, root)); d != "" {
+		t.Errorf("rollback not byte-identical:\n%s", d)
+	}
+}

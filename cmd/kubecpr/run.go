@@ -214,7 +214,7 @@ func openRunner(c *cli.Context, e *env, opts pipeline.Options) (*pipeline.Runner
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := lock.AlsoTree(e.node.Path(node.KubernetesDir)); err != nil {
+	if err := lock.AlsoTree(e.node.HostPath(node.KubernetesDir)); err != nil {
 		_ = lock.Release()
 		return nil, nil, err
 	}

@@ -432,7 +432,18 @@ func TestUserKubeconfigWithAnotherCurrentCluster(t *testing.T) {
 // with different --state-dir both proceeded. The second is refused now
 // (exit 4) while the first holds the node: its tree is locked too.
 func TestTwoStateDirsOneNode(t *testing.T) {
+	for _, linked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("kubernetes dir a symlink %v", linked), func(t *testing.T) { twoStateDirs(t, linked) })
+	}
+}
+
+func twoStateDirs(t *testing.T, linked bool) {
 	root := expiredNode(t)
+	if linked {
+		// The tree lock follows the link inside the root (O_NOFOLLOW on
+		// the link itself would skip the lock without a word).
+		linkKubernetesDir(t, root)
+	}
 	codeFile := filepath.Join(t.TempDir(), "code")
 	second := fmt.Sprintf("%s --root %s --now %s --state-dir /var/lib/other run --until certs >/dev/null 2>&1; echo $? > %s",
 		kubecprBin(t), root, now.Format(time.RFC3339), codeFile)

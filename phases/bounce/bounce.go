@@ -153,7 +153,8 @@ func Undo(ctx context.Context, d pipeline.Data, actionID string, facts map[strin
 		}
 		if why := kubeletDown(ctx, d.Node(), kubeletSettle); why != "" {
 			live.KubeletDown = why
-			fmt.Fprintf(d.Out(), "      the kubelet does not run on the restored files (%s): the static pods keep their containers until it does\n", why)
+			fmt.Fprintf(d.Out(), "      the kubelet does not run on the restored files (%s); on a kubeadm node that is how it was before the run if its restored client certificate is expired. "+
+				"The static pods keep their containers until it runs again; `kubecpr run` recovers the node again\n", why)
 		}
 		return nil
 	}

@@ -165,7 +165,8 @@ func TrustActions(d pipeline.Data, inv *inventory.Inventory, stage string, skip 
 	}
 	var files []string
 	for _, dir := range trustDirs {
-		filepath.WalkDir(n.Path(dir), func(p string, e fs.DirEntry, err error) error {
+		// HostPath: the directory itself may be a link (inside the root).
+		filepath.WalkDir(n.HostPath(dir), func(p string, e fs.DirEntry, err error) error {
 			if err != nil || !e.Type().IsRegular() {
 				return nil
 			}
